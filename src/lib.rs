@@ -1,8 +1,18 @@
 //! pgdecomp: a PostgreSQL proxy that splits one database into two (GitLab's CI decomposition).
 //!
-//! Data flows `session::client` → `protocol` (framing) → `classify` → `route` → `pool` →
-//! `session::server`. `classify` and `route` are pure functions; the session records metrics from
-//! what they return. `config` publishes immutable snapshots; `metrics` observes.
+//! Data flows `session` (client socket) → `protocol` (framing) → `classify` → `route` → `pool`
+//! → `server`. `classify` and `route` are pure functions; the session records metrics from what
+//! they return. `config` publishes immutable snapshots; `app` wires the running proxy.
 
+pub mod app;
+pub mod auth;
 pub mod classify;
+pub mod config;
+pub mod pool;
+pub mod protocol;
 pub mod route;
+pub mod server;
+pub mod session;
+
+/// The virtual database of the admin console.
+pub const ADMIN_DB: &str = "pgdecomp";

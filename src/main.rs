@@ -1,3 +1,136 @@
-//! Command-line entry point: parses arguments and hands over to the library.
+//! Command-line entry point: parses arguments, sets up logging and hands over to the library.
 
-fn main() {}
+use std::io::Read;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "pgdecomp",
+    version,
+    about = "PostgreSQL proxy for splitting one database into two"
+)]
+struct Cli {
+    /// Log format.
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Config file (for the default `run` command).
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Json,
+    Text,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy (the default).
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Validate a config file and print a summary.
+    CheckConfig {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Classify SQL (from the argument, or stdin when absent).
+    Classify {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long, value_enum, default_value = "json")]
+        format: Format,
+        sql: Option<String>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match cli.command {
+        Some(Command::Run { config }) => run(config),
+        None => run(cli.config.context("--config FILE is required")?),
+        Some(Command::CheckConfig { config }) => {
+            let snap = pgdecomp::config::load(&config)
+                .with_context(|| format!("invalid config {}", config.display()))?;
+            println!("{}", snap.summary());
+            Ok(())
+        }
+        Some(Command::Classify {
+            config,
+            format,
+            sql,
+        }) => classify(config, format, sql),
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PGDECOMP_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn run(config: PathBuf) -> anyhow::Result<()> {
+    let snap = pgdecomp::config::load(&config)
+        .with_context(|| format!("invalid config {}", config.display()))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let running = pgdecomp::app::start(snap).await.context("cannot start")?;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down");
+        running.shutdown();
+        Ok(())
+    })
+}
+
+fn classify(config: Option<PathBuf>, format: Format, sql: Option<String>) -> anyhow::Result<()> {
+    let classifier = match config {
+        Some(path) => pgdecomp::config::load(&path)
+            .with_context(|| format!("invalid config {}", path.display()))?
+            .classifier
+            .clone(),
+        None => pgdecomp::classify::Classifier::gitlab_default(),
+    };
+    let sql = match sql {
+        Some(s) => s,
+        None => {
+            let mut s = String::new();
+            std::io::stdin().read_to_string(&mut s)?;
+            s
+        }
+    };
+    let c = classifier.classify(&sql);
+    match format {
+        Format::Json => println!(
+            "{}",
+            serde_json::json!({"kind": c.kind.label(), "error": c.error})
+        ),
+        Format::Text => println!("{:?}", c),
+    }
+    Ok(())
+}

@@ -1,0 +1,71 @@
+//! Wires the running proxy: the client listener, pool maintenance and signal handling.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::Snapshot;
+use crate::session::{self, Shared};
+
+/// A started proxy: its bound addresses and a handle to stop it.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub shared: Arc<Shared>,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Running {
+    pub fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+}
+
+/// Binds the listener and spawns the accept loop and maintenance tasks.
+pub async fn start(snapshot: Snapshot) -> std::io::Result<Running> {
+    let listener = TcpListener::bind(snapshot.listen).await?;
+    let addr = listener.local_addr()?;
+    let shared = Shared::new(snapshot);
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(accept_loop(listener, shared.clone(), rx.clone()));
+    tokio::spawn(maintenance(shared.clone(), rx));
+    tracing::info!(%addr, "pgdecomp listening");
+    Ok(Running {
+        addr,
+        shared,
+        shutdown: tx,
+    })
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok((stream, peer)) => {
+                    backoff = Duration::from_millis(5);
+                    tokio::spawn(session::serve(stream, peer, shared.clone()));
+                }
+                Err(e) => {
+                    // Usually EMFILE: wait instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            },
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+async fn maintenance(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => shared.pools.maintain().await,
+            _ = stop.changed() => return,
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! Server side of SCRAM-SHA-256 (RFC 5802/7677) for verifying clients against a stored
+//! verifier. Only the message flow is here; HMAC and SHA-256 come from the RustCrypto crates and
+//! verifier derivation from postgres-protocol.
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::{Digest, Sha256};
+
+use super::AuthError;
+
+/// What PostgreSQL stores for a SCRAM-SHA-256 password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ScramVerifier {
+    pub iterations: u32,
+    pub salt: Vec<u8>,
+    pub stored_key: [u8; 32],
+    pub server_key: [u8; 32],
+}
+
+impl std::fmt::Debug for ScramVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ScramVerifier(..)")
+    }
+}
+
+impl ScramVerifier {
+    /// Derives a verifier from a plaintext password (PBKDF2, run once per user and load).
+    pub fn derive(password: &str) -> Self {
+        let text = postgres_protocol::password::scram_sha_256(password.as_bytes());
+        parse_verifier(&text).expect("postgres-protocol produces well-formed verifiers")
+    }
+}
+
+pub(super) fn parse_verifier(s: &str) -> Option<ScramVerifier> {
+    let rest = s.strip_prefix("SCRAM-SHA-256$")?;
+    let (iter_salt, keys) = rest.split_once('$')?;
+    let (iter, salt) = iter_salt.split_once(':')?;
+    let (stored, server) = keys.split_once(':')?;
+    Some(ScramVerifier {
+        iterations: iter.parse().ok()?,
+        salt: B64.decode(salt).ok()?,
+        stored_key: B64.decode(stored).ok()?.try_into().ok()?,
+        server_key: B64.decode(server).ok()?.try_into().ok()?,
+    })
+}
+
+fn hmac(key: &[u8], msg: &[u8]) -> [u8; 32] {
+    let mut m =
+        <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC accepts any key length");
+    m.update(msg);
+    m.finalize().into_bytes().into()
+}
+
+/// State between the server-first and client-final messages.
+pub struct ScramExchange {
+    client_first_bare: String,
+    server_first: String,
+    gs2_header: String,
+    nonce: String,
+}
+
+fn protocol(msg: &str) -> AuthError {
+    AuthError::Protocol(msg.to_string())
+}
+
+impl ScramExchange {
+    /// Handles client-first-message; returns the exchange and the server-first-message.
+    pub fn start(
+        client_first: &[u8],
+        verifier: &ScramVerifier,
+        server_nonce: &str,
+    ) -> Result<(Self, String), AuthError> {
+        let text = std::str::from_utf8(client_first).map_err(|_| protocol("not UTF-8"))?;
+        // gs2 header: "n,," (no channel binding) or "y,," (client could, server did not offer).
+        let (cb, rest) = text
+            .split_once(',')
+            .ok_or_else(|| protocol("missing gs2 header"))?;
+        if cb != "n" && cb != "y" {
+            return Err(protocol("channel binding is not supported"));
+        }
+        let (_authzid, bare) = rest
+            .split_once(',')
+            .ok_or_else(|| protocol("missing gs2 header"))?;
+        let client_nonce = bare
+            .split(',')
+            .find_map(|a| a.strip_prefix("r="))
+            .ok_or_else(|| protocol("missing client nonce"))?;
+        let nonce = format!("{client_nonce}{server_nonce}");
+        let server_first = format!(
+            "r={nonce},s={},i={}",
+            B64.encode(&verifier.salt),
+            verifier.iterations
+        );
+        let ex = ScramExchange {
+            client_first_bare: bare.to_string(),
+            server_first: server_first.clone(),
+            gs2_header: format!("{cb},,"),
+            nonce,
+        };
+        Ok((ex, server_first))
+    }
+
+    /// Verifies client-final-message; returns server-final-message on success.
+    pub fn finish(
+        &self,
+        client_final: &[u8],
+        verifier: &ScramVerifier,
+        user: &str,
+    ) -> Result<String, AuthError> {
+        let text = std::str::from_utf8(client_final).map_err(|_| protocol("not UTF-8"))?;
+        let (without_proof, proof) = text
+            .rsplit_once(",p=")
+            .ok_or_else(|| protocol("missing client proof"))?;
+        let mut attrs = without_proof.split(',');
+        let cbind = attrs
+            .next()
+            .and_then(|a| a.strip_prefix("c="))
+            .unwrap_or_default();
+        let nonce = attrs
+            .next()
+            .and_then(|a| a.strip_prefix("r="))
+            .unwrap_or_default();
+        if cbind != B64.encode(self.gs2_header.as_bytes()) || nonce != self.nonce {
+            return Err(AuthError::Failed(user.to_string()));
+        }
+        let proof = B64
+            .decode(proof)
+            .map_err(|_| protocol("client proof is not base64"))?;
+        let auth_message = format!(
+            "{},{},{}",
+            self.client_first_bare, self.server_first, without_proof
+        );
+        let client_signature = hmac(&verifier.stored_key, auth_message.as_bytes());
+        if proof.len() != 32 {
+            return Err(AuthError::Failed(user.to_string()));
+        }
+        let client_key: Vec<u8> = proof
+            .iter()
+            .zip(client_signature.iter())
+            .map(|(a, b)| a ^ b)
+            .collect();
+        let computed: [u8; 32] = Sha256::digest(&client_key).into();
+        // Constant-time comparison: the difference is accumulated over every byte.
+        let diff = computed
+            .iter()
+            .zip(verifier.stored_key.iter())
+            .fold(0u8, |d, (a, b)| d | (a ^ b));
+        if diff != 0 {
+            return Err(AuthError::Failed(user.to_string()));
+        }
+        let server_signature = hmac(&verifier.server_key, auth_message.as_bytes());
+        Ok(format!("v={}", B64.encode(server_signature)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+
+    fn run(client_pw: &str, stored_pw: &str) -> Result<(), AuthError> {
+        let verifier = ScramVerifier::derive(stored_pw);
+        let mut client = ScramSha256::new(client_pw.as_bytes(), ChannelBinding::unsupported());
+        let (ex, server_first) = ScramExchange::start(client.message(), &verifier, "srvnonce")?;
+        client.update(server_first.as_bytes()).unwrap();
+        let server_final = ex.finish(client.message(), &verifier, "u")?;
+        client
+            .finish(server_final.as_bytes())
+            .map_err(|e| AuthError::Protocol(e.to_string()))
+    }
+
+    #[test]
+    fn accepts_right_password_rejects_wrong() {
+        run("s3cret", "s3cret").unwrap();
+        assert!(matches!(run("wrong", "s3cret"), Err(AuthError::Failed(_))));
+    }
+}

@@ -1,0 +1,49 @@
+//! Configuration: raw TOML (`raw.rs`) → validated immutable `Snapshot` shared as `Arc`. Sessions
+//! take a snapshot at transaction start and keep it until the transaction ends.
+
+mod raw;
+mod snapshot;
+
+pub use raw::RawConfig;
+pub use snapshot::*;
+
+use std::path::{Path, PathBuf};
+
+/// Why a config could not be loaded. The previous snapshot stays live on any of these.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {key}: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+    #[error("{0}")]
+    Auth(#[from] crate::auth::AuthError),
+    #[error("{0}")]
+    Classify(#[from] crate::classify::ClassifyError),
+}
+
+pub(crate) fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.into(),
+        source,
+    })
+}
+
+/// Loads and validates the config at `path` and everything it references.
+pub fn load(path: &Path) -> Result<Snapshot, ConfigError> {
+    let text = read(path)?;
+    let raw: RawConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.into(),
+        message: e.to_string(),
+    })?;
+    Snapshot::from_raw(raw, path)
+}

@@ -1,0 +1,249 @@
+//! The validated, immutable configuration every session reads. Built from `RawConfig`; any
+//! invalid value is an error naming its key.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::raw::{RawCluster, RawConfig};
+use super::{read, ConfigError};
+use crate::auth::UserList;
+use crate::classify::{Classifier, Dictionary, SchemaRules};
+use crate::pool::{ConnLimits, PoolSettings};
+use crate::route::Group;
+
+/// How long a client keeps a server connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PoolMode {
+    Transaction,
+    Session,
+}
+
+/// How clients prove who they are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthType {
+    ScramSha256,
+    Md5,
+    Trust,
+}
+
+/// A logical database clients connect to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Database {
+    pub dbname: String,
+    /// `None`: transparent (route by tables); `Some(group)`: GitLab-style per-db_config connection.
+    pub db_config: Option<Group>,
+}
+
+/// A primary and its replicas, as host:port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cluster {
+    pub primary: String,
+    pub replicas: Vec<String>,
+}
+
+/// Everything a running pgdecomp needs, validated.
+pub struct Snapshot {
+    pub source: PathBuf,
+    pub listen: SocketAddr,
+    pub metrics_listen: Option<SocketAddr>,
+    pub users: Arc<UserList>,
+    pub auth_type: AuthType,
+    pub admin_users: Vec<String>,
+    pub auth_timeout: Duration,
+    pub pool_mode: PoolMode,
+    pub pool: PoolSettings,
+    pub max_client_conn: usize,
+    pub server_user: Option<String>,
+    pub server_password: Option<String>,
+    pub databases: HashMap<String, Database>,
+    pub main: Cluster,
+    pub ci: Cluster,
+    pub classifier: Classifier,
+    pub cache_size: usize,
+    pub phase_file: PathBuf,
+    pub max_message_size: usize,
+}
+
+fn invalid(path: &Path, key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        path: path.into(),
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+fn secs(path: &Path, key: &str, v: f64) -> Result<Duration, ConfigError> {
+    if !(v.is_finite() && v >= 0.0) {
+        return Err(invalid(
+            path,
+            key,
+            format!("must be a non-negative number of seconds, got {v}"),
+        ));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+fn addr(path: &Path, key: &str, v: &str) -> Result<SocketAddr, ConfigError> {
+    v.parse()
+        .map_err(|e| invalid(path, key, format!("{v:?} is not host:port ({e})")))
+}
+
+fn host_port(path: &Path, key: &str, v: &str) -> Result<String, ConfigError> {
+    match v.rsplit_once(':') {
+        Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok() => Ok(v.to_string()),
+        _ => Err(invalid(path, key, format!("{v:?} is not host:port"))),
+    }
+}
+
+fn cluster(path: &Path, name: &str, raw: &RawCluster) -> Result<Cluster, ConfigError> {
+    let primary = host_port(path, &format!("clusters.{name}.primary"), &raw.primary)?;
+    let replicas = raw
+        .replicas
+        .iter()
+        .map(|r| host_port(path, &format!("clusters.{name}.replicas"), r))
+        .collect::<Result<_, _>>()?;
+    Ok(Cluster { primary, replicas })
+}
+
+impl Snapshot {
+    pub fn from_raw(raw: RawConfig, path: &Path) -> Result<Self, ConfigError> {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let rel = |p: &str| dir.join(p);
+        let listen = addr(path, "listen", &raw.listen)?;
+        let metrics_listen = match raw.metrics_listen.as_str() {
+            "" => None,
+            m => Some(addr(path, "metrics_listen", m)?),
+        };
+        let users = Arc::new(UserList::load(&rel(&raw.auth_file))?);
+        let auth_type = match raw.auth_type.as_str() {
+            "scram-sha-256" => AuthType::ScramSha256,
+            "md5" => AuthType::Md5,
+            "trust" => AuthType::Trust,
+            other => {
+                return Err(invalid(
+                    path,
+                    "auth_type",
+                    format!("unknown method {other:?}"),
+                ))
+            }
+        };
+        let p = &raw.pool;
+        let pool_mode = match p.pool_mode.as_str() {
+            "transaction" => PoolMode::Transaction,
+            "session" => PoolMode::Session,
+            other => {
+                return Err(invalid(
+                    path,
+                    "pool.pool_mode",
+                    format!("unknown mode {other:?}"),
+                ))
+            }
+        };
+        if p.pool_size == 0 {
+            return Err(invalid(path, "pool.pool_size", "must be at least 1"));
+        }
+        let pool = PoolSettings {
+            pool_size: p.pool_size,
+            min_idle: p.min_idle.min(p.pool_size),
+            query_wait_timeout: secs(path, "pool.query_wait_timeout", p.query_wait_timeout)?,
+            idle_timeout: secs(path, "pool.idle_timeout", p.idle_timeout)?,
+            limits: ConnLimits {
+                connect_timeout: secs(path, "pool.connect_timeout", p.connect_timeout)?,
+                server_lifetime: secs(path, "pool.server_lifetime", p.server_lifetime)?,
+                check_delay: secs(path, "pool.server_check_delay", p.server_check_delay)?,
+            },
+        };
+        let mut databases = HashMap::new();
+        for (name, db) in &raw.databases {
+            let db_config = match db.db_config.as_deref() {
+                None => None,
+                Some("main") => Some(Group::Main),
+                Some("ci") => Some(Group::Ci),
+                Some(other) => {
+                    return Err(invalid(
+                        path,
+                        &format!("databases.{name}.db_config"),
+                        format!("must be \"main\" or \"ci\", got {other:?}"),
+                    ))
+                }
+            };
+            let dbname = db.dbname.clone().unwrap_or_else(|| name.clone());
+            databases.insert(name.clone(), Database { dbname, db_config });
+        }
+        if databases.contains_key(crate::ADMIN_DB) {
+            return Err(invalid(
+                path,
+                "databases.pgdecomp",
+                "is reserved for the admin console",
+            ));
+        }
+        let c = &raw.classify;
+        let dictionary = match &c.dictionary {
+            Some(f) => Dictionary::from_tsv(&read(&rel(f))?)?,
+            None => Dictionary::gitlab_default(),
+        };
+        let rules = match &c.schema_rules {
+            Some(f) => SchemaRules::from_toml(&read(&rel(f))?)?,
+            None => SchemaRules::gitlab_2022(),
+        };
+        let phase_file = rel(&raw.phase_file);
+        if !phase_file.is_file() {
+            return Err(invalid(
+                path,
+                "phase_file",
+                format!("{} does not exist", phase_file.display()),
+            ));
+        }
+        Ok(Snapshot {
+            source: path.to_path_buf(),
+            listen,
+            metrics_listen,
+            users,
+            auth_type,
+            admin_users: raw.admin_users.clone(),
+            auth_timeout: secs(path, "auth_timeout", raw.auth_timeout)?,
+            pool_mode,
+            pool,
+            max_client_conn: p.max_client_conn,
+            server_user: raw.server.user.clone(),
+            server_password: raw.server.password.clone(),
+            databases,
+            main: cluster(path, "main", &raw.clusters.main)?,
+            ci: cluster(path, "ci", &raw.clusters.ci)?,
+            classifier: Classifier::new(dictionary, rules, &c.write_functions),
+            cache_size: c.cache_size,
+            phase_file,
+            max_message_size: raw.max_message_size.max(1024),
+        })
+    }
+
+    /// A one-paragraph summary for `pgdecomp check-config`.
+    pub fn summary(&self) -> String {
+        format!(
+            "config {} is valid\n  listen {} metrics {}\n  pool_mode {:?}, pool_size {}, max_client_conn {}\n  \
+             main primary {} replicas {:?}\n  ci primary {} replicas {:?}\n  databases {:?}\n  \
+             users in auth file {}, admin users {:?}\n  phase file {}",
+            self.source.display(),
+            self.listen,
+            self.metrics_listen.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
+            self.pool_mode,
+            self.pool.pool_size,
+            self.max_client_conn,
+            self.main.primary,
+            self.main.replicas,
+            self.ci.primary,
+            self.ci.replicas,
+            {
+                let mut d: Vec<_> = self.databases.keys().collect();
+                d.sort();
+                d
+            },
+            self.users.len(),
+            self.admin_users,
+            self.phase_file.display(),
+        )
+    }
+}

@@ -1,0 +1,60 @@
+//! deadpool `Manager` for server connections: create = connect + login; recycle = the checks
+//! that keep a broken, expired or stale connection from reaching a client.
+
+use std::time::{Duration, Instant};
+
+use deadpool::managed::{Metrics, RecycleError, RecycleResult};
+
+use crate::server::{ServerConn, ServerError, ServerSpec};
+
+/// Timeouts and limits that govern one pool's connections.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConnLimits {
+    pub connect_timeout: Duration,
+    pub server_lifetime: Duration,
+    /// A connection idle longer than this is pinged before reuse.
+    pub check_delay: Duration,
+}
+
+pub struct ServerManager {
+    pub spec: ServerSpec,
+    pub limits: ConnLimits,
+}
+
+impl deadpool::managed::Manager for ServerManager {
+    type Type = ServerConn;
+    type Error = ServerError;
+
+    async fn create(&self) -> Result<ServerConn, ServerError> {
+        let conn = ServerConn::connect(&self.spec, self.limits.connect_timeout).await;
+        match &conn {
+            Ok(c) => {
+                tracing::debug!(server = %c.addr, pid = c.backend_pid, "server connection opened")
+            }
+            Err(e) => tracing::warn!(error = %e, "server connection failed"),
+        }
+        conn
+    }
+
+    async fn recycle(&self, conn: &mut ServerConn, _: &Metrics) -> RecycleResult<ServerError> {
+        if conn.broken {
+            return Err(RecycleError::message("connection marked broken"));
+        }
+        if conn.created.elapsed() > self.limits.server_lifetime {
+            return Err(RecycleError::message("server_lifetime reached"));
+        }
+        if conn.is_closed_or_dirty() {
+            return Err(RecycleError::message("server closed the connection"));
+        }
+        if conn.last_used.elapsed() > self.limits.check_delay {
+            let check = tokio::time::timeout(self.limits.connect_timeout, conn.simple_query(";"));
+            match check.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(RecycleError::Backend(e)),
+                Err(_) => return Err(RecycleError::message("server check timed out")),
+            }
+        }
+        conn.last_used = Instant::now();
+        Ok(())
+    }
+}

@@ -1,0 +1,155 @@
+//! Pipeline step 4 (client → framing → classify → route → **pool** → server): deadpool pools of
+//! server connections, one per (target, server address, database, user).
+
+mod manager;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use deadpool::managed::{Object, Pool, PoolError, Timeouts};
+use deadpool::Runtime;
+
+pub use manager::{ConnLimits, ServerManager};
+
+use crate::route::Target;
+use crate::server::{ServerError, ServerSpec};
+
+pub type ServerPool = Pool<ServerManager>;
+pub type PooledConn = Object<ServerManager>;
+/// ParameterStatus `(name, value)` pairs a server sent at login.
+pub type Welcome = Arc<Vec<(String, String)>>;
+
+/// Identifies one pool. The target is part of the key because phases 4–6 keep a separate `ci`
+/// pool to the main primary host, counted under its own db_config_name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    pub target: Target,
+    pub spec: ServerSpec,
+}
+
+/// Pool sizing and timeouts from the config.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PoolSettings {
+    pub pool_size: usize,
+    pub min_idle: usize,
+    pub query_wait_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub limits: ConnLimits,
+}
+
+/// Why a client could not get a server connection.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckoutError {
+    #[error("query_wait_timeout: no server connection to {target} became free within {secs:.1} s")]
+    WaitTimeout { target: Target, secs: f64 },
+    #[error("{0}")]
+    Server(#[from] ServerError),
+    #[error("pool for {0} is closed")]
+    Closed(Target),
+}
+
+/// All pools, created on first use.
+pub struct Pools {
+    settings: PoolSettings,
+    pools: Mutex<HashMap<PoolKey, ServerPool>>,
+    /// ParameterStatus lists servers sent at login, replayed to clients as their welcome.
+    welcome: Mutex<HashMap<ServerSpec, Welcome>>,
+}
+
+impl Pools {
+    pub fn new(settings: PoolSettings) -> Arc<Self> {
+        Arc::new(Self {
+            settings,
+            pools: Mutex::new(HashMap::new()),
+            welcome: Mutex::default(),
+        })
+    }
+
+    pub fn settings(&self) -> &PoolSettings {
+        &self.settings
+    }
+
+    /// The pool for `key`, created when missing.
+    pub fn pool(&self, key: &PoolKey) -> ServerPool {
+        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = pools.get(key) {
+            return p.clone();
+        }
+        let manager = ServerManager {
+            spec: key.spec.clone(),
+            limits: self.settings.limits.clone(),
+        };
+        let pool = Pool::builder(manager)
+            .max_size(self.settings.pool_size.max(1))
+            .wait_timeout(Some(self.settings.query_wait_timeout))
+            .create_timeout(Some(self.settings.limits.connect_timeout))
+            .recycle_timeout(Some(self.settings.limits.connect_timeout))
+            .runtime(Runtime::Tokio1)
+            .build()
+            .expect("a runtime is set, so building cannot fail");
+        pools.insert(key.clone(), pool.clone());
+        pool
+    }
+
+    pub fn welcome(&self, spec: &ServerSpec) -> Option<Welcome> {
+        self.welcome
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(spec)
+            .cloned()
+    }
+
+    pub fn set_welcome(&self, spec: &ServerSpec, w: Welcome) {
+        self.welcome
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(spec.clone(), w);
+    }
+
+    /// Every pool with its key, for stats and maintenance.
+    pub fn all(&self) -> Vec<(PoolKey, ServerPool)> {
+        let pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        pools.iter().map(|(k, p)| (k.clone(), p.clone())).collect()
+    }
+
+    /// Closes idle connections past idle_timeout and opens connections up to min_idle.
+    pub async fn maintain(&self) {
+        let idle_timeout = self.settings.idle_timeout;
+        for (_, pool) in self.all() {
+            pool.retain(|conn, _| !conn.broken && conn.last_used.elapsed() < idle_timeout);
+            let status = pool.status();
+            let missing = self.settings.min_idle.saturating_sub(status.available);
+            let room = status.max_size.saturating_sub(status.size);
+            let mut held = Vec::new();
+            for _ in 0..missing.min(room) {
+                let timeouts = Timeouts {
+                    wait: Some(Duration::ZERO),
+                    create: Some(self.settings.limits.connect_timeout),
+                    recycle: Some(self.settings.limits.connect_timeout),
+                };
+                match pool.timeout_get(&timeouts).await {
+                    Ok(c) => held.push(c),
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+}
+
+/// Takes a connection from `pool`, mapping deadpool's errors to what the client is told.
+pub async fn checkout(pool: &ServerPool, target: Target) -> Result<PooledConn, CheckoutError> {
+    match pool.get().await {
+        Ok(c) => Ok(c),
+        Err(PoolError::Timeout(_)) => Err(CheckoutError::WaitTimeout {
+            target,
+            secs: pool.timeouts().wait.unwrap_or_default().as_secs_f64(),
+        }),
+        Err(PoolError::Backend(e)) => Err(CheckoutError::Server(e)),
+        Err(PoolError::Closed) => Err(CheckoutError::Closed(target)),
+        Err(e) => Err(CheckoutError::Server(ServerError::Protocol {
+            addr: target.to_string(),
+            message: e.to_string(),
+        })),
+    }
+}

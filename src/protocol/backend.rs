@@ -1,0 +1,167 @@
+//! Messages the proxy itself writes to clients (errors, auth, status) and the few server
+//! message bodies it reads (ReadyForQuery, ParameterStatus, ErrorResponse).
+
+use bytes::{BufMut, BytesMut};
+use pgwire::error::ErrorInfo;
+use pgwire::messages::response::{ErrorResponse, NoticeResponse, ReadyForQuery, TransactionStatus};
+use pgwire::messages::startup::{Authentication, BackendKeyData, ParameterStatus, SecretKey};
+use pgwire::messages::Message;
+
+use super::frame::read_cstr;
+
+/// An error the proxy reports in PostgreSQL's own format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgError {
+    pub severity: &'static str,
+    pub code: &'static str,
+    pub message: String,
+    pub detail: Option<String>,
+    pub hint: Option<String>,
+}
+
+impl PgError {
+    pub fn error(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            severity: "ERROR",
+            code,
+            message: message.into(),
+            detail: None,
+            hint: None,
+        }
+    }
+
+    pub fn fatal(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            severity: "FATAL",
+            code,
+            message: message.into(),
+            detail: None,
+            hint: None,
+        }
+    }
+
+    pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+
+    /// Appends the ErrorResponse to `out`.
+    pub fn encode(&self, out: &mut BytesMut) {
+        let mut info = ErrorInfo::new(self.severity.into(), self.code.into(), self.message.clone());
+        info.detail = self.detail.clone();
+        info.hint = self.hint.clone();
+        let _ = ErrorResponse::from(info).encode(out);
+    }
+
+    /// Appends the same fields as a NoticeResponse (used for WARNINGs).
+    pub fn encode_notice(&self, out: &mut BytesMut) {
+        let mut info = ErrorInfo::new(self.severity.into(), self.code.into(), self.message.clone());
+        info.hint = self.hint.clone();
+        let _ = NoticeResponse::from(info).encode(out);
+    }
+}
+
+impl std::fmt::Display for PgError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}: {}", self.severity, self.code, self.message)
+    }
+}
+
+pub fn ready_for_query(status: u8, out: &mut BytesMut) {
+    let status = match status {
+        b'T' => TransactionStatus::Transaction,
+        b'E' => TransactionStatus::Error,
+        _ => TransactionStatus::Idle,
+    };
+    let _ = ReadyForQuery::new(status).encode(out);
+}
+
+pub fn parameter_status(name: &str, value: &str, out: &mut BytesMut) {
+    let _ = ParameterStatus::new(name.to_string(), value.to_string()).encode(out);
+}
+
+pub fn backend_key_data(pid: u32, secret: u32, out: &mut BytesMut) {
+    let _ = BackendKeyData::new(pid as i32, SecretKey::I32(secret as i32)).encode(out);
+}
+
+pub fn auth(msg: Authentication, out: &mut BytesMut) {
+    let _ = msg.encode(out);
+}
+
+/// A message with no body (ParseComplete '1', CloseComplete '3', ...).
+pub fn empty(tag: u8, out: &mut BytesMut) {
+    out.put_u8(tag);
+    out.put_i32(4);
+}
+
+pub fn command_complete(tag: &str, out: &mut BytesMut) {
+    out.put_u8(b'C');
+    out.put_i32(4 + tag.len() as i32 + 1);
+    out.put_slice(tag.as_bytes());
+    out.put_u8(0);
+}
+
+/// Reads `(name, value)` from a ParameterStatus body.
+pub fn parse_parameter_status(body: &[u8]) -> Option<(String, String)> {
+    let mut b = body;
+    let name = read_cstr(&mut b)?;
+    let value = read_cstr(&mut b)?;
+    Some((
+        String::from_utf8_lossy(name).into_owned(),
+        String::from_utf8_lossy(value).into_owned(),
+    ))
+}
+
+/// Reads the SQLSTATE and message of an ErrorResponse body, for logs.
+pub fn parse_error_fields(body: &[u8]) -> (String, String) {
+    let (mut code, mut message) = (String::new(), String::new());
+    let mut b = body;
+    while let Some((&field, rest)) = b.split_first() {
+        if field == 0 {
+            break;
+        }
+        b = rest;
+        let Some(value) = read_cstr(&mut b) else {
+            break;
+        };
+        match field {
+            b'C' => code = String::from_utf8_lossy(value).into_owned(),
+            b'M' => message = String::from_utf8_lossy(value).into_owned(),
+            _ => {}
+        }
+    }
+    (code, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::frame::decode_frame;
+
+    #[test]
+    fn error_roundtrip() {
+        let mut out = BytesMut::new();
+        PgError::fatal("28P01", "password authentication failed for user \"x\"").encode(&mut out);
+        let f = decode_frame(&mut out, 1 << 20).unwrap().unwrap();
+        assert_eq!(f.tag, b'E');
+        let (code, msg) = parse_error_fields(f.body());
+        assert_eq!(code, "28P01");
+        assert!(msg.contains("password authentication failed"));
+    }
+
+    #[test]
+    fn parameter_status_roundtrip() {
+        let mut out = BytesMut::new();
+        parameter_status("TimeZone", "UTC", &mut out);
+        let f = decode_frame(&mut out, 1 << 20).unwrap().unwrap();
+        assert_eq!(
+            parse_parameter_status(f.body()),
+            Some(("TimeZone".into(), "UTC".into()))
+        );
+    }
+}

@@ -1,0 +1,369 @@
+//! Opening and logging in to a server connection (SCRAM, md5, password, trust), plus the small
+//! synchronous helpers the pool uses to check and reset a connection.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BufMut, BytesMut};
+use md5::{Digest, Md5};
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::protocol::backend::{parse_error_fields, parse_parameter_status};
+use crate::protocol::frame::{decode_frame, Frame};
+use crate::protocol::frontend::write_query;
+use crate::protocol::startup::encode_startup;
+
+/// What is needed to open a server connection.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ServerSpec {
+    pub addr: String,
+    pub dbname: String,
+    pub user: String,
+    pub credential: ServerCredential,
+}
+
+/// The secret the proxy answers a server's password challenge with.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub enum ServerCredential {
+    None,
+    Plain(String),
+    /// Hex of md5(password || user): enough for md5 challenges, not for SCRAM.
+    Md5Hash(String),
+}
+
+impl std::fmt::Debug for ServerCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::None => "None",
+            Self::Plain(_) => "Plain(..)",
+            Self::Md5Hash(_) => "Md5Hash(..)",
+        })
+    }
+}
+
+/// Server-side failures, tagged so the session can tell the client what happened.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("could not connect to server {addr}: {source}")]
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("connecting to server {0} timed out")]
+    ConnectTimeout(String),
+    #[error("server {addr} rejected login: {code} {message}")]
+    Rejected {
+        addr: String,
+        code: String,
+        message: String,
+    },
+    #[error("server {addr} authentication: {message}")]
+    Auth { addr: String, message: String },
+    #[error("server {addr} connection lost: {source}")]
+    Io {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("server {0} closed the connection")]
+    Closed(String),
+    #[error("server {addr} sent a malformed message: {message}")]
+    Protocol { addr: String, message: String },
+    #[error("server {addr} query failed: {code} {message}")]
+    Query {
+        addr: String,
+        code: String,
+        message: String,
+    },
+}
+
+/// A logged-in server connection. Owned by the pool between uses.
+pub struct ServerConn {
+    pub stream: TcpStream,
+    pub addr: String,
+    /// Bytes read from the server and not yet consumed.
+    pub rbuf: BytesMut,
+    pub backend_pid: u32,
+    pub backend_secret: u32,
+    /// Current values of session parameters, keys lowercased.
+    pub params: HashMap<String, String>,
+    /// Values at login, the target of RESET for parameters a client did not set.
+    pub defaults: Arc<HashMap<String, String>>,
+    /// ParameterStatus messages at login, in order, as the welcome for clients.
+    pub welcome: Arc<Vec<(String, String)>>,
+    /// Server-side names of statements prepared on this connection.
+    pub prepared: HashSet<Arc<str>>,
+    pub created: Instant,
+    pub last_used: Instant,
+    /// Set when the connection may be in an unknown state; the pool then drops it.
+    pub broken: bool,
+}
+
+const MAX_SERVER_MESSAGE: usize = i32::MAX as usize;
+
+impl ServerConn {
+    /// Connects and logs in, bounded by `timeout`.
+    pub async fn connect(spec: &ServerSpec, timeout: Duration) -> Result<Self, ServerError> {
+        match tokio::time::timeout(timeout, Self::connect_inner(spec)).await {
+            Ok(r) => r,
+            Err(_) => Err(ServerError::ConnectTimeout(spec.addr.clone())),
+        }
+    }
+
+    async fn connect_inner(spec: &ServerSpec) -> Result<Self, ServerError> {
+        let stream =
+            TcpStream::connect(&spec.addr)
+                .await
+                .map_err(|source| ServerError::Connect {
+                    addr: spec.addr.clone(),
+                    source,
+                })?;
+        let _ = stream.set_nodelay(true);
+        let mut conn = ServerConn {
+            stream,
+            addr: spec.addr.clone(),
+            rbuf: BytesMut::with_capacity(16 * 1024),
+            backend_pid: 0,
+            backend_secret: 0,
+            params: HashMap::new(),
+            defaults: Arc::default(),
+            welcome: Arc::default(),
+            prepared: HashSet::new(),
+            created: Instant::now(),
+            last_used: Instant::now(),
+            broken: false,
+        };
+        let mut out = BytesMut::new();
+        encode_startup(
+            &[("user", &spec.user), ("database", &spec.dbname)],
+            &mut out,
+        );
+        conn.write(&out).await?;
+        conn.login(spec).await?;
+        Ok(conn)
+    }
+
+    async fn login(&mut self, spec: &ServerSpec) -> Result<(), ServerError> {
+        let mut scram: Option<ScramSha256> = None;
+        let mut welcome = Vec::new();
+        loop {
+            let f = self.read_frame().await?;
+            match f.tag {
+                b'R' => {
+                    let mut body = f.body();
+                    if body.len() < 4 {
+                        return Err(self.protocol("short authentication message"));
+                    }
+                    let code = body.get_i32();
+                    self.answer_auth(spec, code, body, &mut scram).await?;
+                }
+                b'S' => {
+                    if let Some((k, v)) = parse_parameter_status(f.body()) {
+                        self.params.insert(k.to_ascii_lowercase(), v.clone());
+                        welcome.push((k, v));
+                    }
+                }
+                b'K' => {
+                    let mut body = f.body();
+                    if body.len() >= 8 {
+                        self.backend_pid = body.get_u32();
+                        self.backend_secret = body.get_u32();
+                    }
+                }
+                b'E' => {
+                    let (code, message) = parse_error_fields(f.body());
+                    return Err(ServerError::Rejected {
+                        addr: self.addr.clone(),
+                        code,
+                        message,
+                    });
+                }
+                b'Z' => {
+                    self.defaults = Arc::new(self.params.clone());
+                    self.welcome = Arc::new(welcome);
+                    return Ok(());
+                }
+                _ => {}
+            }
+        }
+    }
+
+    async fn answer_auth(
+        &mut self,
+        spec: &ServerSpec,
+        code: i32,
+        body: &[u8],
+        scram: &mut Option<ScramSha256>,
+    ) -> Result<(), ServerError> {
+        let mut out = BytesMut::new();
+        match code {
+            0 => return Ok(()),
+            3 => {
+                let ServerCredential::Plain(pw) = &spec.credential else {
+                    return Err(self.auth_err("server wants a cleartext password; none configured"));
+                };
+                password_message(pw.as_bytes(), &mut out);
+            }
+            5 => {
+                let salt: [u8; 4] = body
+                    .get(..4)
+                    .and_then(|s| s.try_into().ok())
+                    .ok_or_else(|| self.protocol("md5 salt"))?;
+                let hash = match &spec.credential {
+                    ServerCredential::Plain(pw) => {
+                        let h = Md5::digest([pw.as_bytes(), spec.user.as_bytes()].concat());
+                        hex(&h)
+                    }
+                    ServerCredential::Md5Hash(h) => h.clone(),
+                    ServerCredential::None => {
+                        return Err(self.auth_err("server wants an md5 password; none configured"))
+                    }
+                };
+                let salted = hex(&Md5::digest([hash.as_bytes(), &salt[..]].concat()));
+                password_message(format!("md5{salted}").as_bytes(), &mut out);
+            }
+            10 => {
+                let ServerCredential::Plain(pw) = &spec.credential else {
+                    return Err(self.auth_err("server wants SCRAM; a plaintext password is needed"));
+                };
+                let client = ScramSha256::new(pw.as_bytes(), ChannelBinding::unsupported());
+                let first = client.message().to_vec();
+                out.put_u8(b'p');
+                let mech = b"SCRAM-SHA-256\0";
+                out.put_i32((4 + mech.len() + 4 + first.len()) as i32);
+                out.put_slice(mech);
+                out.put_i32(first.len() as i32);
+                out.put_slice(&first);
+                *scram = Some(client);
+            }
+            11 | 12 => {
+                let client = scram
+                    .as_mut()
+                    .ok_or_else(|| self.protocol("SASL without start"))?;
+                if code == 11 {
+                    client
+                        .update(body)
+                        .map_err(|e| self.auth_err(&e.to_string()))?;
+                    let msg = client.message();
+                    out.put_u8(b'p');
+                    out.put_i32((4 + msg.len()) as i32);
+                    out.put_slice(msg);
+                } else {
+                    client
+                        .finish(body)
+                        .map_err(|e| self.auth_err(&e.to_string()))?;
+                    return Ok(());
+                }
+            }
+            other => return Err(self.auth_err(&format!("unsupported method {other}"))),
+        }
+        self.write(&out).await
+    }
+
+    fn protocol(&self, message: &str) -> ServerError {
+        ServerError::Protocol {
+            addr: self.addr.clone(),
+            message: message.into(),
+        }
+    }
+
+    fn auth_err(&self, message: &str) -> ServerError {
+        ServerError::Auth {
+            addr: self.addr.clone(),
+            message: message.into(),
+        }
+    }
+
+    pub async fn write(&mut self, bytes: &[u8]) -> Result<(), ServerError> {
+        let addr = &self.addr;
+        self.stream
+            .write_all(bytes)
+            .await
+            .map_err(|source| ServerError::Io {
+                addr: addr.clone(),
+                source,
+            })
+    }
+
+    /// Reads one whole message (used outside the relay: login, checks, resets).
+    pub async fn read_frame(&mut self) -> Result<Frame, ServerError> {
+        loop {
+            match decode_frame(&mut self.rbuf, MAX_SERVER_MESSAGE) {
+                Ok(Some(f)) => return Ok(f),
+                Ok(None) => {}
+                Err(e) => return Err(self.protocol(&e.to_string())),
+            }
+            let n = self
+                .stream
+                .read_buf(&mut self.rbuf)
+                .await
+                .map_err(|source| ServerError::Io {
+                    addr: self.addr.clone(),
+                    source,
+                })?;
+            if n == 0 {
+                return Err(ServerError::Closed(self.addr.clone()));
+            }
+        }
+    }
+
+    /// Runs `sql` and waits for ReadyForQuery; used for health checks and resets.
+    pub async fn simple_query(&mut self, sql: &str) -> Result<(), ServerError> {
+        let mut out = BytesMut::new();
+        write_query(sql, &mut out);
+        self.write(&out).await?;
+        let mut failure = None;
+        loop {
+            let f = self.read_frame().await?;
+            match f.tag {
+                b'E' => failure = Some(parse_error_fields(f.body())),
+                b'S' => {
+                    if let Some((k, v)) = parse_parameter_status(f.body()) {
+                        self.params.insert(k.to_ascii_lowercase(), v);
+                    }
+                }
+                b'Z' => break,
+                _ => {}
+            }
+        }
+        match failure {
+            Some((code, message)) => Err(ServerError::Query {
+                addr: self.addr.clone(),
+                code,
+                message,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// True when the server has closed the socket or sent something unexpected while idle.
+    pub fn is_closed_or_dirty(&self) -> bool {
+        if !self.rbuf.is_empty() {
+            return true;
+        }
+        let mut probe = [0u8; 1];
+        match self.stream.try_read(&mut probe) {
+            Ok(_) => true,
+            Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+        }
+    }
+}
+
+fn password_message(pw: &[u8], out: &mut BytesMut) {
+    out.put_u8(b'p');
+    out.put_i32((4 + pw.len() + 1) as i32);
+    out.put_slice(pw);
+    out.put_u8(0);
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}

@@ -1,0 +1,6 @@
+//! Pipeline's last step (client → framing → classify → route → pool → **server**): one logged-in
+//! connection to a PostgreSQL server, with what the proxy tracks about it.
+
+mod conn;
+
+pub use conn::{ServerConn, ServerCredential, ServerError, ServerSpec};

@@ -1,0 +1,70 @@
+//! CancelRequest routing: each client gets its own (pid, secret); a cancel is forwarded only to
+//! the server connection that client holds at that moment.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+
+use crate::protocol::startup::encode_cancel;
+
+/// The server a client is using right now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerKey {
+    pub addr: String,
+    pub pid: u32,
+    pub secret: u32,
+}
+
+pub type CancelSlot = Arc<Mutex<Option<ServerKey>>>;
+
+#[derive(Default)]
+pub struct CancelRegistry {
+    clients: Mutex<HashMap<(u32, u32), CancelSlot>>,
+}
+
+impl CancelRegistry {
+    /// Issues a fresh key for a client; `unregister` must be called when it leaves.
+    pub fn register(&self) -> ((u32, u32), CancelSlot) {
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            let key: (u32, u32) = (rand::random::<u32>() & 0x7fff_ffff, rand::random());
+            if let std::collections::hash_map::Entry::Vacant(e) = clients.entry(key) {
+                let slot = CancelSlot::default();
+                e.insert(slot.clone());
+                return (key, slot);
+            }
+        }
+    }
+
+    pub fn unregister(&self, key: (u32, u32)) {
+        self.clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key);
+    }
+
+    /// Forwards a cancel to the server the client holds; unknown keys are ignored, as
+    /// PostgreSQL does.
+    pub async fn cancel(&self, pid: u32, secret: u32) {
+        let slot = {
+            let clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+            clients.get(&(pid, secret)).cloned()
+        };
+        let target = slot.and_then(|s| s.lock().unwrap_or_else(|p| p.into_inner()).clone());
+        let Some(target) = target else {
+            tracing::info!(pid, "cancel request for a client without a running query");
+            return;
+        };
+        let mut out = BytesMut::new();
+        encode_cancel(target.pid, target.secret, &mut out);
+        match tokio::net::TcpStream::connect(&target.addr).await {
+            Ok(mut s) => {
+                let _ = s.write_all(&out).await;
+                tracing::info!(server = %target.addr, server_pid = target.pid, "cancel forwarded");
+            }
+            Err(e) => tracing::warn!(server = %target.addr, error = %e, "cancel: cannot connect"),
+        }
+    }
+}

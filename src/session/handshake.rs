@@ -1,0 +1,151 @@
+//! Login: SSL refusal, cancel dispatch, startup parameters, database and user checks,
+//! authentication and the welcome (ParameterStatus, BackendKeyData, ReadyForQuery).
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::BufMut;
+use pgwire::messages::startup::Authentication;
+
+use super::io::ClientIo;
+use super::params::ClientParams;
+use super::relay::Login;
+use super::{SessionError, Shared};
+use crate::auth::Secret;
+use crate::config::Snapshot;
+use crate::pool::{checkout, PoolKey, Welcome};
+use crate::protocol::backend::{self, PgError};
+use crate::protocol::startup::{decode_startup, StartupParams, StartupRequest};
+use crate::route::Target;
+use crate::server::{ServerCredential, ServerSpec};
+
+async fn read_startup(
+    io: &mut ClientIo,
+    shared: &Shared,
+) -> Result<Option<StartupParams>, SessionError> {
+    loop {
+        match decode_startup(&mut io.rbuf)? {
+            Some(StartupRequest::Ssl) | Some(StartupRequest::Gss) => {
+                // No TLS yet: 'N' tells the client to continue in plaintext or give up.
+                io.wbuf.put_u8(b'N');
+                io.flush().await?;
+            }
+            Some(StartupRequest::Cancel { pid, secret }) => {
+                shared.cancels.cancel(pid, secret).await;
+                return Ok(None);
+            }
+            Some(StartupRequest::Startup(p)) => return Ok(Some(p)),
+            None => {
+                if !io.fill().await? {
+                    return Ok(None);
+                }
+            }
+        }
+    }
+}
+
+/// The user and secret pgdecomp logs in to servers with on behalf of `user`.
+pub fn server_credential(snap: &Snapshot, user: &str) -> (String, ServerCredential) {
+    if let Some(u) = &snap.server_user {
+        let cred = snap
+            .server_password
+            .clone()
+            .map_or(ServerCredential::None, ServerCredential::Plain);
+        return (u.clone(), cred);
+    }
+    let cred = match snap.users.get(user).map(|e| &e.secret) {
+        Some(Secret::Plain(p)) => ServerCredential::Plain(p.clone()),
+        Some(Secret::Md5(h)) => ServerCredential::Md5Hash(h.clone()),
+        _ => ServerCredential::None,
+    };
+    (user.to_string(), cred)
+}
+
+pub async fn handshake(
+    io: &mut ClientIo,
+    shared: &Arc<Shared>,
+    snap: &Snapshot,
+    peer: SocketAddr,
+) -> Result<Option<Login>, SessionError> {
+    let Some(startup) = read_startup(io, shared).await? else {
+        return Ok(None);
+    };
+    let user = startup
+        .get("user")
+        .ok_or_else(|| {
+            fatal(
+                "28000",
+                "no PostgreSQL user name specified in startup packet",
+            )
+        })?
+        .to_string();
+    let database = startup.get("database").unwrap_or(&user).to_string();
+    if database == crate::ADMIN_DB {
+        return Err(fatal("0A000", "the admin console is not available yet"));
+    }
+    let Some(db) = snap.databases.get(&database).cloned() else {
+        return Err(fatal(
+            "3D000",
+            format!("database \"{database}\" does not exist"),
+        ));
+    };
+    if shared.clients.load(Ordering::Relaxed) > snap.max_client_conn {
+        return Err(fatal(
+            "53300",
+            "no more connections allowed (max_client_conn)",
+        ));
+    }
+    super::auth::authenticate(io, &snap.users, snap.auth_type, &user).await?;
+    let (server_user, credential) = server_credential(snap, &user);
+    let spec = ServerSpec {
+        addr: snap.main.primary.clone(),
+        dbname: db.dbname.clone(),
+        user: server_user,
+        credential,
+    };
+    let welcome = welcome(shared, &spec).await?;
+    let params =
+        ClientParams::from_startup(startup.params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    backend::auth(Authentication::Ok, &mut io.wbuf);
+    for (k, v) in welcome.iter() {
+        let v = params.get(&k.to_ascii_lowercase()).unwrap_or(v);
+        backend::parameter_status(k, v, &mut io.wbuf);
+    }
+    let (cancel_key, cancel_slot) = shared.cancels.register();
+    backend::backend_key_data(cancel_key.0, cancel_key.1, &mut io.wbuf);
+    backend::ready_for_query(b'I', &mut io.wbuf);
+    io.flush().await?;
+    let id = shared.next_client_id.fetch_add(1, Ordering::Relaxed);
+    tracing::debug!(client = id, %peer, %user, %database, "client logged in");
+    Ok(Some(Login {
+        id,
+        user,
+        database,
+        db,
+        params,
+        spec,
+        cancel_key,
+        cancel_slot,
+        pool_mode: snap.pool_mode,
+    }))
+}
+
+fn fatal(code: &'static str, message: impl Into<String>) -> SessionError {
+    SessionError::Fatal(PgError::fatal(code, message))
+}
+
+/// The server's ParameterStatus list for this pool, learned from its first connection.
+async fn welcome(shared: &Shared, spec: &ServerSpec) -> Result<Welcome, SessionError> {
+    if let Some(w) = shared.pools.welcome(spec) {
+        return Ok(w);
+    }
+    let pool = shared.pools.pool(&PoolKey {
+        target: Target::Main,
+        spec: spec.clone(),
+    });
+    let conn = checkout(&pool, Target::Main).await?;
+    let w = conn.welcome.clone();
+    shared.pools.set_welcome(spec, w.clone());
+    Ok(w)
+}

@@ -1,0 +1,57 @@
+//! The client socket with its read and write buffers (the client end of the pipeline).
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::SessionError;
+use crate::protocol::frame::{decode_frame, Frame};
+
+pub struct ClientIo {
+    pub stream: TcpStream,
+    pub rbuf: BytesMut,
+    /// Bytes waiting to be written to the client.
+    pub wbuf: BytesMut,
+    pub max_message: usize,
+}
+
+impl ClientIo {
+    pub fn new(stream: TcpStream, max_message: usize) -> Self {
+        Self {
+            stream,
+            rbuf: BytesMut::with_capacity(8 * 1024),
+            wbuf: BytesMut::with_capacity(8 * 1024),
+            max_message,
+        }
+    }
+
+    /// Reads more bytes; `Ok(false)` on a clean EOF.
+    pub async fn fill(&mut self) -> Result<bool, SessionError> {
+        Ok(self.stream.read_buf(&mut self.rbuf).await? > 0)
+    }
+
+    /// The next complete frame already buffered, if any.
+    pub fn buffered_frame(&mut self) -> Result<Option<Frame>, SessionError> {
+        Ok(decode_frame(&mut self.rbuf, self.max_message)?)
+    }
+
+    /// Reads until one whole frame is available; `Ok(None)` when the client hung up.
+    pub async fn read_frame(&mut self) -> Result<Option<Frame>, SessionError> {
+        loop {
+            if let Some(f) = self.buffered_frame()? {
+                return Ok(Some(f));
+            }
+            if !self.fill().await? {
+                return Ok(None);
+            }
+        }
+    }
+
+    pub async fn flush(&mut self) -> Result<(), SessionError> {
+        if !self.wbuf.is_empty() {
+            self.stream.write_all(&self.wbuf).await?;
+            self.wbuf.clear();
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,140 @@
+//! One client connection end to end: handshake and login, then the relay loop that takes each
+//! transaction through classify → route → pool → server and forwards the replies raw.
+
+mod auth;
+mod cancel;
+mod handshake;
+mod io;
+mod params;
+mod prepared;
+mod relay;
+mod scan;
+#[cfg(test)]
+mod scan_tests;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpStream;
+
+pub use cancel::CancelRegistry;
+pub use params::ClientParams;
+pub use prepared::StatementRegistry;
+
+use crate::auth::AuthError;
+use crate::classify::ClassifyCache;
+use crate::config::Snapshot;
+use crate::pool::{CheckoutError, Pools};
+use crate::protocol::backend::PgError;
+use crate::protocol::frame::FrameError;
+use crate::protocol::startup::StartupError;
+
+/// State shared by every session of one running proxy.
+pub struct Shared {
+    pub config: ArcSwap<Snapshot>,
+    pub pools: Arc<Pools>,
+    pub cache: ClassifyCache,
+    pub statements: StatementRegistry,
+    pub cancels: CancelRegistry,
+    pub clients: AtomicUsize,
+    pub next_client_id: AtomicU64,
+}
+
+impl Shared {
+    pub fn new(snapshot: Snapshot) -> Arc<Self> {
+        let pools = Pools::new(snapshot.pool.clone());
+        let cache = ClassifyCache::new(snapshot.classifier.clone(), snapshot.cache_size);
+        Arc::new(Self {
+            config: ArcSwap::from_pointee(snapshot),
+            pools,
+            cache,
+            statements: StatementRegistry::default(),
+            cancels: CancelRegistry::default(),
+            clients: AtomicUsize::new(0),
+            next_client_id: AtomicU64::new(1),
+        })
+    }
+}
+
+/// Everything that can end or interrupt a session, tagged by side.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("client I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("client sent a malformed message: {0}")]
+    Frame(#[from] FrameError),
+    #[error("client startup: {0}")]
+    Startup(#[from] StartupError),
+    #[error("{0}")]
+    Auth(#[from] AuthError),
+    #[error("{0}")]
+    Fatal(PgError),
+    #[error("{0}")]
+    Checkout(#[from] CheckoutError),
+    #[error("client disconnected")]
+    Hangup,
+}
+
+impl SessionError {
+    /// The error to send the client before closing, if any.
+    pub fn to_pg(&self) -> Option<PgError> {
+        match self {
+            Self::Io(_) | Self::Hangup => None,
+            Self::Frame(e) => Some(PgError::fatal("08P01", e.to_string())),
+            Self::Startup(e) => Some(PgError::fatal("08P01", e.to_string())),
+            Self::Auth(AuthError::Failed(_)) => Some(PgError::fatal("28P01", self.to_string())),
+            Self::Auth(e) => Some(PgError::fatal("28000", e.to_string())),
+            Self::Fatal(e) => Some(e.clone()),
+            Self::Checkout(e) => Some(PgError::fatal("08006", e.to_string())),
+        }
+    }
+}
+
+/// Decrements the client count when a session ends, however it ends.
+struct ClientCount<'a>(&'a AtomicUsize);
+
+impl Drop for ClientCount<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Serves one accepted client connection until it ends. Never panics on client input.
+pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    shared.clients.fetch_add(1, Ordering::Relaxed);
+    let _count = ClientCount(&shared.clients);
+    let _ = stream.set_nodelay(true);
+    let snapshot = shared.config.load_full();
+    let mut io = io::ClientIo::new(stream, snapshot.max_message_size);
+    let login = tokio::time::timeout(
+        snapshot.auth_timeout,
+        handshake::handshake(&mut io, &shared, &snapshot, peer),
+    )
+    .await;
+    let client = match login {
+        Ok(Ok(Some(login))) => relay::Client::new(io, peer, login),
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => return fail(&mut io, peer, e).await,
+        Err(_) => {
+            let e = SessionError::Fatal(PgError::fatal("08P01", "authentication timeout"));
+            return fail(&mut io, peer, e).await;
+        }
+    };
+    let id = client.id;
+    let key = client.cancel_key;
+    match relay::run(client, &shared).await {
+        Ok(()) => tracing::debug!(client = id, %peer, "client disconnected"),
+        Err(e) => tracing::info!(client = id, %peer, error = %e, "client session ended"),
+    }
+    shared.cancels.unregister(key);
+}
+
+async fn fail(io: &mut io::ClientIo, peer: SocketAddr, e: SessionError) {
+    tracing::warn!(%peer, error = %e, "login failed");
+    if let Some(pg) = e.to_pg() {
+        pg.encode(&mut io.wbuf);
+        let _ = io.flush().await;
+    }
+}

@@ -1,0 +1,259 @@
+//! Server → client relay bookkeeping (the framing step on the way back): walks the headers of
+//! server bytes, forwards them raw, and drops only the replies to messages the proxy injected
+//! (re-prepares, parameter syncs). Pure: buffers in, buffers out.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+
+use bytes::{Buf, BytesMut};
+
+use crate::protocol::backend::{parse_error_fields, parse_parameter_status};
+use crate::protocol::frame::{peek_header, FrameError};
+
+/// Who is waiting for a run of replies ending in ReadyForQuery.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SegmentOwner {
+    Client,
+    /// The proxy's own query (parameter sync): every reply is dropped.
+    Proxy,
+}
+
+/// Requests up to and including one Sync or Query, i.e. one ReadyForQuery to come.
+#[derive(Debug)]
+pub struct Segment {
+    pub owner: SegmentOwner,
+    /// Sync/Query sent: a ReadyForQuery will end it.
+    pub closed: bool,
+    swallow_parse: u32,
+    swallow_close: u32,
+    /// Parse messages sent and not yet acknowledged (None = unnamed statement).
+    parses: VecDeque<Option<Arc<str>>>,
+}
+
+impl Segment {
+    fn new(owner: SegmentOwner) -> Self {
+        Self {
+            owner,
+            closed: false,
+            swallow_parse: 0,
+            swallow_close: 0,
+            parses: VecDeque::new(),
+        }
+    }
+}
+
+/// What the scanner saw in one pass, for the session's decisions and logs.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ScanEvents {
+    pub ready: u32,
+    /// SQLSTATE and message of an error answering the proxy's own query.
+    pub proxy_error: Option<(String, String)>,
+    /// Reported parameters changed by the client's own statements.
+    pub client_params: Vec<(String, String)>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Action {
+    Forward,
+    Drop,
+}
+
+/// Per server-attachment relay state.
+#[derive(Debug)]
+pub struct Tracker {
+    segments: VecDeque<Segment>,
+    /// Transaction status from the last ReadyForQuery.
+    pub status: u8,
+    pending: Option<(Action, usize)>,
+}
+
+impl Default for Tracker {
+    fn default() -> Self {
+        Self {
+            segments: VecDeque::new(),
+            status: b'I',
+            pending: None,
+        }
+    }
+}
+
+impl Tracker {
+    fn open(&mut self, owner: SegmentOwner) -> &mut Segment {
+        let reuse = matches!(self.segments.back(), Some(s) if !s.closed && s.owner == owner);
+        if !reuse {
+            self.segments.push_back(Segment::new(owner));
+        }
+        self.segments
+            .back_mut()
+            .expect("a segment was just ensured")
+    }
+
+    /// A client message that gets no reply of its own (Bind, Execute, Describe...) was sent.
+    pub fn client_message(&mut self) {
+        self.open(SegmentOwner::Client);
+    }
+
+    /// A Sync or Query was sent for `owner`: one ReadyForQuery will answer it.
+    pub fn close(&mut self, owner: SegmentOwner) {
+        self.open(owner).closed = true;
+    }
+
+    /// A Parse was sent; `swallow` when the proxy injected it and the client expects no reply.
+    pub fn parse_sent(&mut self, name: Option<Arc<str>>, swallow: bool) {
+        let seg = self.open(SegmentOwner::Client);
+        seg.parses.push_back(name);
+        seg.swallow_parse += u32::from(swallow);
+    }
+
+    /// The proxy injected a Close whose CloseComplete the client must not see.
+    pub fn injected_close(&mut self) {
+        self.open(SegmentOwner::Client).swallow_close += 1;
+    }
+
+    /// No reply is outstanding and nothing unsynced was sent (every segment ended in a
+    /// ReadyForQuery): the server may be released.
+    pub fn is_idle(&self) -> bool {
+        self.pending.is_none() && self.segments.is_empty()
+    }
+
+    /// Replies are outstanding for a Sync/Query already sent.
+    pub fn awaiting_ready(&self) -> bool {
+        self.segments.iter().any(|s| s.closed)
+    }
+
+    /// Number of client Sync/Query still waiting for ReadyForQuery.
+    pub fn client_waiting(&self) -> usize {
+        self.segments
+            .iter()
+            .filter(|s| s.closed && s.owner == SegmentOwner::Client)
+            .count()
+    }
+
+    /// True when the client has sent extended messages without their Sync yet.
+    pub fn client_open(&self) -> bool {
+        matches!(self.segments.back(), Some(s) if !s.closed && s.owner == SegmentOwner::Client)
+    }
+
+    /// Moves complete or partial server messages from `input` to `out`, dropping injected
+    /// replies. `prepared` learns which statements failed to prepare.
+    pub fn scan(
+        &mut self,
+        input: &mut BytesMut,
+        out: &mut BytesMut,
+        prepared: &mut HashSet<Arc<str>>,
+        server_params: &mut std::collections::HashMap<String, String>,
+    ) -> Result<ScanEvents, FrameError> {
+        let mut ev = ScanEvents::default();
+        let mut pos = 0;
+        let mut fwd_from: Option<usize> = None;
+        let flush = |out: &mut BytesMut, input: &BytesMut, from: &mut Option<usize>, to: usize| {
+            if let Some(f) = from.take() {
+                out.extend_from_slice(&input[f..to]);
+            }
+        };
+        loop {
+            if let Some((action, rem)) = self.pending {
+                let n = rem.min(input.len() - pos);
+                if action == Action::Forward {
+                    fwd_from.get_or_insert(pos);
+                } else {
+                    flush(out, input, &mut fwd_from, pos);
+                }
+                pos += n;
+                self.pending = if rem > n {
+                    Some((action, rem - n))
+                } else {
+                    None
+                };
+                if self.pending.is_some() {
+                    break;
+                }
+                continue;
+            }
+            let Some((tag, total)) = peek_header(&input[pos..], i32::MAX as usize)? else {
+                break;
+            };
+            let complete = input.len() - pos >= total;
+            if matches!(tag, b'Z' | b'S' | b'E') && !complete {
+                break;
+            }
+            let body = &input[pos + 5..(pos + total).min(input.len())];
+            let action = self.classify_reply(tag, body, prepared, server_params, &mut ev);
+            self.pending = Some((action, total));
+        }
+        flush(out, input, &mut fwd_from, pos);
+        input.advance(pos);
+        Ok(ev)
+    }
+
+    fn classify_reply(
+        &mut self,
+        tag: u8,
+        body: &[u8],
+        prepared: &mut HashSet<Arc<str>>,
+        server_params: &mut std::collections::HashMap<String, String>,
+        ev: &mut ScanEvents,
+    ) -> Action {
+        let owner = self
+            .segments
+            .front()
+            .map(|s| s.owner)
+            .unwrap_or(SegmentOwner::Client);
+        let default = if owner == SegmentOwner::Proxy {
+            Action::Drop
+        } else {
+            Action::Forward
+        };
+        match tag {
+            b'Z' => {
+                self.status = body.first().copied().unwrap_or(b'I');
+                self.segments.pop_front();
+                ev.ready += 1;
+                default
+            }
+            b'E' => {
+                if let Some(seg) = self.segments.front_mut() {
+                    // The server skips everything up to Sync: nothing pending will be answered.
+                    seg.swallow_parse = 0;
+                    seg.swallow_close = 0;
+                    for name in seg.parses.drain(..).flatten() {
+                        prepared.remove(&name);
+                    }
+                }
+                if owner == SegmentOwner::Proxy {
+                    ev.proxy_error = Some(parse_error_fields(body));
+                }
+                default
+            }
+            b'S' => {
+                if let Some((k, v)) = parse_parameter_status(body) {
+                    server_params.insert(k.to_ascii_lowercase(), v.clone());
+                    if owner == SegmentOwner::Client {
+                        ev.client_params.push((k, v));
+                    }
+                }
+                default
+            }
+            b'1' => match self.segments.front_mut() {
+                Some(seg) => {
+                    seg.parses.pop_front();
+                    if seg.swallow_parse > 0 {
+                        seg.swallow_parse -= 1;
+                        Action::Drop
+                    } else {
+                        default
+                    }
+                }
+                None => default,
+            },
+            b'3' => match self.segments.front_mut() {
+                Some(seg) if seg.swallow_close > 0 => {
+                    seg.swallow_close -= 1;
+                    Action::Drop
+                }
+                _ => default,
+            },
+            _ => default,
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! Unit tests for the relay scanner: dropping injected replies, partial messages, errors.
+
+use super::scan::*;
+use crate::protocol::backend::{empty, ready_for_query, PgError};
+use bytes::{BufMut, BytesMut};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+fn data_row(len: usize, out: &mut BytesMut) {
+    out.put_u8(b'D');
+    out.put_i32(4 + len as i32);
+    out.put_slice(&vec![7u8; len]);
+}
+
+fn run(t: &mut Tracker, input: &[u8], chunk: usize) -> (BytesMut, Vec<ScanEvents>) {
+    let mut prepared = HashSet::new();
+    let mut params = HashMap::new();
+    let mut out = BytesMut::new();
+    let mut buf = BytesMut::new();
+    let mut evs = Vec::new();
+    for c in input.chunks(chunk) {
+        buf.extend_from_slice(c);
+        evs.push(
+            t.scan(&mut buf, &mut out, &mut prepared, &mut params)
+                .unwrap(),
+        );
+    }
+    (out, evs)
+}
+
+#[test]
+fn forwards_everything_for_plain_queries_in_any_chunking() {
+    let mut input = BytesMut::new();
+    data_row(100_000, &mut input);
+    empty(b'n', &mut input);
+    ready_for_query(b'I', &mut input);
+    for chunk in [1, 3, 7, 4096, 1 << 20] {
+        let mut t = Tracker::default();
+        t.close(SegmentOwner::Client);
+        let (out, evs) = run(&mut t, &input, chunk);
+        assert_eq!(&out[..], &input[..], "chunk {chunk}");
+        assert_eq!(evs.iter().map(|e| e.ready).sum::<u32>(), 1);
+        assert!(t.is_idle());
+    }
+}
+
+#[test]
+fn drops_injected_parse_and_close_and_proxy_segments() {
+    let mut t = Tracker::default();
+    // Proxy's SET, then: injected Close + Parse (client Parse), injected Parse before Bind.
+    t.close(SegmentOwner::Proxy);
+    t.injected_close();
+    t.parse_sent(Some(Arc::from("s1")), false);
+    t.parse_sent(Some(Arc::from("s2")), true);
+    t.client_message();
+    t.close(SegmentOwner::Client);
+    let mut input = BytesMut::new();
+    empty(b'C', &mut input); // stands for SET's CommandComplete (body irrelevant here)
+    ready_for_query(b'I', &mut input);
+    empty(b'3', &mut input);
+    empty(b'1', &mut input);
+    empty(b'1', &mut input);
+    empty(b'2', &mut input);
+    ready_for_query(b'I', &mut input);
+    for chunk in [1, 2, 64] {
+        let mut t2 = Tracker::default();
+        t2.close(SegmentOwner::Proxy);
+        t2.injected_close();
+        t2.parse_sent(Some(Arc::from("s1")), false);
+        t2.parse_sent(Some(Arc::from("s2")), true);
+        t2.client_message();
+        t2.close(SegmentOwner::Client);
+        let (out, _) = run(&mut t2, &input, chunk);
+        let mut want = BytesMut::new();
+        empty(b'1', &mut want);
+        empty(b'2', &mut want);
+        ready_for_query(b'I', &mut want);
+        assert_eq!(&out[..], &want[..], "chunk {chunk}");
+        assert!(t2.is_idle());
+    }
+    assert!(!t.is_idle());
+}
+
+#[test]
+fn error_cancels_swallowing_and_unprepares() {
+    let mut t = Tracker::default();
+    t.parse_sent(Some(Arc::from("bad")), true);
+    t.client_message();
+    t.close(SegmentOwner::Client);
+    let mut prepared: HashSet<Arc<str>> = [Arc::from("bad")].into_iter().collect();
+    let mut input = BytesMut::new();
+    PgError::error("42P01", "relation does not exist").encode(&mut input);
+    ready_for_query(b'I', &mut input);
+    let mut out = BytesMut::new();
+    let mut buf = input.clone();
+    t.scan(&mut buf, &mut out, &mut prepared, &mut HashMap::new())
+        .unwrap();
+    assert_eq!(&out[..], &input[..]);
+    assert!(prepared.is_empty());
+    assert!(t.is_idle());
+    assert_eq!(t.status, b'I');
+}
