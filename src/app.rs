@@ -13,6 +13,7 @@ use crate::session::{self, Shared};
 /// A started proxy: its bound addresses and a handle to stop it.
 pub struct Running {
     pub addr: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
     pub shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
 }
@@ -27,13 +28,27 @@ impl Running {
 pub async fn start(snapshot: Snapshot) -> std::io::Result<Running> {
     let listener = TcpListener::bind(snapshot.listen).await?;
     let addr = listener.local_addr()?;
+    let metrics_listener = match snapshot.metrics_listen {
+        Some(a) => Some(TcpListener::bind(a).await?),
+        None => None,
+    };
+    let metrics_addr = metrics_listener
+        .as_ref()
+        .map(|l| l.local_addr())
+        .transpose()?;
     let shared = Shared::new(snapshot);
     let (tx, rx) = watch::channel(false);
+    if let Some(l) = metrics_listener {
+        let s = shared.clone();
+        let render: Arc<dyn Fn() -> String + Send + Sync> = Arc::new(move || s.render_metrics());
+        tokio::spawn(crate::metrics::serve(l, render));
+    }
     tokio::spawn(accept_loop(listener, shared.clone(), rx.clone()));
     tokio::spawn(maintenance(shared.clone(), rx));
-    tracing::info!(%addr, "pgdecomp listening");
+    tracing::info!(%addr, metrics = ?metrics_addr, "pgdecomp listening");
     Ok(Running {
         addr,
+        metrics_addr,
         shared,
         shutdown: tx,
     })

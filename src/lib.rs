@@ -8,6 +8,7 @@ pub mod app;
 pub mod auth;
 pub mod classify;
 pub mod config;
+pub mod metrics;
 pub mod pool;
 pub mod protocol;
 pub mod route;

@@ -26,6 +26,7 @@ pub use prepared::StatementRegistry;
 use crate::auth::AuthError;
 use crate::classify::ClassifyCache;
 use crate::config::Snapshot;
+use crate::metrics::Metrics;
 use crate::pool::{CheckoutError, Pools};
 use crate::protocol::backend::PgError;
 use crate::protocol::frame::FrameError;
@@ -40,6 +41,7 @@ pub struct Shared {
     pub cancels: CancelRegistry,
     pub clients: AtomicUsize,
     pub next_client_id: AtomicU64,
+    pub metrics: Metrics,
 }
 
 impl Shared {
@@ -54,7 +56,30 @@ impl Shared {
             cancels: CancelRegistry::default(),
             clients: AtomicUsize::new(0),
             next_client_id: AtomicU64::new(1),
+            metrics: Metrics::new(),
         })
+    }
+}
+
+impl Shared {
+    /// Refreshes the gauges read at scrape time and renders every metric.
+    pub fn render_metrics(&self) -> String {
+        let m = &self.metrics;
+        m.clients.set(self.clients.load(Ordering::Relaxed) as i64);
+        for (key, pool) in self.pools.all() {
+            let st = pool.status();
+            let labels = |state| [key.target.label(), key.spec.addr.as_str(), state];
+            m.pool_servers
+                .with_label_values(&labels("idle"))
+                .set(st.available as i64);
+            m.pool_servers
+                .with_label_values(&labels("active"))
+                .set((st.size - st.available) as i64);
+            m.pool_servers
+                .with_label_values(&labels("waiting_clients"))
+                .set(st.waiting as i64);
+        }
+        m.render()
     }
 }
 
@@ -78,6 +103,20 @@ pub enum SessionError {
 }
 
 impl SessionError {
+    /// A short stable label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Io(_) | Self::Hangup => "disconnect",
+            Self::Frame(_) | Self::Startup(_) => "protocol",
+            Self::Auth(AuthError::Failed(_)) => "password",
+            Self::Auth(_) => "auth",
+            Self::Fatal(e) if e.code == "3D000" => "database",
+            Self::Fatal(e) if e.code == "53300" => "max_client_conn",
+            Self::Fatal(_) => "refused",
+            Self::Checkout(_) => "server",
+        }
+    }
+
     /// The error to send the client before closing, if any.
     pub fn to_pg(&self) -> Option<PgError> {
         match self {
@@ -104,6 +143,7 @@ impl Drop for ClientCount<'_> {
 /// Serves one accepted client connection until it ends. Never panics on client input.
 pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     shared.clients.fetch_add(1, Ordering::Relaxed);
+    shared.metrics.client_connections.inc();
     let _count = ClientCount(&shared.clients);
     let _ = stream.set_nodelay(true);
     let snapshot = shared.config.load_full();
@@ -116,23 +156,35 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let client = match login {
         Ok(Ok(Some(login))) => relay::Client::new(io, peer, login),
         Ok(Ok(None)) => return,
-        Ok(Err(e)) => return fail(&mut io, peer, e).await,
+        Ok(Err(e)) => return fail(&mut io, peer, e, &shared).await,
         Err(_) => {
             let e = SessionError::Fatal(PgError::fatal("08P01", "authentication timeout"));
-            return fail(&mut io, peer, e).await;
+            return fail(&mut io, peer, e, &shared).await;
         }
     };
     let id = client.id;
     let key = client.cancel_key;
-    match relay::run(client, &shared).await {
+    let mut client = client;
+    match relay::run(&mut client, &shared).await {
         Ok(()) => tracing::debug!(client = id, %peer, "client disconnected"),
-        Err(e) => tracing::info!(client = id, %peer, error = %e, "client session ended"),
+        Err(e) => {
+            tracing::warn!(client = id, %peer, error = %e, "client session ended by an error");
+            if let Some(pg) = e.to_pg() {
+                pg.encode(&mut client.io.wbuf);
+                let _ = client.io.flush().await;
+            }
+        }
     }
     shared.cancels.unregister(key);
 }
 
-async fn fail(io: &mut io::ClientIo, peer: SocketAddr, e: SessionError) {
+async fn fail(io: &mut io::ClientIo, peer: SocketAddr, e: SessionError, shared: &Shared) {
     tracing::warn!(%peer, error = %e, "login failed");
+    shared
+        .metrics
+        .login_failures
+        .with_label_values(&[e.reason()])
+        .inc();
     if let Some(pg) = e.to_pg() {
         pg.encode(&mut io.wbuf);
         let _ = io.flush().await;

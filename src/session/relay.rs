@@ -91,7 +91,7 @@ enum PumpEnd {
 }
 
 /// Serves requests until the client leaves.
-pub async fn run(mut c: Client, shared: &Shared) -> Result<(), SessionError> {
+pub async fn run(c: &mut Client, shared: &Shared) -> Result<(), SessionError> {
     loop {
         c.io.flush().await?;
         let Some(first) = c.io.read_frame().await? else {
@@ -116,14 +116,30 @@ pub async fn run(mut c: Client, shared: &Shared) -> Result<(), SessionError> {
             spec: spec_for(&c.spec, &snap, target),
         };
         let pool = shared.pools.pool(&key);
+        let waited = Instant::now();
         let conn = match checkout(&pool, target).await {
             Ok(conn) => conn,
             Err(e) => {
-                reject(&mut c, &first, &e);
+                if !matches!(e, CheckoutError::WaitTimeout { .. }) {
+                    shared
+                        .metrics
+                        .server_connect_errors
+                        .with_label_values(&[target.label()])
+                        .inc();
+                }
+                reject(c, &first, &e);
                 continue;
             }
         };
-        if pump(&mut c, conn, first, shared).await? == PumpEnd::ClientGone {
+        let m = &shared.metrics;
+        m.checkout_wait.observe(waited.elapsed().as_secs_f64());
+        m.transactions.with_label_values(&[target.label()]).inc();
+        let held = Instant::now();
+        let end = pump(c, conn, first, shared).await?;
+        m.transaction_seconds
+            .with_label_values(&[target.label()])
+            .observe(held.elapsed().as_secs_f64());
+        if end == PumpEnd::ClientGone {
             return Ok(());
         }
     }
@@ -206,7 +222,16 @@ async fn pump(
     let mut client_eof = false;
     let outcome = loop {
         while !terminate && to_server.len() < HIGH_WATER && may_forward_next(c, &t) {
-            match c.io.buffered_frame()? {
+            let frame = match c.io.buffered_frame() {
+                Ok(f) => f,
+                Err(e) => {
+                    set_cancel(&c.cancel_slot, None);
+                    conn.broken = true;
+                    discard_if_broken(conn);
+                    return Err(e);
+                }
+            };
+            match frame {
                 Some(f) if f.tag == b'X' => terminate = true,
                 Some(f) => forward_frame(
                     &f,
@@ -230,10 +255,8 @@ async fn pump(
                 Outcome::Released
             };
         }
-        if (terminate || client_eof)
-            && (idle || c.pool_mode == PoolMode::Transaction && to_server.is_empty())
-        {
-            // The client left inside a transaction or mid-request: the server state is unknown.
+        if terminate || client_eof {
+            // Left inside a transaction or mid-request: the server state is unknown.
             break Outcome::Gone { clean: false };
         }
         let (mut crd, mut cwr) = c.io.stream.split();

@@ -1,0 +1,213 @@
+//! Observability beside the pipeline: every Prometheus collector is registered here, so all
+//! metric names and labels are visible in one place. Sessions record what the pure steps return.
+
+mod http;
+
+pub use http::serve;
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
+
+/// All collectors of one running proxy.
+pub struct Metrics {
+    pub registry: Registry,
+    pub client_connections: IntCounter,
+    pub clients: IntGauge,
+    pub login_failures: IntCounterVec,
+    pub server_connect_errors: IntCounterVec,
+    pub statements: IntCounterVec,
+    pub transactions: IntCounterVec,
+    pub unparsable: IntCounter,
+    pub schemas_used: IntCounterVec,
+    pub cross_join: IntCounterVec,
+    pub cross_db_modification: IntCounterVec,
+    pub wrong_schema: IntCounterVec,
+    pub locked_table_write: IntCounterVec,
+    pub shadow_violations: IntCounterVec,
+    pub shadow_routes: IntCounterVec,
+    pub routed: IntCounterVec,
+    pub phase: IntGauge,
+    pub checkout_wait: Histogram,
+    pub transaction_seconds: HistogramVec,
+    pub pool_servers: IntGaugeVec,
+    pub build_info: IntGaugeVec,
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("metric names are valid literals");
+    r.register(Box::new(c.clone()))
+        .expect("each metric is registered once");
+    c
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric literal");
+    r.register(Box::new(c.clone()))
+        .expect("each metric is registered once");
+    c
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric literal");
+    r.register(Box::new(g.clone()))
+        .expect("each metric is registered once");
+    g
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric literal");
+    r.register(Box::new(g.clone()))
+        .expect("each metric is registered once");
+    g
+}
+
+/// Latency buckets from 100 µs to 30 s: pooler overheads and slow transactions both resolve.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
+];
+
+impl Metrics {
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let checkout_wait = Histogram::with_opts(
+            HistogramOpts::new(
+                "pgdecomp_pool_wait_seconds",
+                "Time clients waited for a server connection",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )
+        .expect("valid metric literal");
+        r.register(Box::new(checkout_wait.clone()))
+            .expect("registered once");
+        let transaction_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "pgdecomp_transaction_duration_seconds",
+                "Time a server connection was held per transaction (or statement outside one)",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["db_config_name"],
+        )
+        .expect("valid metric literal");
+        r.register(Box::new(transaction_seconds.clone()))
+            .expect("registered once");
+        let m = Self {
+            client_connections: counter(
+                &r,
+                "pgdecomp_client_connections_total",
+                "Client connections accepted",
+            ),
+            clients: gauge(&r, "pgdecomp_clients", "Client connections open now"),
+            login_failures: counter_vec(
+                &r,
+                "pgdecomp_login_failures_total",
+                "Failed client logins",
+                &["reason"],
+            ),
+            server_connect_errors: counter_vec(
+                &r,
+                "pgdecomp_server_connection_errors_total",
+                "Failures to open or keep a server connection",
+                &["db_config_name"],
+            ),
+            statements: counter_vec(
+                &r,
+                "pgdecomp_statements_total",
+                "Statements routed, by target and statement kind",
+                &["db_config_name", "kind"],
+            ),
+            transactions: counter_vec(
+                &r,
+                "pgdecomp_transactions_total",
+                "Server connection checkouts (transactions, or statements outside one)",
+                &["db_config_name"],
+            ),
+            unparsable: counter(
+                &r,
+                "pgdecomp_unparsable_statements_total",
+                "Statements that did not parse (sent to the main primary)",
+            ),
+            schemas_used: counter_vec(
+                &r,
+                "gitlab_database_decomposition_gitlab_schemas_used_total",
+                "The number of observed schemas dependent on connection (sampled)",
+                &["gitlab_schemas", "db_config_name"],
+            ),
+            cross_join: counter_vec(
+                &r,
+                "pgdecomp_cross_join_total",
+                "Statements joining schemas that may not be joined",
+                &["gitlab_schemas"],
+            ),
+            cross_db_modification: counter_vec(
+                &r,
+                "pgdecomp_cross_database_modification_total",
+                "Transactions writing tables of both databases",
+                &["gitlab_schemas"],
+            ),
+            wrong_schema: counter_vec(
+                &r,
+                "pgdecomp_wrong_schema_total",
+                "Statements run on a target whose allowed schemas exclude theirs",
+                &["db_config_name", "gitlab_schemas"],
+            ),
+            locked_table_write: counter_vec(
+                &r,
+                "pgdecomp_locked_table_write_total",
+                "Writes to tables locked on the target's database (phase 7)",
+                &["db_config_name", "gitlab_schema"],
+            ),
+            shadow_violations: counter_vec(
+                &r,
+                "pgdecomp_shadow_violations_total",
+                "Violations the shadow phase would report",
+                &["kind", "mode"],
+            ),
+            shadow_routes: counter_vec(
+                &r,
+                "pgdecomp_shadow_routes_total",
+                "Targets the shadow phase would choose",
+                &["db_config_name"],
+            ),
+            routed: counter_vec(
+                &r,
+                "pgdecomp_routes_total",
+                "Routing decisions by target and reason",
+                &["db_config_name", "reason"],
+            ),
+            phase: gauge(&r, "pgdecomp_phase", "The active decomposition phase"),
+            checkout_wait,
+            transaction_seconds,
+            pool_servers: gauge_vec(
+                &r,
+                "pgdecomp_pool_servers",
+                "Server connections per pool by state",
+                &["db_config_name", "server", "state"],
+            ),
+            build_info: gauge_vec(&r, "pgdecomp_build_info", "Build information", &["version"]),
+            registry: r,
+        };
+        m.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        m
+    }
+
+    /// Text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let encoder = prometheus::TextEncoder::new();
+        if let Err(e) = encoder.encode_utf8(&self.registry.gather(), &mut out) {
+            tracing::warn!(error = %e, "metrics encoding failed");
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
