@@ -47,11 +47,19 @@ impl UserEntry {
 #[derive(Debug, Default)]
 pub struct UserList {
     users: HashMap<String, UserEntry>,
+    /// Verifier for unknown users, derived once so failed logins cost no PBKDF2 either.
+    dummy: OnceLock<ScramVerifier>,
 }
 
 impl UserList {
     pub fn get(&self, user: &str) -> Option<&UserEntry> {
         self.users.get(user)
+    }
+
+    /// A verifier no password matches in practice, for unknown users' fake exchange.
+    pub fn dummy_verifier(&self) -> &ScramVerifier {
+        self.dummy
+            .get_or_init(|| ScramVerifier::derive(&format!("{:x}", rand::random::<u128>())))
     }
 
     pub fn len(&self) -> usize {

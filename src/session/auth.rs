@@ -36,14 +36,7 @@ pub async fn authenticate(
         Some(hash) => md5_exchange(io, &hash).await?,
         None => {
             // Unknown users get a throwaway verifier so the exchange looks the same.
-            let dummy;
-            let verifier = match entry {
-                Some(e) => e.scram(),
-                None => {
-                    dummy = ScramVerifier::derive(&rand::random::<u64>().to_string());
-                    &dummy
-                }
-            };
+            let verifier = entry.map_or_else(|| users.dummy_verifier(), |e| e.scram());
             scram_exchange(io, verifier, user).await? && entry.is_some()
         }
     };
