@@ -421,4 +421,4 @@ impl Phase {
 
 #[cfg(test)]
 #[path = "phase_tests.rs"]
-mod tests;
+pub(crate) mod tests;
