@@ -62,7 +62,9 @@ pub struct Decision {
 impl Decision {
     /// The first enforced violation: send its `pg_error` instead of running the statement.
     pub fn rejected(&self) -> Option<&Violation> {
-        self.violations.iter().find(|v| v.mode == super::Mode::Enforce)
+        self.violations
+            .iter()
+            .find(|v| v.mode == super::Mode::Enforce)
     }
 }
 
@@ -96,7 +98,12 @@ pub fn route(c: &Classification, phase: &Phase, state: &RouteState) -> Decision 
             message: found.message,
         });
     }
-    Decision { target, group, reason, violations }
+    Decision {
+        target,
+        group,
+        reason,
+        violations,
+    }
 }
 
 /// The decision `phase.shadow()` would have made, to be counted (`pgdecomp_shadow_*`) and never
@@ -104,10 +111,17 @@ pub fn route(c: &Classification, phase: &Phase, state: &RouteState) -> Decision 
 /// group, so the shadow sees the connection it would itself have pinned.
 pub fn route_shadow(c: &Classification, phase: &Phase, state: &RouteState) -> Option<Decision> {
     let shadow = phase.shadow()?;
-    let Some(p) = state.pinned() else { return Some(route(c, shadow, state)) };
+    let Some(p) = state.pinned() else {
+        return Some(route(c, shadow, state));
+    };
     let (target, _) = shadow.target_for(p.group, false, state.client_roll, state.txn_roll);
     let mut remapped = state.clone();
-    remapped.txn = TxnState::InTransaction { pinned: Some(Pinned { target, group: p.group }) };
+    remapped.txn = TxnState::InTransaction {
+        pinned: Some(Pinned {
+            target,
+            group: p.group,
+        }),
+    };
     Some(route(c, shadow, &remapped))
 }
 
@@ -124,7 +138,11 @@ fn choose_target(
         // primary is the fail-closed choice (main's copy of ci tables is stale in phase 7).
         let target = match (pinned, state.connection) {
             (Some(p), _) => p.target,
-            (None, ConnectionKind::DbConfig(g)) => phase.target_for(g, false, state.client_roll, state.txn_roll).0,
+            (None, ConnectionKind::DbConfig(g)) => {
+                phase
+                    .target_for(g, false, state.client_roll, state.txn_roll)
+                    .0
+            }
             (None, ConnectionKind::Transparent) => Target::Main,
         };
         return (target, Reason::Unparsable);
@@ -160,7 +178,12 @@ fn cross_join(c: &Classification, phase: &Phase) -> Violation {
 
 /// GitLab's `table_schemas(select + dml tables) - allowed`. A db_config connection is checked
 /// against its own config; a transparent one against the target it runs on.
-fn wrong_schema(c: &Classification, phase: &Phase, conn: ConnectionKind, target: Target) -> Option<Violation> {
+fn wrong_schema(
+    c: &Classification,
+    phase: &Phase,
+    conn: ConnectionKind,
+    target: Target,
+) -> Option<Violation> {
     let group = match conn {
         ConnectionKind::DbConfig(g) => g,
         ConnectionKind::Transparent => target.group(),
@@ -169,16 +192,29 @@ fn wrong_schema(c: &Classification, phase: &Phase, conn: ConnectionKind, target:
     if accessed.minus(phase.allowed_schemas(group)).is_empty() {
         return None;
     }
-    let tables: Vec<_> = c.tables.iter().filter(|t| t.role != TableRole::Ddl).collect();
+    let tables: Vec<_> = c
+        .tables
+        .iter()
+        .filter(|t| t.role != TableRole::Ddl)
+        .collect();
     let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
     let mut schemas: Vec<GitlabSchema> = tables.iter().map(|t| t.schema.clone()).collect();
     schemas.sort();
     schemas.dedup();
-    let connection = if target.group() == group { target.label() } else { group.label() };
+    let connection = if target.group() == group {
+        target.label()
+    } else {
+        group.label()
+    };
     Some(Violation {
         kind: ViolationKind::WrongSchema,
         mode: phase.violation_mode(ViolationKind::WrongSchema),
-        message: violation::wrong_schema_message(&names, &schemas, phase.allowed_names(group), connection),
+        message: violation::wrong_schema_message(
+            &names,
+            &schemas,
+            phase.allowed_names(group),
+            connection,
+        ),
         schemas,
         table: None,
     })

@@ -20,11 +20,18 @@ pub enum PhaseError {
     #[error("{key} = {value:?}: not a target (main, main_replica, ci, ci_replica)")]
     UnknownTarget { key: &'static str, value: String },
     #[error("{key} = \"{target}\": must be one of {allowed}")]
-    TargetNotAllowed { key: &'static str, target: Target, allowed: &'static str },
+    TargetNotAllowed {
+        key: &'static str,
+        target: Target,
+        allowed: &'static str,
+    },
     #[error("{key} = {value}: must be a percentage from 0 to 100")]
     Percent { key: &'static str, value: f64 },
     #[error("{key}: {rule}")]
-    Rule { key: &'static str, rule: &'static str },
+    Rule {
+        key: &'static str,
+        rule: &'static str,
+    },
     #[error("the shadow phase {name:?} names a shadow itself; only one level is supported")]
     NestedShadow { name: String },
 }
@@ -76,7 +83,11 @@ impl Rollout {
     }
 
     fn full(target: Target) -> Self {
-        Self { percent: 100.0, mode: RolloutMode::Random, fallback: target }
+        Self {
+            percent: 100.0,
+            mode: RolloutMode::Random,
+            fallback: target,
+        }
     }
 }
 
@@ -173,7 +184,10 @@ const CI_SIDE: &str = "ci_replica, ci";
 const MAIN_CLUSTER: &str = "main_replica, main (the CI cluster is not serving before phase 3)";
 
 fn target(key: &'static str, value: &str) -> Result<Target, PhaseError> {
-    Target::parse(value).ok_or_else(|| PhaseError::UnknownTarget { key, value: value.to_owned() })
+    Target::parse(value).ok_or_else(|| PhaseError::UnknownTarget {
+        key,
+        value: value.to_owned(),
+    })
 }
 
 fn require(
@@ -185,7 +199,11 @@ fn require(
     if ok.contains(&target) {
         Ok(())
     } else {
-        Err(PhaseError::TargetNotAllowed { key, target, allowed })
+        Err(PhaseError::TargetNotAllowed {
+            key,
+            target,
+            allowed,
+        })
     }
 }
 
@@ -211,7 +229,9 @@ fn rollout(
     key: &'static str,
     fallback_key: &'static str,
 ) -> Result<Rollout, PhaseError> {
-    let Some(raw) = raw else { return Ok(Rollout::full(target_now)) };
+    let Some(raw) = raw else {
+        return Ok(Rollout::full(target_now));
+    };
     Ok(Rollout {
         percent: percent(key, raw.percent)?,
         mode: raw.mode,
@@ -242,7 +262,12 @@ impl Phase {
             main,
             ci,
             ci_write_host: raw.ci.write_host,
-            ci_read_rollout: rollout(raw.rollout.ci_read, ci.read, "rollout.ci_read.percent", "rollout.ci_read.fallback")?,
+            ci_read_rollout: rollout(
+                raw.rollout.ci_read,
+                ci.read,
+                "rollout.ci_read.percent",
+                "rollout.ci_read.fallback",
+            )?,
             ci_write_rollout: rollout(
                 raw.rollout.ci_write,
                 ci.write,
@@ -275,8 +300,18 @@ impl Phase {
         require("main.read", main.read, MAIN_READS, &[MainReplica, Main])?;
         require("main.write", main.write, MAIN_ONLY, &[Main])?;
         require("ci.write", ci.write, PRIMARIES, &[Main, Ci])?;
-        require("rollout.ci_read.fallback", self.ci_read_rollout.fallback, MAIN_READS, &[MainReplica, Main, ci.read])?;
-        require("rollout.ci_write.fallback", self.ci_write_rollout.fallback, MAIN_ONLY, &[Main, ci.write])?;
+        require(
+            "rollout.ci_read.fallback",
+            self.ci_read_rollout.fallback,
+            MAIN_READS,
+            &[MainReplica, Main, ci.read],
+        )?;
+        require(
+            "rollout.ci_write.fallback",
+            self.ci_write_rollout.fallback,
+            MAIN_ONLY,
+            &[Main, ci.write],
+        )?;
         let promoted = self.ci_write_host == CiWriteHost::CiPrimary;
         rule(
             promoted == (self.number == 7),
@@ -285,7 +320,12 @@ impl Phase {
         )?;
         if promoted {
             require("ci.read", ci.read, CI_SIDE, &[CiReplica, Ci])?;
-            require("ci.write", ci.write, "ci (ci tables on main are stale after promotion)", &[Ci])?;
+            require(
+                "ci.write",
+                ci.write,
+                "ci (ci tables on main are stale after promotion)",
+                &[Ci],
+            )?;
             rule(
                 self.ci_read_rollout.percent >= 100.0 && self.ci_write_rollout.percent >= 100.0,
                 "rollout",
@@ -296,7 +336,12 @@ impl Phase {
             require("ci.read", ci.read, MAIN_CLUSTER, &[MainReplica, Main])?;
         }
         if self.number <= 3 {
-            require("ci.write", ci.write, "main (the ci write pool arrives in phase 4)", &[Main])?;
+            require(
+                "ci.write",
+                ci.write,
+                "main (the ci write pool arrives in phase 4)",
+                &[Main],
+            )?;
         }
         rule(
             !(self.locked_writes && self.ci_shares_main()),
@@ -363,7 +408,8 @@ impl Phase {
     }
 
     pub fn violation_mode(&self, kind: ViolationKind) -> Mode {
-        let [cross_join, cross_database_modification, wrong_schema, locked_table_write] = self.violations;
+        let [cross_join, cross_database_modification, wrong_schema, locked_table_write] =
+            self.violations;
         match kind {
             ViolationKind::CrossJoin => cross_join,
             ViolationKind::CrossDatabaseModification => cross_database_modification,
@@ -379,12 +425,22 @@ impl Phase {
 
     /// The target for a group's read or write, with the ci rollout applied. Returns whether the
     /// rollout fell back.
-    pub fn target_for(&self, group: Group, read: bool, client_roll: f64, txn_roll: f64) -> (Target, bool) {
+    pub fn target_for(
+        &self,
+        group: Group,
+        read: bool,
+        client_roll: f64,
+        txn_roll: f64,
+    ) -> (Target, bool) {
         match (group, read) {
             (Group::Main, true) => (self.main.read, false),
             (Group::Main, false) => (self.main.write, false),
-            (Group::Ci, true) => self.ci_read_rollout.pick(self.ci.read, client_roll, txn_roll),
-            (Group::Ci, false) => self.ci_write_rollout.pick(self.ci.write, client_roll, txn_roll),
+            (Group::Ci, true) => self
+                .ci_read_rollout
+                .pick(self.ci.read, client_roll, txn_roll),
+            (Group::Ci, false) => self
+                .ci_write_rollout
+                .pick(self.ci.write, client_roll, txn_roll),
         }
     }
 
@@ -403,7 +459,9 @@ impl Phase {
     pub fn allowed_schemas(&self, group: Group) -> SchemaMask {
         let common = SchemaMask::SHARED | SchemaMask::INTERNAL;
         match group {
-            Group::Main if self.ci_shares_main() => common | SchemaMask::MAIN | SchemaMask::NAMED | SchemaMask::CI,
+            Group::Main if self.ci_shares_main() => {
+                common | SchemaMask::MAIN | SchemaMask::NAMED | SchemaMask::CI
+            }
             Group::Main => common | SchemaMask::MAIN | SchemaMask::NAMED,
             Group::Ci => common | SchemaMask::CI,
         }
@@ -412,7 +470,12 @@ impl Phase {
     /// `allowed_schemas` as GitLab prints them in the wrong-schema message (sorted).
     pub fn allowed_names(&self, group: Group) -> &'static [&'static str] {
         match group {
-            Group::Main if self.ci_shares_main() => &["gitlab_ci", "gitlab_internal", "gitlab_main", "gitlab_shared"],
+            Group::Main if self.ci_shares_main() => &[
+                "gitlab_ci",
+                "gitlab_internal",
+                "gitlab_main",
+                "gitlab_shared",
+            ],
             Group::Main => &["gitlab_internal", "gitlab_main", "gitlab_shared"],
             Group::Ci => &["gitlab_ci", "gitlab_internal", "gitlab_shared"],
         }

@@ -25,12 +25,52 @@ fn shipped_files_match_the_topology_table() {
     use Target::*;
     // (main read, main write, ci read, ci write, ci host, locked, shadow)
     let table = [
-        (MainReplica, Main, MainReplica, Main, MainPrimary, false, None),
-        (MainReplica, Main, MainReplica, Main, MainPrimary, false, None),
+        (
+            MainReplica,
+            Main,
+            MainReplica,
+            Main,
+            MainPrimary,
+            false,
+            None,
+        ),
+        (
+            MainReplica,
+            Main,
+            MainReplica,
+            Main,
+            MainPrimary,
+            false,
+            None,
+        ),
         (MainReplica, Main, CiReplica, Main, MainPrimary, false, None),
-        (MainReplica, Main, CiReplica, Ci, MainPrimary, false, Some("phase-7.toml")),
-        (MainReplica, Main, CiReplica, Ci, MainPrimary, false, Some("phase-7.toml")),
-        (MainReplica, Main, CiReplica, Ci, MainPrimary, false, Some("phase-7.toml")),
+        (
+            MainReplica,
+            Main,
+            CiReplica,
+            Ci,
+            MainPrimary,
+            false,
+            Some("phase-7.toml"),
+        ),
+        (
+            MainReplica,
+            Main,
+            CiReplica,
+            Ci,
+            MainPrimary,
+            false,
+            Some("phase-7.toml"),
+        ),
+        (
+            MainReplica,
+            Main,
+            CiReplica,
+            Ci,
+            MainPrimary,
+            false,
+            Some("phase-7.toml"),
+        ),
         (MainReplica, Main, CiReplica, Ci, CiPrimary, true, None),
     ];
     for (text, want) in FILES.iter().zip(table) {
@@ -53,15 +93,27 @@ fn enforce_only_in_phase_7() {
     for text in FILES {
         let p = Phase::from_toml(text).unwrap();
         for kind in ViolationKind::ALL {
-            let want = if p.number() == 7 { Mode::Enforce } else { Mode::Observe };
-            assert_eq!(p.violation_mode(kind), want, "phase {} {kind:?}", p.number());
+            let want = if p.number() == 7 {
+                Mode::Enforce
+            } else {
+                Mode::Observe
+            };
+            assert_eq!(
+                p.violation_mode(kind),
+                want,
+                "phase {} {kind:?}",
+                p.number()
+            );
         }
     }
 }
 
 #[test]
 fn ci_shares_main_until_the_write_pool() {
-    let shares: Vec<bool> = FILES.iter().map(|t| Phase::from_toml(t).unwrap().ci_shares_main()).collect();
+    let shares: Vec<bool> = FILES
+        .iter()
+        .map(|t| Phase::from_toml(t).unwrap().ci_shares_main())
+        .collect();
     assert_eq!(shares, [true, true, true, false, false, false, false]);
 }
 
@@ -70,7 +122,11 @@ fn phase4_with(rollout: &str) -> String {
     let text = FILES[3];
     let start = text.find("[rollout.ci_write]").unwrap();
     let end = text.find("[metrics]").unwrap();
-    format!("{}[rollout.ci_write]\n{rollout}\n\n{}", &text[..start], &text[end..])
+    format!(
+        "{}[rollout.ci_write]\n{rollout}\n\n{}",
+        &text[..start],
+        &text[end..]
+    )
 }
 
 /// Each bad file and a fragment of the error it must produce.
@@ -80,37 +136,110 @@ fn invalid_files_are_refused_with_the_key() {
     let cases: Vec<(String, &str)> = vec![
         (FILES[0].replace("phase = 1", "phase = 8"), "phase = 8"),
         (FILES[0].replace("phase = 1", "phase = 0"), "phase = 0"),
-        (FILES[0].replace("[main]", "colour = \"blue\"\n[main]"), "colour"),
-        (FILES[0].replace("[metrics]", "[metrics]\nextra = 1"), "extra"),
-        (FILES[0].replace("read = \"main_replica\"", "read = \"replica\""), "main.read"),
-        (FILES[0].replace("write = \"main\"", "write = \"main_replica\""), "main.write"),
-        (FILES[0].replace("cross_join = \"observe\"", "cross_join = \"maybe\""), "maybe"),
-        (FILES[0].replace("name = \"ci-cluster-deployed\"", "name = \" \""), "name"),
-        (FILES[0].replace("schemas_used_sample_percent = 100.0", "schemas_used_sample_percent = 101.0"), "metrics"),
-        (FILES[0].replace("write_host = \"main_primary\"", "write_host = \"ci_primary\""), "ci.write_host"),
-        (p7.replace("write_host = \"ci_primary\"", "write_host = \"main_primary\""), "ci.write_host"),
+        (
+            FILES[0].replace("[main]", "colour = \"blue\"\n[main]"),
+            "colour",
+        ),
+        (
+            FILES[0].replace("[metrics]", "[metrics]\nextra = 1"),
+            "extra",
+        ),
+        (
+            FILES[0].replace("read = \"main_replica\"", "read = \"replica\""),
+            "main.read",
+        ),
+        (
+            FILES[0].replace("write = \"main\"", "write = \"main_replica\""),
+            "main.write",
+        ),
+        (
+            FILES[0].replace("cross_join = \"observe\"", "cross_join = \"maybe\""),
+            "maybe",
+        ),
+        (
+            FILES[0].replace("name = \"ci-cluster-deployed\"", "name = \" \""),
+            "name",
+        ),
+        (
+            FILES[0].replace(
+                "schemas_used_sample_percent = 100.0",
+                "schemas_used_sample_percent = 101.0",
+            ),
+            "metrics",
+        ),
+        (
+            FILES[0].replace(
+                "write_host = \"main_primary\"",
+                "write_host = \"ci_primary\"",
+            ),
+            "ci.write_host",
+        ),
+        (
+            p7.replace(
+                "write_host = \"ci_primary\"",
+                "write_host = \"main_primary\"",
+            ),
+            "ci.write_host",
+        ),
         (p7.replace("write = \"ci\"", "write = \"main\""), "ci.write"),
-        (p7.replace("read = \"ci_replica\"", "read = \"main_replica\""), "ci.read"),
-        (FILES[1].replace("[ci]\nread = \"main_replica\"", "[ci]\nread = \"ci_replica\""), "ci.read"),
-        (FILES[2].replace("write = \"main\"                 #", "write = \"ci\" #"), "ci.write"),
-        (phase4_with("percent = -1.0\nfallback = \"main\""), "rollout.ci_write.percent"),
-        (phase4_with("percent = 50.0\nfallback = \"ci_replica\""), "rollout.ci_write.fallback"),
-        (phase4_with("percent = 50.0\nmode = \"sticky\"\nfallback = \"main\""), "sticky"),
-        (phase4_with("percent = 50.0\nfallback = \"main\"").replace("phase = 4", "phase = 4\nlocked_writes = true"), "locked_writes"),
-        (format!("{p7}\n[rollout.ci_write]\npercent = 50.0\nfallback = \"main\"\n"), "rollout"),
+        (
+            p7.replace("read = \"ci_replica\"", "read = \"main_replica\""),
+            "ci.read",
+        ),
+        (
+            FILES[1].replace(
+                "[ci]\nread = \"main_replica\"",
+                "[ci]\nread = \"ci_replica\"",
+            ),
+            "ci.read",
+        ),
+        (
+            FILES[2].replace("write = \"main\"                 #", "write = \"ci\" #"),
+            "ci.write",
+        ),
+        (
+            phase4_with("percent = -1.0\nfallback = \"main\""),
+            "rollout.ci_write.percent",
+        ),
+        (
+            phase4_with("percent = 50.0\nfallback = \"ci_replica\""),
+            "rollout.ci_write.fallback",
+        ),
+        (
+            phase4_with("percent = 50.0\nmode = \"sticky\"\nfallback = \"main\""),
+            "sticky",
+        ),
+        (
+            phase4_with("percent = 50.0\nfallback = \"main\"")
+                .replace("phase = 4", "phase = 4\nlocked_writes = true"),
+            "locked_writes",
+        ),
+        (
+            format!("{p7}\n[rollout.ci_write]\npercent = 50.0\nfallback = \"main\"\n"),
+            "rollout",
+        ),
     ];
     for (text, fragment) in cases {
         let err = Phase::from_toml(&text).expect_err(fragment).to_string();
-        assert!(err.contains(fragment), "{err:?} should mention {fragment:?}");
+        assert!(
+            err.contains(fragment),
+            "{err:?} should mention {fragment:?}"
+        );
     }
 }
 
 #[test]
 fn rollout_share_matches_percent() {
     for pct in [0.0, 0.01, 1.0, 12.5, 50.0, 99.9, 100.0] {
-        let p = Phase::from_toml(&phase4_with(&format!("percent = {pct:?}\nfallback = \"main\""))).unwrap();
+        let p = Phase::from_toml(&phase4_with(&format!(
+            "percent = {pct:?}\nfallback = \"main\""
+        )))
+        .unwrap();
         let rolls: Vec<f64> = (0..1000).map(|i| f64::from(i) * 0.1).collect();
-        let on_ci = rolls.iter().filter(|r| p.target_for(Group::Ci, false, 0.0, **r).0 == Target::Ci).count();
+        let on_ci = rolls
+            .iter()
+            .filter(|r| p.target_for(Group::Ci, false, 0.0, **r).0 == Target::Ci)
+            .count();
         let expected = (pct * 10.0_f64).ceil() as usize; // rolls are multiples of 0.1
         assert_eq!(on_ci, expected, "percent {pct}");
     }
@@ -118,17 +247,30 @@ fn rollout_share_matches_percent() {
 
 #[test]
 fn client_mode_uses_the_client_roll_only() {
-    let p = Phase::from_toml(&phase4_with("percent = 30.0\nmode = \"client\"\nfallback = \"main\"")).unwrap();
+    let p = Phase::from_toml(&phase4_with(
+        "percent = 30.0\nmode = \"client\"\nfallback = \"main\"",
+    ))
+    .unwrap();
     for txn_roll in [0.0, 29.0, 31.0, 99.9] {
-        assert_eq!(p.target_for(Group::Ci, false, 10.0, txn_roll), (Target::Ci, false));
-        assert_eq!(p.target_for(Group::Ci, false, 70.0, txn_roll), (Target::Main, true));
+        assert_eq!(
+            p.target_for(Group::Ci, false, 10.0, txn_roll),
+            (Target::Ci, false)
+        );
+        assert_eq!(
+            p.target_for(Group::Ci, false, 70.0, txn_roll),
+            (Target::Main, true)
+        );
     }
-    assert!(p.ci_shares_main(), "a partial write rollout lets main see gitlab_ci");
+    assert!(
+        p.ci_shares_main(),
+        "a partial write rollout lets main see gitlab_ci"
+    );
 }
 
 #[test]
 fn sampling_percent() {
-    let p = Phase::from_toml(&FILES[0].replace("= 100.0\n\n[violations]", "= 1.0\n\n[violations]")).unwrap();
+    let p = Phase::from_toml(&FILES[0].replace("= 100.0\n\n[violations]", "= 1.0\n\n[violations]"))
+        .unwrap();
     assert_eq!(p.schemas_used_sample_percent(), 1.0);
     assert!(p.sample_schemas_used(0.5));
     assert!(!p.sample_schemas_used(1.0));

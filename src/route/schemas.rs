@@ -41,7 +41,10 @@ impl SchemaMask {
 
     /// Schemas of the tables matching `keep`.
     pub fn of_tables(tables: &[TableRef], keep: impl Fn(&TableRef) -> bool) -> Self {
-        tables.iter().filter(|t| keep(t)).fold(Self::EMPTY, |m, t| m | Self::of(&t.schema))
+        tables
+            .iter()
+            .filter(|t| keep(t))
+            .fold(Self::EMPTY, |m, t| m | Self::of(&t.schema))
     }
 
     /// GitLab's connection validation looks at `select_tables + dml_tables`: DDL targets are

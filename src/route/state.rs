@@ -92,9 +92,14 @@ impl RouteState {
             return;
         }
         let sent = decision.reason != Reason::BeginDeferred;
-        let pin = Pinned { target: decision.target, group: decision.group };
+        let pin = Pinned {
+            target: decision.target,
+            group: decision.group,
+        };
         self.txn = match self.txn {
-            TxnState::InTransaction { pinned: Some(p) } => TxnState::InTransaction { pinned: Some(p) },
+            TxnState::InTransaction { pinned: Some(p) } => {
+                TxnState::InTransaction { pinned: Some(p) }
+            }
             _ if sent => TxnState::InTransaction { pinned: Some(pin) },
             _ => TxnState::InTransaction { pinned: None },
         };

@@ -36,7 +36,9 @@ pub struct CrossDbModification {
 /// `' for update'` rule). TRUNCATE is DDL to pg_query, so GitLab ignores it here; so do we.
 fn modified(c: &Classification) -> impl Iterator<Item = &crate::classify::TableRef> {
     let locking = c.kind == StatementKind::LockingRead;
-    c.tables.iter().filter(move |t| locking || t.role == TableRole::Written)
+    c.tables
+        .iter()
+        .filter(move |t| locking || t.role == TableRole::Written)
 }
 
 impl TxnTracker {
@@ -51,7 +53,9 @@ impl TxnTracker {
     /// Whether any part of this query string runs inside a transaction block.
     fn runs_in_transaction(&self, c: &Classification) -> bool {
         self.depth > 0
-            || c.statements.iter().any(|k| matches!(k, StatementKind::Transaction(TxnCommand::Begin { .. })))
+            || c.statements
+                .iter()
+                .any(|k| matches!(k, StatementKind::Transaction(TxnCommand::Begin { .. })))
     }
 
     /// What `observe` would report, without changing anything: `route` calls this so that the
@@ -118,7 +122,9 @@ impl TxnTracker {
             TxnCommand::Begin { .. } => self.depth.max(1),
             TxnCommand::Savepoint if self.depth > 0 => self.depth + 1,
             TxnCommand::Savepoint => 0,
-            TxnCommand::Release | TxnCommand::RollbackTo => self.depth.saturating_sub(1).max(self.depth.min(1)),
+            TxnCommand::Release | TxnCommand::RollbackTo => {
+                self.depth.saturating_sub(1).max(self.depth.min(1))
+            }
             TxnCommand::Commit | TxnCommand::Rollback | TxnCommand::PrepareTransaction => 0,
             TxnCommand::CommitPrepared | TxnCommand::RollbackPrepared => self.depth,
         };

@@ -115,7 +115,11 @@ impl Violation {
             }
             ViolationKind::CrossJoin | ViolationKind::CrossDatabaseModification => None,
         };
-        PgError { sqlstate: self.kind.sqlstate(), message, hint }
+        PgError {
+            sqlstate: self.kind.sqlstate(),
+            message,
+            hint,
+        }
     }
 }
 
@@ -143,7 +147,11 @@ pub(crate) fn join<T: std::fmt::Display>(items: impl IntoIterator<Item = T>) -> 
 }
 
 pub(crate) fn cross_join_message(tables: &[&str], schemas: &[GitlabSchema]) -> String {
-    format!("Unsupported cross-join across '{}' querying '{}'", join(tables), join(schemas))
+    format!(
+        "Unsupported cross-join across '{}' querying '{}'",
+        join(tables),
+        join(schemas)
+    )
 }
 
 pub(crate) fn cross_database_message(schemas: &[GitlabSchema], tables: &[&str]) -> String {

@@ -6,7 +6,11 @@ use super::*;
 fn cross_join_observed_then_enforced() {
     let c = cls(K::Read, &[("projects", R), ("ci_builds", R)]);
     let d = route(&c, &phase(4), &transparent());
-    assert_eq!((d.target, d.group), (Target::MainReplica, Group::Main), "both groups: main's target");
+    assert_eq!(
+        (d.target, d.group),
+        (Target::MainReplica, Group::Main),
+        "both groups: main's target"
+    );
     assert_eq!(kinds(&d)[0], (ViolationKind::CrossJoin, Mode::Observe));
     assert!(d.rejected().is_none());
 
@@ -31,9 +35,15 @@ fn cross_database_modification_in_a_transaction() {
         let p = phase(n);
         let mut s = RouteState::new(ConnectionKind::DbConfig(Group::Main), 0.0);
         run(&begin(), &p, &mut s);
-        assert!(run(&cls(K::Write, &[("projects", W)]), &p, &mut s).violations.is_empty());
+        assert!(run(&cls(K::Write, &[("projects", W)]), &p, &mut s)
+            .violations
+            .is_empty());
         let d = route(&cls(K::Write, &[("ci_builds", W)]), &p, &s);
-        let v = d.violations.iter().find(|v| v.kind == ViolationKind::CrossDatabaseModification).unwrap();
+        let v = d
+            .violations
+            .iter()
+            .find(|v| v.kind == ViolationKind::CrossDatabaseModification)
+            .unwrap();
         assert_eq!(v.mode, mode, "phase {n}");
         assert_eq!(v.schemas, [GitlabSchema::Ci, GitlabSchema::Main]);
         assert_eq!(
@@ -51,11 +61,21 @@ fn cross_database_modification_rules() {
     let mut s = transparent();
     // Autocommit writes to both are fine.
     run(&cls(K::Write, &[("projects", W)]), &p, &mut s);
-    assert!(route(&cls(K::Write, &[("ci_builds", W)]), &p, &s).violations.is_empty());
+    assert!(route(&cls(K::Write, &[("ci_builds", W)]), &p, &s)
+        .violations
+        .is_empty());
     // main + shared + internal in one transaction are allowed; reads of ci are fine.
     run(&begin(), &p, &mut s);
-    run(&cls(K::Write, &[("projects", W), ("ci_builds", R)]), &p, &mut s);
-    run(&cls(K::Write, &[("loose_foreign_keys_deleted_records", W)]), &p, &mut s);
+    run(
+        &cls(K::Write, &[("projects", W), ("ci_builds", R)]),
+        &p,
+        &mut s,
+    );
+    run(
+        &cls(K::Write, &[("loose_foreign_keys_deleted_records", W)]),
+        &p,
+        &mut s,
+    );
     let d = route(&cls(K::Write, &[("schema_migrations", W)]), &p, &s);
     assert!(!kinds(&d).contains(&(ViolationKind::CrossDatabaseModification, Mode::Observe)));
     // A locking read counts as a modification (GitLab's ' for update' rule); savepoints nest.
@@ -69,7 +89,9 @@ fn cross_database_modification_rules() {
     assert_eq!((s.tracker.depth(), s.txn), (0, TxnState::Idle));
     // The set is cleared at the end of the transaction.
     run(&begin(), &p, &mut s);
-    assert!(route(&cls(K::Write, &[("ci_builds", W)]), &p, &s).violations.is_empty());
+    assert!(route(&cls(K::Write, &[("ci_builds", W)]), &p, &s)
+        .violations
+        .is_empty());
 }
 
 #[test]
@@ -107,26 +129,51 @@ fn pinned_statement_of_the_other_group() {
 fn locked_table_write_in_phase_7() {
     let p = phase(7);
     let main = RouteState::new(ConnectionKind::DbConfig(Group::Main), 0.0);
-    for c in [cls(K::Write, &[("ci_builds", W)]), cls(K::Ddl, &[("ci_builds", Ddl)])] {
+    for c in [
+        cls(K::Write, &[("ci_builds", W)]),
+        cls(K::Ddl, &[("ci_builds", Ddl)]),
+    ] {
         let d = route(&c, &p, &main);
-        let v = d.violations.iter().find(|v| v.kind == ViolationKind::LockedTableWrite).unwrap();
-        assert_eq!((v.mode, v.table.as_deref()), (Mode::Enforce, Some("ci_builds")));
+        let v = d
+            .violations
+            .iter()
+            .find(|v| v.kind == ViolationKind::LockedTableWrite)
+            .unwrap();
+        assert_eq!(
+            (v.mode, v.table.as_deref()),
+            (Mode::Enforce, Some("ci_builds"))
+        );
         let e = v.pg_error("TRUNCATE ci_builds");
         assert_eq!(e.sqlstate, "2F002");
-        assert_eq!(e.message, "Table: \"ci_builds\" is write protected within this Gitlab database.");
-        assert_eq!(e.hint, Some("Make sure you are using the right database connection"));
+        assert_eq!(
+            e.message,
+            "Table: \"ci_builds\" is write protected within this Gitlab database."
+        );
+        assert_eq!(
+            e.hint,
+            Some("Make sure you are using the right database connection")
+        );
     }
     // Reads of the stale copy are a wrong schema, not a locked write; shared tables stay writable.
     let d = route(&cls(K::Read, &[("ci_builds", R)]), &p, &main);
     assert_eq!(kinds(&d), [(ViolationKind::WrongSchema, Mode::Enforce)]);
-    assert!(route(&cls(K::Write, &[("loose_foreign_keys_deleted_records", W)]), &p, &main).violations.is_empty());
+    assert!(route(
+        &cls(K::Write, &[("loose_foreign_keys_deleted_records", W)]),
+        &p,
+        &main
+    )
+    .violations
+    .is_empty());
     // Observe mode: counted, not refused.
-    let soft = Phase::from_toml(&phase::tests::FILES[6].replace("\"enforce\"", "\"observe\"")).unwrap();
+    let soft =
+        Phase::from_toml(&phase::tests::FILES[6].replace("\"enforce\"", "\"observe\"")).unwrap();
     let d = route(&cls(K::Write, &[("ci_builds", W)]), &soft, &main);
     assert!(d.rejected().is_none());
     assert!(kinds(&d).contains(&(ViolationKind::LockedTableWrite, Mode::Observe)));
     // Not before phase 7.
-    assert!(route(&cls(K::Write, &[("ci_builds", W)]), &phase(3), &main).violations.is_empty());
+    assert!(route(&cls(K::Write, &[("ci_builds", W)]), &phase(3), &main)
+        .violations
+        .is_empty());
 }
 
 #[test]
@@ -135,25 +182,42 @@ fn shadow_phase_7_counts_what_it_would_refuse() {
     let mut s = transparent();
     run(&begin(), &p, &mut s);
     let d = run(&cls(K::Write, &[("ci_builds", W)]), &p, &mut s);
-    assert!(route_shadow(&cls(K::Write, &[("ci_builds", W)]), &p, &transparent()).unwrap().violations.is_empty());
+    assert!(
+        route_shadow(&cls(K::Write, &[("ci_builds", W)]), &p, &transparent())
+            .unwrap()
+            .violations
+            .is_empty()
+    );
     assert!(d.violations.is_empty());
     let c = cls(K::Read, &[("projects", R)]);
     let real = route(&c, &p, &s);
     let shadow = route_shadow(&c, &p, &s).unwrap();
     assert!(real.rejected().is_none());
     assert_eq!((shadow.target, shadow.reason), (Target::Ci, Reason::Pinned));
-    assert_eq!(shadow.rejected().map(|v| v.kind), Some(ViolationKind::WrongSchema));
-    assert!(route_shadow(&c, &phase(4), &s).is_none(), "no shadow attached");
+    assert_eq!(
+        shadow.rejected().map(|v| v.kind),
+        Some(ViolationKind::WrongSchema)
+    );
+    assert!(
+        route_shadow(&c, &phase(4), &s).is_none(),
+        "no shadow attached"
+    );
 }
 
 #[test]
 fn shadow_remaps_a_rollout_fallback_pin_by_group() {
     let text = phase::tests::FILES[3].replace("percent = 100.0", "percent = 0.0");
-    let p = Phase::from_toml(&text).unwrap().with_shadow(phase(7)).unwrap();
+    let p = Phase::from_toml(&text)
+        .unwrap()
+        .with_shadow(phase(7))
+        .unwrap();
     let mut s = transparent();
     run(&begin(), &p, &mut s);
     let d = run(&cls(K::Write, &[("ci_builds", W)]), &p, &mut s);
-    assert_eq!((d.target, d.reason), (Target::Main, Reason::RolloutFallback));
+    assert_eq!(
+        (d.target, d.reason),
+        (Target::Main, Reason::RolloutFallback)
+    );
     let shadow = route_shadow(&cls(K::Write, &[("ci_builds", W)]), &p, &s).unwrap();
     assert_eq!(shadow.target, Target::Ci);
     assert!(shadow.violations.is_empty());
@@ -169,5 +233,7 @@ fn ready_for_query_idle_resets_the_transaction() {
     assert!(s.pinned().is_some());
     s.on_ready_for_query(b'I');
     assert_eq!((s.txn, s.tracker.depth()), (TxnState::Idle, 0));
-    assert!(route(&cls(K::Write, &[("ci_builds", W)]), &p, &s).violations.is_empty());
+    assert!(route(&cls(K::Write, &[("ci_builds", W)]), &p, &s)
+        .violations
+        .is_empty());
 }
