@@ -1,13 +1,13 @@
 use super::*;
 
 pub(crate) const FILES: [&str; 7] = [
-    include_str!("../../phases/phase-1.toml"),
-    include_str!("../../phases/phase-2.toml"),
-    include_str!("../../phases/phase-3.toml"),
-    include_str!("../../phases/phase-4.toml"),
-    include_str!("../../phases/phase-5.toml"),
-    include_str!("../../phases/phase-6.toml"),
-    include_str!("../../phases/phase-7.toml"),
+    include_str!("../../../phases/phase-1.toml"),
+    include_str!("../../../phases/phase-2.toml"),
+    include_str!("../../../phases/phase-3.toml"),
+    include_str!("../../../phases/phase-4.toml"),
+    include_str!("../../../phases/phase-5.toml"),
+    include_str!("../../../phases/phase-6.toml"),
+    include_str!("../../../phases/phase-7.toml"),
 ];
 
 #[test]
