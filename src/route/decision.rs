@@ -1,0 +1,239 @@
+//! Pipeline step 3 (client → framing → classify → **route** → pool → server): `route`, the
+//! pure phase-routing policy, and the `Decision` it returns.
+
+use crate::classify::{Classification, GitlabSchema, StatementKind, TableRole, TxnCommand};
+
+use super::phase::Phase;
+use super::schemas::{table_group, SchemaMask};
+use super::state::{ConnectionKind, Pinned, RouteState, TxnState};
+use super::violation::{self, Violation, ViolationKind};
+use super::{Group, Target};
+
+/// Why a target was chosen; `label()` is the metric/log value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// Plain read outside a transaction: the group's read target.
+    Read,
+    /// Anything else (write, locking read, DDL, session/utility, first statement of a
+    /// transaction): the group's write target.
+    Write,
+    /// Inside a transaction: the connection chosen at its first statement.
+    Pinned,
+    /// A ci rollout below 100 % kept this statement on the old target.
+    RolloutFallback,
+    /// The statement did not parse: the main primary (fail closed).
+    Unparsable,
+    /// No main or ci tables: the session's current group decided.
+    SessionGroup,
+    /// A per-db_config connection: its config decided the group.
+    DbConfig,
+    /// BEGIN/START opening a transaction: hold it back until the first statement picks the
+    /// server, then send it there first. `target` is only a hint.
+    BeginDeferred,
+}
+
+impl Reason {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Read => "read",
+            Self::Write => "write",
+            Self::Pinned => "pinned",
+            Self::RolloutFallback => "rollout_fallback",
+            Self::Unparsable => "unparsable",
+            Self::SessionGroup => "session_group",
+            Self::DbConfig => "db_config",
+            Self::BeginDeferred => "begin_deferred",
+        }
+    }
+}
+
+/// Where one query string runs, why, and which rules it breaks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub target: Target,
+    /// The group the statement belongs to (by tables, connection or session); a pinned
+    /// transaction's target may belong to the other group.
+    pub group: Group,
+    pub reason: Reason,
+    /// Empty (and unallocated) for almost every statement.
+    pub violations: Vec<Violation>,
+}
+
+impl Decision {
+    /// The first enforced violation: send its `pg_error` instead of running the statement.
+    pub fn rejected(&self) -> Option<&Violation> {
+        self.violations
+            .iter()
+            .find(|v| v.mode == super::Mode::Enforce)
+    }
+}
+
+/// Routes one query string (possibly several statements) under `phase`. Pure: the session
+/// passes the random numbers in `state`, records metrics from the result and then calls
+/// `state.after_statement`.
+pub fn route(c: &Classification, phase: &Phase, state: &RouteState) -> Decision {
+    let tables = SchemaMask::of_statement(c);
+    let (group, group_reason) = match (state.connection, tables.group()) {
+        (ConnectionKind::DbConfig(g), _) => (g, Reason::DbConfig),
+        (ConnectionKind::Transparent, Some(g)) => (g, Reason::Write),
+        (ConnectionKind::Transparent, None) => (state.current_group, Reason::SessionGroup),
+    };
+    let (target, reason) = choose_target(c, phase, state, group, group_reason);
+    let mut violations = Vec::new();
+    if !c.cross_join.allowed {
+        violations.push(cross_join(c, phase));
+    }
+    if let Some(v) = wrong_schema(c, phase, state.connection, target) {
+        violations.push(v);
+    }
+    if let Some(v) = locked_write(c, phase, target) {
+        violations.push(v);
+    }
+    if let Some(found) = state.tracker.check(c) {
+        violations.push(Violation {
+            kind: ViolationKind::CrossDatabaseModification,
+            mode: phase.violation_mode(ViolationKind::CrossDatabaseModification),
+            schemas: found.schemas,
+            table: None,
+            message: found.message,
+        });
+    }
+    Decision {
+        target,
+        group,
+        reason,
+        violations,
+    }
+}
+
+/// The decision `phase.shadow()` would have made, to be counted (`pgdecomp_shadow_*`) and never
+/// applied. A pinned transaction is re-mapped to the shadow phase's write target of the same
+/// group, so the shadow sees the connection it would itself have pinned.
+pub fn route_shadow(c: &Classification, phase: &Phase, state: &RouteState) -> Option<Decision> {
+    let shadow = phase.shadow()?;
+    let Some(p) = state.pinned() else {
+        return Some(route(c, shadow, state));
+    };
+    let (target, _) = shadow.target_for(p.group, false, state.client_roll, state.txn_roll);
+    let mut remapped = state.clone();
+    remapped.txn = TxnState::InTransaction {
+        pinned: Some(Pinned {
+            target,
+            group: p.group,
+        }),
+    };
+    Some(route(c, shadow, &remapped))
+}
+
+fn choose_target(
+    c: &Classification,
+    phase: &Phase,
+    state: &RouteState,
+    group: Group,
+    group_reason: Reason,
+) -> (Target, Reason) {
+    let pinned = state.pinned();
+    if c.kind == StatementKind::Unknown {
+        // A transaction cannot move mid-way; a db_config connection names its database, so its
+        // primary is the fail-closed choice (main's copy of ci tables is stale in phase 7).
+        let target = match (pinned, state.connection) {
+            (Some(p), _) => p.target,
+            (None, ConnectionKind::DbConfig(g)) => {
+                phase
+                    .target_for(g, false, state.client_roll, state.txn_roll)
+                    .0
+            }
+            (None, ConnectionKind::Transparent) => Target::Main,
+        };
+        return (target, Reason::Unparsable);
+    }
+    if let Some(p) = pinned {
+        return (p.target, Reason::Pinned);
+    }
+    let idle = state.txn == TxnState::Idle;
+    let read = idle && c.kind == StatementKind::Read;
+    let (target, fell_back) = phase.target_for(group, read, state.client_roll, state.txn_roll);
+    let reason = if idle && matches!(c.kind, StatementKind::Transaction(TxnCommand::Begin { .. })) {
+        Reason::BeginDeferred
+    } else if fell_back {
+        Reason::RolloutFallback
+    } else if group_reason == Reason::Write && read {
+        Reason::Read
+    } else {
+        group_reason
+    };
+    (target, reason)
+}
+
+fn cross_join(c: &Classification, phase: &Phase) -> Violation {
+    let names: Vec<&str> = c.tables.iter().map(|t| t.name.as_str()).collect();
+    Violation {
+        kind: ViolationKind::CrossJoin,
+        mode: phase.violation_mode(ViolationKind::CrossJoin),
+        message: violation::cross_join_message(&names, &c.cross_join.schemas),
+        schemas: c.cross_join.schemas.clone(),
+        table: None,
+    }
+}
+
+/// GitLab's `table_schemas(select + dml tables) - allowed`. A db_config connection is checked
+/// against its own config; a transparent one against the target it runs on.
+fn wrong_schema(
+    c: &Classification,
+    phase: &Phase,
+    conn: ConnectionKind,
+    target: Target,
+) -> Option<Violation> {
+    let group = match conn {
+        ConnectionKind::DbConfig(g) => g,
+        ConnectionKind::Transparent => target.group(),
+    };
+    let accessed = SchemaMask::of_accessed(c);
+    if accessed.minus(phase.allowed_schemas(group)).is_empty() {
+        return None;
+    }
+    let tables: Vec<_> = c
+        .tables
+        .iter()
+        .filter(|t| t.role != TableRole::Ddl)
+        .collect();
+    let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
+    let mut schemas: Vec<GitlabSchema> = tables.iter().map(|t| t.schema.clone()).collect();
+    schemas.sort();
+    schemas.dedup();
+    let connection = if target.group() == group {
+        target.label()
+    } else {
+        group.label()
+    };
+    Some(Violation {
+        kind: ViolationKind::WrongSchema,
+        mode: phase.violation_mode(ViolationKind::WrongSchema),
+        message: violation::wrong_schema_message(
+            &names,
+            &schemas,
+            phase.allowed_names(group),
+            connection,
+        ),
+        schemas,
+        table: None,
+    })
+}
+
+/// Phase 7's write locks: a write or DDL (TRUNCATE included) to a table of the other database
+/// than the one `target` connects to. Shared and internal tables stay writable everywhere.
+fn locked_write(c: &Classification, phase: &Phase, target: Target) -> Option<Violation> {
+    if !phase.locked_writes() {
+        return None;
+    }
+    let t = c.tables.iter().find(|t| {
+        t.role != TableRole::Read && table_group(&t.schema).is_some_and(|g| g != target.group())
+    })?;
+    Some(Violation {
+        kind: ViolationKind::LockedTableWrite,
+        mode: phase.violation_mode(ViolationKind::LockedTableWrite),
+        schemas: vec![t.schema.clone()],
+        table: Some(t.name.clone()),
+        message: violation::locked_table_message(&t.name),
+    })
+}

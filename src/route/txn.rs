@@ -1,0 +1,139 @@
+//! Pipeline step 3 (client → framing → classify → **route** → pool → server): per-session
+//! transaction tracking for the cross-database modification check (GitLab's
+//! `PreventCrossDatabaseModification` analyzer), as pure transitions over classifications.
+
+use crate::classify::{Classification, GitlabSchema, StatementKind, TableRole, TxnCommand};
+
+use super::schemas::SchemaMask;
+use super::violation::cross_database_message;
+
+/// What one transaction has written so far, and how deep its savepoints go.
+///
+/// Depth follows GitLab's analyzer (+1 BEGIN/START/SAVEPOINT, −1 RELEASE/ROLLBACK TO) except
+/// where PostgreSQL itself differs: COMMIT, ROLLBACK and PREPARE TRANSACTION end the whole
+/// transaction whatever the savepoint depth, a BEGIN inside a transaction is a no-op, and
+/// RELEASE/ROLLBACK TO never end it. On well-nested Rails traffic the counts are identical.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TxnTracker {
+    depth: u32,
+    written: SchemaMask,
+    /// Written tables in order of first write, deduplicated; only for the message.
+    tables: Vec<(String, GitlabSchema)>,
+}
+
+/// A transaction that has written tables of both databases.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CrossDbModification {
+    /// Sorted schemas of all tables written in the transaction.
+    pub schemas: Vec<GitlabSchema>,
+    /// Written tables in order of first write.
+    pub tables: Vec<String>,
+    /// GitLab's message.
+    pub message: String,
+}
+
+/// Tables a statement modifies: `dml_tables`, or every table of a locking read (GitLab's
+/// `' for update'` rule). TRUNCATE is DDL to pg_query, so GitLab ignores it here; so do we.
+fn modified(c: &Classification) -> impl Iterator<Item = &crate::classify::TableRef> {
+    let locking = c.kind == StatementKind::LockingRead;
+    c.tables
+        .iter()
+        .filter(move |t| locking || t.role == TableRole::Written)
+}
+
+impl TxnTracker {
+    pub fn depth(&self) -> u32 {
+        self.depth
+    }
+
+    pub fn in_transaction(&self) -> bool {
+        self.depth > 0
+    }
+
+    /// Whether any part of this query string runs inside a transaction block.
+    fn runs_in_transaction(&self, c: &Classification) -> bool {
+        self.depth > 0
+            || c.statements
+                .iter()
+                .any(|k| matches!(k, StatementKind::Transaction(TxnCommand::Begin { .. })))
+    }
+
+    /// What `observe` would report, without changing anything: `route` calls this so that the
+    /// violation is known before the statement runs (and can be refused).
+    ///
+    /// Rule (GitLab's `allow_cross_transactions`, simplified to the 2022 split): writes to
+    /// gitlab_main (and named/undefined schemas, which live in main) and to gitlab_ci in one
+    /// transaction are a violation; shared and internal tables go with either. Reported for
+    /// every writing statement once the transaction spans both.
+    pub fn check(&self, c: &Classification) -> Option<CrossDbModification> {
+        if !self.runs_in_transaction(c) {
+            return None;
+        }
+        let new = modified(c).fold(SchemaMask::EMPTY, |m, t| m | SchemaMask::of(&t.schema));
+        if new.is_empty() || !(self.written | new).spans_both() {
+            return None;
+        }
+        let mut tables: Vec<(&str, &GitlabSchema)> =
+            self.tables.iter().map(|(n, s)| (n.as_str(), s)).collect();
+        for t in modified(c) {
+            if !tables.iter().any(|(n, _)| *n == t.name) {
+                tables.push((&t.name, &t.schema));
+            }
+        }
+        let mut schemas: Vec<GitlabSchema> = tables.iter().map(|(_, s)| (*s).clone()).collect();
+        schemas.sort();
+        schemas.dedup();
+        let names: Vec<&str> = tables.iter().map(|(n, _)| *n).collect();
+        Some(CrossDbModification {
+            message: cross_database_message(&schemas, &names),
+            tables: names.into_iter().map(str::to_owned).collect(),
+            schemas,
+        })
+    }
+
+    /// Applies an executed query string: records its writes while a transaction is open and
+    /// moves the depth. Returns what `check` would have reported.
+    pub fn observe(&mut self, c: &Classification) -> Option<CrossDbModification> {
+        let found = self.check(c);
+        let in_txn_before = self.runs_in_transaction(c);
+        for kind in &c.statements {
+            if let StatementKind::Transaction(cmd) = kind {
+                self.apply(*cmd);
+            }
+        }
+        // Per-statement table lists are not kept by the classifier, so a string that opens or
+        // closes a transaction records all its writes as inside it (conservative).
+        if in_txn_before {
+            for t in modified(c) {
+                self.written |= SchemaMask::of(&t.schema);
+                if !self.tables.iter().any(|(n, _)| *n == t.name) {
+                    self.tables.push((t.name.clone(), t.schema.clone()));
+                }
+            }
+        }
+        if self.depth == 0 {
+            self.reset();
+        }
+        found
+    }
+
+    fn apply(&mut self, cmd: TxnCommand) {
+        self.depth = match cmd {
+            TxnCommand::Begin { .. } => self.depth.max(1),
+            TxnCommand::Savepoint if self.depth > 0 => self.depth + 1,
+            TxnCommand::Savepoint => 0,
+            TxnCommand::Release | TxnCommand::RollbackTo => {
+                self.depth.saturating_sub(1).max(self.depth.min(1))
+            }
+            TxnCommand::Commit | TxnCommand::Rollback | TxnCommand::PrepareTransaction => 0,
+            TxnCommand::CommitPrepared | TxnCommand::RollbackPrepared => self.depth,
+        };
+    }
+
+    /// Forgets the transaction: the server reported idle (ReadyForQuery `I`).
+    pub fn reset(&mut self) {
+        self.depth = 0;
+        self.written = SchemaMask::EMPTY;
+        self.tables.clear();
+    }
+}
