@@ -57,24 +57,31 @@ enum Command {
     },
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    match cli.command {
+    let result = match cli.command {
         Some(Command::Run { config }) => run(config),
-        None => run(cli.config.context("--config FILE is required")?),
-        Some(Command::CheckConfig { config }) => {
-            let snap = pgdecomp::config::load(&config)
-                .with_context(|| format!("invalid config {}", config.display()))?;
-            println!("{}", snap.summary());
-            Ok(())
-        }
+        None => cli
+            .config
+            .context("--config FILE is required")
+            .and_then(run),
+        Some(Command::CheckConfig { config }) => load(&config).map(|s| println!("{}", s.summary())),
         Some(Command::Classify {
             config,
             format,
             sql,
         }) => classify(config, format, sql),
+    };
+    if let Err(e) = result {
+        // One line with the cause chain: operators read this in a terminal or a log.
+        eprintln!("pgdecomp: {e:#}");
+        std::process::exit(1);
     }
+}
+
+fn load(path: &std::path::Path) -> anyhow::Result<pgdecomp::config::Snapshot> {
+    pgdecomp::config::load(path).with_context(|| format!("invalid config {}", path.display()))
 }
 
 fn init_logging(format: LogFormat) {
@@ -90,8 +97,7 @@ fn init_logging(format: LogFormat) {
 }
 
 fn run(config: PathBuf) -> anyhow::Result<()> {
-    let snap = pgdecomp::config::load(&config)
-        .with_context(|| format!("invalid config {}", config.display()))?;
+    let snap = load(&config)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -110,10 +116,7 @@ fn run(config: PathBuf) -> anyhow::Result<()> {
 
 fn classify(config: Option<PathBuf>, format: Format, sql: Option<String>) -> anyhow::Result<()> {
     let classifier = match config {
-        Some(path) => pgdecomp::config::load(&path)
-            .with_context(|| format!("invalid config {}", path.display()))?
-            .classifier
-            .clone(),
+        Some(path) => load(&path)?.classifier.clone(),
         None => pgdecomp::classify::Classifier::gitlab_default(),
     };
     let sql = match sql {

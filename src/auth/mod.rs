@@ -15,11 +15,8 @@ pub enum AuthError {
         line: usize,
         message: String,
     },
-    #[error("auth file {path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("auth file {path}: {error}")]
+    Io { path: String, error: std::io::Error },
     #[error("invalid SCRAM verifier for user \"{0}\"")]
     BadVerifier(String),
     #[error("password authentication failed for user \"{0}\"")]

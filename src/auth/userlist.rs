@@ -75,9 +75,9 @@ impl UserList {
     }
 
     pub fn load(path: &std::path::Path) -> Result<Self, AuthError> {
-        let text = std::fs::read_to_string(path).map_err(|source| AuthError::Io {
+        let text = std::fs::read_to_string(path).map_err(|error| AuthError::Io {
             path: path.display().to_string(),
-            source,
+            error,
         })?;
         Self::parse(&text, &path.display().to_string())
     }

@@ -12,10 +12,10 @@ use std::path::{Path, PathBuf};
 /// Why a config could not be loaded. The previous snapshot stays live on any of these.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
@@ -25,16 +25,16 @@ pub enum ConfigError {
         key: String,
         message: String,
     },
-    #[error("{0}")]
+    #[error(transparent)]
     Auth(#[from] crate::auth::AuthError),
-    #[error("{0}")]
+    #[error(transparent)]
     Classify(#[from] crate::classify::ClassifyError),
 }
 
 pub(crate) fn read(path: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
         path: path.into(),
-        source,
+        error,
     })
 }
 

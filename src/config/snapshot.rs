@@ -12,7 +12,7 @@ use super::{read, ConfigError};
 use crate::auth::UserList;
 use crate::classify::{Classifier, Dictionary, SchemaRules};
 use crate::pool::{ConnLimits, PoolSettings};
-use crate::route::Group;
+use crate::route::{Group, Phase};
 
 /// How long a client keeps a server connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,6 +64,7 @@ pub struct Snapshot {
     pub classifier: Classifier,
     pub cache_size: usize,
     pub phase_file: PathBuf,
+    pub phase: Arc<Phase>,
     pub max_message_size: usize,
 }
 
@@ -106,6 +107,26 @@ fn cluster(path: &Path, name: &str, raw: &RawCluster) -> Result<Cluster, ConfigE
         .map(|r| host_port(path, &format!("clusters.{name}.replicas"), r))
         .collect::<Result<_, _>>()?;
     Ok(Cluster { primary, replicas })
+}
+
+/// Loads a phase file and the shadow phase it names (relative to its own directory).
+pub fn load_phase(file: &Path) -> Result<Phase, ConfigError> {
+    let parse = |f: &Path| {
+        Phase::from_toml(&read(f)?).map_err(|e| ConfigError::Parse {
+            path: f.into(),
+            message: e.to_string(),
+        })
+    };
+    let phase = parse(file)?;
+    let Some(shadow) = phase.shadow_file().map(str::to_string) else {
+        return Ok(phase);
+    };
+    let shadow_path = file.parent().unwrap_or(Path::new(".")).join(shadow);
+    let shadow = parse(&shadow_path)?;
+    phase.with_shadow(shadow).map_err(|e| ConfigError::Parse {
+        path: file.into(),
+        message: e.to_string(),
+    })
 }
 
 impl Snapshot {
@@ -190,13 +211,7 @@ impl Snapshot {
             None => SchemaRules::gitlab_2022(),
         };
         let phase_file = rel(&raw.phase_file);
-        if !phase_file.is_file() {
-            return Err(invalid(
-                path,
-                "phase_file",
-                format!("{} does not exist", phase_file.display()),
-            ));
-        }
+        let phase = Arc::new(load_phase(&phase_file)?);
         Ok(Snapshot {
             source: path.to_path_buf(),
             listen,
@@ -216,6 +231,7 @@ impl Snapshot {
             classifier: Classifier::new(dictionary, rules, &c.write_functions),
             cache_size: c.cache_size,
             phase_file,
+            phase,
             max_message_size: raw.max_message_size.max(1024),
         })
     }
@@ -225,7 +241,7 @@ impl Snapshot {
         format!(
             "config {} is valid\n  listen {} metrics {}\n  pool_mode {:?}, pool_size {}, max_client_conn {}\n  \
              main primary {} replicas {:?}\n  ci primary {} replicas {:?}\n  databases {:?}\n  \
-             users in auth file {}, admin users {:?}\n  phase file {}",
+             users in auth file {}, admin users {:?}\n  phase file {} (phase {} {:?})",
             self.source.display(),
             self.listen,
             self.metrics_listen.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
@@ -244,6 +260,8 @@ impl Snapshot {
             self.users.len(),
             self.admin_users,
             self.phase_file.display(),
+            self.phase.number(),
+            self.phase.name(),
         )
     }
 }
