@@ -89,6 +89,20 @@ pub fn write_target(tag: u8, kind: u8, name: &str, out: &mut BytesMut) {
     finish(out, start);
 }
 
+/// Writes a Bind of the unnamed statement to the unnamed portal, without parameters.
+pub fn write_bind_unnamed(out: &mut BytesMut) {
+    out.put_u8(b'B');
+    out.put_i32(4 + 1 + 1 + 2 + 2 + 2);
+    out.put_slice(&[0, 0, 0, 0, 0, 0, 0, 0]);
+}
+
+/// Writes an Execute of the unnamed portal with no row limit.
+pub fn write_execute_unnamed(out: &mut BytesMut) {
+    out.put_u8(b'E');
+    out.put_i32(4 + 1 + 4);
+    out.put_slice(&[0, 0, 0, 0, 0]);
+}
+
 /// Writes a simple Query message.
 pub fn write_query(sql: &str, out: &mut BytesMut) {
     let start = out.len();

@@ -127,7 +127,7 @@ pub async fn handshake(
         spec,
         cancel_key,
         cancel_slot,
-        pool_mode: snap.pool_mode,
+        snap: shared.config.load_full(),
     }))
 }
 

@@ -7,14 +7,17 @@ mod handshake;
 mod io;
 mod params;
 mod prepared;
+mod pump;
 mod relay;
+mod routing;
 mod scan;
 #[cfg(test)]
 mod scan_tests;
 
+use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpStream;
@@ -42,7 +45,25 @@ pub struct Shared {
     pub clients: AtomicUsize,
     pub next_client_id: AtomicU64,
     pub metrics: Metrics,
+    /// Round-robin position for replica choice.
+    pub replica_rr: AtomicUsize,
+    undefined_labels: Mutex<HashSet<String>>,
+    /// The most recent violations, newest last, for the admin console.
+    pub recent_violations: Mutex<VecDeque<RecentViolation>>,
 }
+
+/// One violation as SHOW VIOLATIONS lists it.
+#[derive(Clone, Debug)]
+pub struct RecentViolation {
+    pub at: std::time::SystemTime,
+    pub client: u64,
+    pub kind: &'static str,
+    pub mode: &'static str,
+    pub message: String,
+    pub sql: String,
+}
+
+const RECENT_VIOLATIONS: usize = 100;
 
 impl Shared {
     pub fn new(snapshot: Snapshot) -> Arc<Self> {
@@ -57,11 +78,63 @@ impl Shared {
             clients: AtomicUsize::new(0),
             next_client_id: AtomicU64::new(1),
             metrics: Metrics::new(),
+            replica_rr: AtomicUsize::new(0),
+            undefined_labels: Mutex::default(),
+            recent_violations: Mutex::default(),
         })
     }
 }
 
 impl Shared {
+    /// Keeps label cardinality bounded: past a cap, new `undefined_<table>` values become
+    /// `undefined_other` (each unknown table would otherwise be a new time series).
+    pub fn bounded_label(&self, label: String) -> String {
+        if !label.contains("undefined_") {
+            return label;
+        }
+        let mut seen = self
+            .undefined_labels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if seen.contains(&label) {
+            return label;
+        }
+        if seen.len() < routing::undefined_label_cap() {
+            seen.insert(label.clone());
+            return label;
+        }
+        let mut parts: Vec<&str> = label
+            .split(',')
+            .map(|p| {
+                if p.starts_with("undefined_") {
+                    "undefined_other"
+                } else {
+                    p
+                }
+            })
+            .collect();
+        parts.dedup();
+        parts.join(",")
+    }
+
+    pub fn remember_violation(&self, client: u64, v: &crate::route::Violation, sql: &str) {
+        let mut recent = self
+            .recent_violations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if recent.len() >= RECENT_VIOLATIONS {
+            recent.pop_front();
+        }
+        recent.push_back(RecentViolation {
+            at: std::time::SystemTime::now(),
+            client,
+            kind: v.kind.label(),
+            mode: v.mode.label(),
+            message: v.message.clone(),
+            sql: routing::truncate(sql).to_string(),
+        });
+    }
+
     /// Refreshes the gauges read at scrape time and renders every metric.
     pub fn render_metrics(&self) -> String {
         let m = &self.metrics;

@@ -25,6 +25,7 @@ pub struct Segment {
     /// Sync/Query sent: a ReadyForQuery will end it.
     pub closed: bool,
     swallow_parse: u32,
+    swallow_bind: u32,
     swallow_close: u32,
     /// Parse messages sent and not yet acknowledged (None = unnamed statement).
     parses: VecDeque<Option<Arc<str>>>,
@@ -36,6 +37,7 @@ impl Segment {
             owner,
             closed: false,
             swallow_parse: 0,
+            swallow_bind: 0,
             swallow_close: 0,
             parses: VecDeque::new(),
         }
@@ -46,6 +48,8 @@ impl Segment {
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct ScanEvents {
     pub ready: u32,
+    /// Transaction status of the last ReadyForQuery that answered the client.
+    pub client_status: Option<u8>,
     /// SQLSTATE and message of an error answering the proxy's own query.
     pub proxy_error: Option<(String, String)>,
     /// Reported parameters changed by the client's own statements.
@@ -103,6 +107,11 @@ impl Tracker {
         let seg = self.open(SegmentOwner::Client);
         seg.parses.push_back(name);
         seg.swallow_parse += u32::from(swallow);
+    }
+
+    /// The proxy injected a Bind whose BindComplete the client must not see.
+    pub fn injected_bind(&mut self) {
+        self.open(SegmentOwner::Client).swallow_bind += 1;
     }
 
     /// The proxy injected a Close whose CloseComplete the client must not see.
@@ -208,6 +217,9 @@ impl Tracker {
             b'Z' => {
                 self.status = body.first().copied().unwrap_or(b'I');
                 self.segments.pop_front();
+                if owner == SegmentOwner::Client {
+                    ev.client_status = Some(self.status);
+                }
                 ev.ready += 1;
                 default
             }
@@ -215,6 +227,7 @@ impl Tracker {
                 if let Some(seg) = self.segments.front_mut() {
                     // The server skips everything up to Sync: nothing pending will be answered.
                     seg.swallow_parse = 0;
+                    seg.swallow_bind = 0;
                     seg.swallow_close = 0;
                     for name in seg.parses.drain(..).flatten() {
                         prepared.remove(&name);
@@ -245,6 +258,13 @@ impl Tracker {
                     }
                 }
                 None => default,
+            },
+            b'2' => match self.segments.front_mut() {
+                Some(seg) if seg.swallow_bind > 0 => {
+                    seg.swallow_bind -= 1;
+                    Action::Drop
+                }
+                _ => default,
             },
             b'3' => match self.segments.front_mut() {
                 Some(seg) if seg.swallow_close > 0 => {

@@ -1,0 +1,250 @@
+//! Pipeline steps 2–3 as the session drives them: classify each request (cached), ask the pure
+//! `route` for a decision under the transaction's config snapshot, record metrics and log
+//! violations from what it returned.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::prepared::Statement;
+use super::Shared;
+use crate::classify::{Classification, CrossJoin, StatementKind};
+use crate::config::{Database, Snapshot};
+use crate::protocol::frame::Frame;
+use crate::protocol::frontend::{bind_statement, parse_view, query_sql};
+use crate::route::{
+    route, route_shadow, ConnectionKind, Decision, Mode, RouteState, Target, TxnState, Violation,
+    ViolationKind,
+};
+
+/// Distinct undefined-table label values kept before new ones collapse into one.
+const UNDEFINED_LABEL_CAP: usize = 100;
+
+/// Routing state of one client.
+pub struct Routing {
+    pub state: RouteState,
+    /// The snapshot of the current transaction (refreshed only between transactions).
+    pub snap: Arc<Snapshot>,
+    /// Classification of the client's unnamed prepared statement.
+    unnamed: Option<Arc<Classification>>,
+    /// A BEGIN answered by the proxy, sent to the server the first statement picks.
+    pub held_begin: Option<Bytes>,
+}
+
+/// A statement carried by one client message.
+pub struct Carried {
+    pub class: Arc<Classification>,
+    pub sql: Arc<str>,
+}
+
+fn empty_class() -> Classification {
+    Classification {
+        kind: StatementKind::Utility,
+        statements: vec![],
+        tables: vec![],
+        schemas: vec![],
+        cross_join: CrossJoin {
+            allowed: true,
+            schemas: vec![],
+        },
+        error: None,
+    }
+}
+
+impl Routing {
+    pub fn new(db: &Database, snap: Arc<Snapshot>) -> Self {
+        let connection = db
+            .db_config
+            .map_or(ConnectionKind::Transparent, ConnectionKind::DbConfig);
+        let state = RouteState::new(connection, rand::random::<f64>() * 100.0);
+        Self {
+            state,
+            snap,
+            unnamed: None,
+            held_begin: None,
+        }
+    }
+
+    /// Between transactions: take the newest config and a fresh roll for `random` rollouts.
+    pub fn refresh(&mut self, shared: &Shared) {
+        if self.state.txn == TxnState::Idle {
+            self.snap = shared.config.load_full();
+            self.state.txn_roll = rand::random::<f64>() * 100.0;
+        }
+    }
+
+    /// The statement a Query, Parse or Bind message carries; `None` for other messages.
+    pub fn carried(
+        &mut self,
+        f: &Frame,
+        stmts: &HashMap<Box<[u8]>, Arc<Statement>>,
+        shared: &Shared,
+    ) -> Option<Carried> {
+        let sql: Arc<str> = match f.tag {
+            b'Q' => Arc::from(query_sql(f).unwrap_or_default()),
+            b'P' => {
+                let p = parse_view(f)?;
+                let class = shared.cache.get(p.sql);
+                if p.name.is_empty() {
+                    self.unnamed = Some(class.clone());
+                }
+                return Some(Carried {
+                    class,
+                    sql: Arc::from(p.sql),
+                });
+            }
+            b'B' => match bind_statement(f) {
+                Some([]) => {
+                    let class = self.unnamed.clone()?;
+                    return Some(Carried {
+                        class,
+                        sql: Arc::from(""),
+                    });
+                }
+                Some(name) => stmts.get(name)?.sql.clone(),
+                None => return None,
+            },
+            _ => return None,
+        };
+        Some(Carried {
+            class: shared.cache.get(&sql),
+            sql,
+        })
+    }
+
+    /// The strictest statement of an extended-protocol batch, which decides where it runs.
+    pub fn unit(
+        &mut self,
+        frames: &[Frame],
+        stmts: &HashMap<Box<[u8]>, Arc<Statement>>,
+        shared: &Shared,
+    ) -> Carried {
+        let mut best: Option<Carried> = None;
+        for f in frames {
+            if let Some(c) = self.carried(f, stmts, shared) {
+                if best
+                    .as_ref()
+                    .is_none_or(|b| c.class.kind.strictness() > b.class.kind.strictness())
+                {
+                    best = Some(c);
+                }
+            }
+        }
+        best.unwrap_or_else(|| Carried {
+            class: Arc::new(empty_class()),
+            sql: Arc::from(""),
+        })
+    }
+
+    /// Routes one statement and records what the decision says.
+    pub fn decide(&self, carried: &Carried, shared: &Shared, client: u64) -> Decision {
+        let phase = &self.snap.phase;
+        let c = &carried.class;
+        let d = route(c, phase, &self.state);
+        let m = &shared.metrics;
+        m.statements
+            .with_label_values(&[d.target.label(), c.kind.label()])
+            .inc();
+        m.routed
+            .with_label_values(&[d.target.label(), d.reason.label()])
+            .inc();
+        if c.kind == StatementKind::Unknown {
+            m.unparsable.inc();
+            tracing::warn!(client, error = ?c.error, sql = %truncate(&carried.sql), "unparsable statement sent to the main primary");
+        }
+        if c.touches_tables() && phase.sample_schemas_used(rand::random::<f64>() * 100.0) {
+            let label = shared.bounded_label(c.schemas_label());
+            m.schemas_used
+                .with_label_values(&[label.as_str(), d.target.label()])
+                .inc();
+        }
+        for v in &d.violations {
+            record_violation(v, d.target, shared);
+            tracing::warn!(
+                client,
+                kind = v.kind.label(),
+                mode = v.mode.label(),
+                target = d.target.label(),
+                tables = ?c.tables.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
+                schemas = %c.schemas_label(),
+                sql = %truncate(&carried.sql),
+                "{}",
+                v.message
+            );
+            shared.remember_violation(client, v, &carried.sql);
+        }
+        if let Some(sd) = route_shadow(c, phase, &self.state) {
+            m.shadow_routes
+                .with_label_values(&[sd.target.label()])
+                .inc();
+            for v in &sd.violations {
+                m.shadow_violations
+                    .with_label_values(&[v.kind.label(), v.mode.label()])
+                    .inc();
+            }
+        }
+        d
+    }
+
+    /// Applies a handled statement to the session's routing state.
+    pub fn after(&mut self, carried: &Carried, d: &Decision) {
+        self.state.after_statement(&carried.class, d);
+    }
+
+    /// In session pooling one server serves the whole session: the group's write target.
+    pub fn session_target(&self, group_hint: &Decision) -> Target {
+        let phase = &self.snap.phase;
+        phase
+            .target_for(
+                group_hint.group,
+                false,
+                self.state.client_roll,
+                self.state.txn_roll,
+            )
+            .0
+    }
+}
+
+fn record_violation(v: &Violation, target: Target, shared: &Shared) {
+    let m = &shared.metrics;
+    let schemas = shared.bounded_label(
+        v.schemas
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+            .join(","),
+    );
+    match v.kind {
+        ViolationKind::CrossJoin => m.cross_join.with_label_values(&[schemas.as_str()]).inc(),
+        ViolationKind::CrossDatabaseModification => m
+            .cross_db_modification
+            .with_label_values(&[schemas.as_str()])
+            .inc(),
+        ViolationKind::WrongSchema => m
+            .wrong_schema
+            .with_label_values(&[target.label(), schemas.as_str()])
+            .inc(),
+        ViolationKind::LockedTableWrite => m
+            .locked_table_write
+            .with_label_values(&[target.label(), schemas.as_str()])
+            .inc(),
+    }
+    if v.mode == Mode::Enforce {
+        m.rejected.with_label_values(&[v.kind.label()]).inc();
+    }
+}
+
+/// Statement text for logs: long SQL is cut at a character boundary.
+pub fn truncate(sql: &str) -> &str {
+    let mut end = sql.len().min(500);
+    while !sql.is_char_boundary(end) {
+        end -= 1;
+    }
+    &sql[..end]
+}
+
+/// The cap on distinct `undefined_<table>` label values, shared with `Shared::bounded_label`.
+pub const fn undefined_label_cap() -> usize {
+    UNDEFINED_LABEL_CAP
+}
