@@ -93,8 +93,8 @@ mod tests {
     #[test]
     fn errors_are_not_shared_across_literals() {
         let cache = ClassifyCache::new(Classifier::gitlab_default(), 100);
-        let a = cache.get("SELECT 1 FROM WHERE 'a'");
-        let b = cache.get("SELECT 2 FROM WHERE 'b'");
+        let a = cache.get("SELECT 1 FROM t WHERE (x = 'a'");
+        let b = cache.get("SELECT 2 FROM t WHERE (x = 'b'");
         assert!(a.error.is_some() && b.error.is_some());
         assert!(!Arc::ptr_eq(&a, &b));
     }

@@ -147,7 +147,7 @@ mod tests {
             ("my_table_12", "undefined_my_table"),
             ("Projects", "undefined_Projects"),
             ("a.b.c", "undefined_b.c"),
-            ("_1", "undefined__1"),
+            ("_1", "undefined_"),
             ("123", "undefined_123"),
         ];
         for (name, want) in cases {

@@ -5,8 +5,9 @@
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    Expr, FromTable, GrantObjects, ObjectName, ObjectType, Query, Select, Statement, TableFactor,
-    TableObject, Visit, Visitor,
+    AlterTableOperation, ColumnDef, ColumnOption, Expr, FromTable, GrantObjects, ObjectName,
+    ObjectType, Query, Select, Statement, TableConstraint, TableFactor, TableObject, Visit,
+    Visitor,
 };
 
 use super::lex::ident_text;
@@ -55,6 +56,9 @@ struct Walker<'a> {
     targets: Vec<(*const ObjectName, TableRole)>,
     /// Relation nodes that name functions in FROM (`FROM generate_series(1, 3)`), not tables.
     not_tables: Vec<*const ObjectName>,
+    /// Tables referenced by foreign keys; reported after the walk so the altered or created
+    /// table comes first, as in the text.
+    referenced: Vec<Relation>,
     statement_depth: usize,
     facts: Facts,
 }
@@ -128,9 +132,30 @@ impl Walker<'_> {
                     .for_each(|t| self.target(&t.name, Ddl));
             }
             Statement::Lock(lock) => lock.tables.iter().for_each(|t| self.target(&t.name, Ddl)),
-            Statement::CreateTable(create) => self.target(&create.name, Ddl),
+            Statement::CreateTable(create) => {
+                self.target(&create.name, Ddl);
+                for constraint in &create.constraints {
+                    self.constraint(constraint);
+                }
+                for column in &create.columns {
+                    self.column(column);
+                }
+            }
             Statement::CreateView(view) => self.target(&view.name, Ddl),
-            Statement::AlterTable(alter) => self.target(&alter.name, Ddl),
+            Statement::AlterTable(alter) => {
+                self.target(&alter.name, Ddl);
+                for operation in &alter.operations {
+                    match operation {
+                        AlterTableOperation::AddConstraint { constraint, .. } => {
+                            self.constraint(constraint)
+                        }
+                        AlterTableOperation::AddColumn { column_def, .. } => {
+                            self.column(column_def)
+                        }
+                        _ => {}
+                    }
+                }
+            }
             Statement::CreateIndex(index) => self.target(&index.table_name, Ddl),
             Statement::CreateTrigger(trigger) => self.push(&trigger.table_name, Ddl),
             Statement::Analyze(analyze) => {
@@ -149,6 +174,30 @@ impl Walker<'_> {
         }
     }
 
+    /// A foreign key ties two tables together: decomposition has to see both.
+    fn constraint(&mut self, constraint: &TableConstraint) {
+        if let TableConstraint::ForeignKey(fk) = constraint {
+            self.reference(&fk.foreign_table);
+        }
+    }
+
+    fn column(&mut self, column: &ColumnDef) {
+        for option in &column.options {
+            if let ColumnOption::ForeignKey(fk) = &option.option {
+                self.reference(&fk.foreign_table);
+            }
+        }
+    }
+
+    fn reference(&mut self, name: &ObjectName) {
+        let (name, qualified) = object_name(name);
+        self.referenced.push(Relation {
+            name,
+            qualified,
+            role: TableRole::Ddl,
+        });
+    }
+
     fn grant_objects(&mut self, objects: Option<&GrantObjects>) {
         if let Some(GrantObjects::Tables(names)) = objects {
             names.iter().for_each(|n| self.push(n, TableRole::Ddl));
@@ -159,7 +208,8 @@ impl Walker<'_> {
     /// CTE) and merges duplicates, keeping first appearance and the strongest role.
     fn finish(mut self) -> Facts {
         let mut tables: Vec<(String, TableRole)> = Vec::with_capacity(self.relations.len());
-        for relation in self.relations {
+        let referenced = std::mem::take(&mut self.referenced);
+        for relation in self.relations.into_iter().chain(referenced) {
             if !relation.qualified && self.cte_names.contains(&relation.name) {
                 continue;
             }
