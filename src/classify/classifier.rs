@@ -74,6 +74,9 @@ impl Classifier {
             Err(message) => return (vec![unknown()], Some(message)),
         };
         lex::repair(&mut tokens);
+        if let Err(message) = lex::check_depth(&tokens) {
+            return (vec![unknown()], Some(message));
+        }
         let pieces = match parse(tokens) {
             Ok(statements) => return (statements.iter().map(|s| self.part(s)).collect(), None),
             Err(_) => {

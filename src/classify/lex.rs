@@ -75,6 +75,74 @@ fn significant(tokens: &[TokenWithSpan], start: usize, n: usize) -> Vec<(usize, 
         .collect()
 }
 
+/// Longest run of operators (or of UNION/EXCEPT/INTERSECT) allowed at one parenthesis level.
+/// sqlparser builds such runs as left-deep trees without touching its recursion limit, and
+/// dropping a tree tens of thousands of levels deep overflows the stack. A run this long is
+/// not something an application writes by hand; it is rejected like too-deep nesting.
+pub(super) const MAX_OPERATOR_RUN: usize = 2000;
+
+/// Rejects token streams whose parse tree would be too deep to drop safely (see
+/// [`MAX_OPERATOR_RUN`]). Commas end an operator run; only `;` ends a set-operation run.
+pub(super) fn check_depth(tokens: &[TokenWithSpan]) -> Result<(), String> {
+    // (operators, set operations) per open parenthesis level.
+    let mut levels: Vec<(usize, usize)> = vec![(0, 0)];
+    for t in tokens {
+        let level = levels.len() - 1;
+        match &t.token {
+            Token::LParen | Token::LBracket => levels.push((0, 0)),
+            Token::RParen | Token::RBracket if level > 0 => {
+                levels.pop();
+            }
+            Token::Comma => levels[level].0 = 0,
+            Token::SemiColon => levels[level] = (0, 0),
+            Token::Word(w) if w.quote_style.is_none() => match w.keyword {
+                Keyword::AND
+                | Keyword::OR
+                | Keyword::IS
+                | Keyword::LIKE
+                | Keyword::ILIKE
+                | Keyword::COLLATE => levels[level].0 += 1,
+                Keyword::UNION | Keyword::EXCEPT | Keyword::INTERSECT => levels[level].1 += 1,
+                _ => {}
+            },
+            token if is_operator(token) => levels[level].0 += 1,
+            _ => {}
+        }
+        let (operators, set_operations) = levels[levels.len() - 1];
+        if operators > MAX_OPERATOR_RUN || set_operations > MAX_OPERATOR_RUN {
+            return Err(format!(
+                "statement too deep: more than {MAX_OPERATOR_RUN} operators in a row"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn is_operator(token: &Token) -> bool {
+    !matches!(
+        token,
+        Token::Word(_)
+            | Token::Number(..)
+            | Token::Whitespace(_)
+            | Token::Comma
+            | Token::Period
+            | Token::Placeholder(_)
+            | Token::SingleQuotedString(_)
+            | Token::DoubleQuotedString(_)
+            | Token::DollarQuotedString(_)
+            | Token::EscapedStringLiteral(_)
+            | Token::NationalStringLiteral(_)
+            | Token::HexStringLiteral(_)
+            | Token::UnicodeStringLiteral(_)
+            | Token::LParen
+            | Token::RParen
+            | Token::LBracket
+            | Token::RBracket
+            | Token::SemiColon
+            | Token::EOF
+    )
+}
+
 /// Splits a token stream into statements at top-level semicolons, dropping empty ones.
 pub(super) fn split(tokens: Vec<TokenWithSpan>) -> Vec<Vec<TokenWithSpan>> {
     let mut pieces = Vec::new();
