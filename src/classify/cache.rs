@@ -1,0 +1,110 @@
+//! Classify step (client → framing → **classify** → route → pool → server): classifications
+//! cached by statement text, so the hot path skips the parser for statements seen before.
+
+use std::sync::Arc;
+
+use quick_cache::sync::Cache;
+use quick_cache::Weighter;
+
+use super::{cache_key, Classification, Classifier};
+
+/// Rough bytes a cached classification costs beyond its key: the budget is `capacity` entries of
+/// this size plus their text, so a few huge statements cannot blow the memory bound.
+const ENTRY_OVERHEAD: u64 = 256;
+/// Average statement length the weight budget assumes per entry.
+const AVERAGE_KEY: u64 = 256;
+
+/// Bounded, sharded cache of classifications keyed by statement text (literals normalised).
+pub struct ClassifyCache {
+    classifier: Classifier,
+    // quick_cache shards behind per-shard locks: no global lock on the hot path.
+    entries: Cache<Box<str>, Arc<Classification>, EntryWeight>,
+}
+
+#[derive(Clone)]
+struct EntryWeight;
+
+impl Weighter<Box<str>, Arc<Classification>> for EntryWeight {
+    fn weight(&self, key: &Box<str>, value: &Arc<Classification>) -> u64 {
+        key.len() as u64 + ENTRY_OVERHEAD + 32 * value.tables.len() as u64
+    }
+}
+
+impl ClassifyCache {
+    /// `capacity` is the number of entries of typical size that fit.
+    pub fn new(classifier: Classifier, capacity: usize) -> Self {
+        let capacity = capacity.max(1);
+        let weight = capacity as u64 * (ENTRY_OVERHEAD + AVERAGE_KEY);
+        Self {
+            classifier,
+            entries: Cache::with_weighter(capacity, weight, EntryWeight),
+        }
+    }
+
+    pub fn classifier(&self) -> &Classifier {
+        &self.classifier
+    }
+
+    /// Returns the cached classification of `sql`, classifying and inserting on a miss.
+    pub fn get(&self, sql: &str) -> Arc<Classification> {
+        let key = cache_key(sql);
+        if let Some(hit) = self.entries.get(key.as_ref()) {
+            return hit;
+        }
+        let classification = Arc::new(self.classifier.classify(sql));
+        // A parse error quotes the literal it tripped on: share it only with identical text.
+        if classification.error.is_none() || key.as_ref() == sql {
+            self.entries
+                .insert(Box::from(key.as_ref()), Arc::clone(&classification));
+        }
+        classification
+    }
+
+    /// Number of cached entries.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literal_variants_share_an_entry() {
+        let cache = ClassifyCache::new(Classifier::gitlab_default(), 100);
+        let a = cache.get("SELECT * FROM projects WHERE id = 1");
+        let b = cache.get("SELECT * FROM projects WHERE id = 2");
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(cache.len(), 1);
+        assert_eq!(
+            *a,
+            cache
+                .classifier()
+                .classify("SELECT * FROM projects WHERE id = 3")
+        );
+    }
+
+    #[test]
+    fn errors_are_not_shared_across_literals() {
+        let cache = ClassifyCache::new(Classifier::gitlab_default(), 100);
+        let a = cache.get("SELECT 1 FROM t WHERE (x = 'a'");
+        let b = cache.get("SELECT 2 FROM t WHERE (x = 'b'");
+        assert!(a.error.is_some() && b.error.is_some());
+        assert!(!Arc::ptr_eq(&a, &b));
+    }
+
+    #[test]
+    fn stays_bounded() {
+        let cache = ClassifyCache::new(Classifier::gitlab_default(), 10);
+        for i in 0..200 {
+            cache.get(&format!("SELECT * FROM t{i}"));
+        }
+        assert!(cache.len() <= 20, "{}", cache.len());
+    }
+}

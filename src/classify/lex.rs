@@ -1,0 +1,263 @@
+//! Classify step (client → framing → **classify** → route → pool → server): tokens before the
+//! parser. Rewrites the few PostgreSQL spellings sqlparser does not parse into equivalent ones,
+//! splits strings into statements when the whole string fails, and recognises by keywords the
+//! commands sqlparser has no grammar for.
+
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::keywords::Keyword;
+use sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer, Whitespace};
+
+use super::{StatementKind, TableRole, TxnCommand};
+
+/// Tokenizes with the PostgreSQL dialect; the error is the tokenizer's message.
+pub(super) fn tokenize(sql: &str) -> Result<Vec<TokenWithSpan>, String> {
+    Tokenizer::new(&PostgreSqlDialect {}, sql)
+        .tokenize_with_location()
+        .map_err(|e| e.to_string())
+}
+
+/// Rewrites, without changing what the statement touches:
+/// `FOR NO KEY UPDATE` → `FOR UPDATE`, `FOR KEY SHARE` → `FOR SHARE` (sqlparser lacks both
+/// lock strengths; all four are locking reads to us) and a leading `TABLE t` → `SELECT * FROM t`.
+pub(super) fn repair(tokens: &mut Vec<TokenWithSpan>) {
+    let mut at_statement_start = true;
+    let mut i = 0;
+    while i < tokens.len() {
+        match &tokens[i].token {
+            Token::Whitespace(_) => {}
+            Token::SemiColon => at_statement_start = true,
+            Token::Word(w) if at_statement_start && w.keyword == Keyword::TABLE => {
+                let span = tokens[i].span;
+                tokens[i] = TokenWithSpan::new(Token::make_keyword("SELECT"), span);
+                let star = TokenWithSpan::new(Token::Mul, span);
+                let from = TokenWithSpan::new(Token::make_keyword("FROM"), span);
+                let space = || TokenWithSpan::new(Token::Whitespace(Whitespace::Space), span);
+                tokens.splice(i + 1..i + 1, [space(), star, space(), from]);
+                at_statement_start = false;
+            }
+            Token::Word(w) if w.keyword == Keyword::FOR => {
+                at_statement_start = false;
+                let next = significant(tokens, i + 1, 3);
+                let blank = |tokens: &mut Vec<TokenWithSpan>, j: usize| {
+                    tokens[j].token = Token::Whitespace(Whitespace::Space);
+                };
+                match next.as_slice() {
+                    [(a, Keyword::NO), (b, Keyword::KEY), (_, Keyword::UPDATE)] => {
+                        let (a, b) = (*a, *b);
+                        blank(tokens, a);
+                        blank(tokens, b);
+                    }
+                    [(a, Keyword::KEY), (_, Keyword::SHARE), ..] => {
+                        let a = *a;
+                        blank(tokens, a);
+                    }
+                    _ => {}
+                }
+            }
+            _ => at_statement_start = false,
+        }
+        i += 1;
+    }
+}
+
+/// Up to `n` next non-whitespace tokens from `start` that are words: (index, keyword).
+fn significant(tokens: &[TokenWithSpan], start: usize, n: usize) -> Vec<(usize, Keyword)> {
+    tokens
+        .iter()
+        .enumerate()
+        .skip(start)
+        .filter(|(_, t)| !matches!(t.token, Token::Whitespace(_)))
+        .take(n)
+        .map_while(|(j, t)| match &t.token {
+            Token::Word(w) if w.quote_style.is_none() => Some((j, w.keyword)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Longest run of operators (or of UNION/EXCEPT/INTERSECT) allowed at one parenthesis level.
+/// sqlparser builds such runs as left-deep trees without touching its recursion limit, and
+/// dropping a tree tens of thousands of levels deep overflows the stack. A run this long is
+/// not something an application writes by hand; it is rejected like too-deep nesting.
+pub(super) const MAX_OPERATOR_RUN: usize = 2000;
+
+/// Rejects token streams whose parse tree would be too deep to drop safely (see
+/// [`MAX_OPERATOR_RUN`]). Commas end an operator run; only `;` ends a set-operation run.
+pub(super) fn check_depth(tokens: &[TokenWithSpan]) -> Result<(), String> {
+    // (operators, set operations) per open parenthesis level.
+    let mut levels: Vec<(usize, usize)> = vec![(0, 0)];
+    for t in tokens {
+        let level = levels.len() - 1;
+        match &t.token {
+            Token::LParen | Token::LBracket => levels.push((0, 0)),
+            Token::RParen | Token::RBracket if level > 0 => {
+                levels.pop();
+            }
+            Token::Comma => levels[level].0 = 0,
+            Token::SemiColon => levels[level] = (0, 0),
+            Token::Word(w) if w.quote_style.is_none() => match w.keyword {
+                Keyword::AND
+                | Keyword::OR
+                | Keyword::IS
+                | Keyword::LIKE
+                | Keyword::ILIKE
+                | Keyword::COLLATE => levels[level].0 += 1,
+                Keyword::UNION | Keyword::EXCEPT | Keyword::INTERSECT => levels[level].1 += 1,
+                _ => {}
+            },
+            token if is_operator(token) => levels[level].0 += 1,
+            _ => {}
+        }
+        let (operators, set_operations) = levels[levels.len() - 1];
+        if operators > MAX_OPERATOR_RUN || set_operations > MAX_OPERATOR_RUN {
+            return Err(format!(
+                "statement too deep: more than {MAX_OPERATOR_RUN} operators in a row"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn is_operator(token: &Token) -> bool {
+    !matches!(
+        token,
+        Token::Word(_)
+            | Token::Number(..)
+            | Token::Whitespace(_)
+            | Token::Comma
+            | Token::Period
+            | Token::Placeholder(_)
+            | Token::SingleQuotedString(_)
+            | Token::DoubleQuotedString(_)
+            | Token::DollarQuotedString(_)
+            | Token::EscapedStringLiteral(_)
+            | Token::NationalStringLiteral(_)
+            | Token::HexStringLiteral(_)
+            | Token::UnicodeStringLiteral(_)
+            | Token::LParen
+            | Token::RParen
+            | Token::LBracket
+            | Token::RBracket
+            | Token::SemiColon
+            | Token::EOF
+    )
+}
+
+/// Splits a token stream into statements at top-level semicolons, dropping empty ones.
+pub(super) fn split(tokens: Vec<TokenWithSpan>) -> Vec<Vec<TokenWithSpan>> {
+    let mut pieces = Vec::new();
+    let mut current = Vec::new();
+    for token in tokens {
+        match token.token {
+            Token::SemiColon | Token::EOF => pieces.push(std::mem::take(&mut current)),
+            _ => current.push(token),
+        }
+    }
+    pieces.push(current);
+    pieces.retain(|piece| {
+        piece
+            .iter()
+            .any(|t| !matches!(t.token, Token::Whitespace(_)))
+    });
+    pieces
+}
+
+/// What the keyword fallback recognised.
+pub(super) struct Recognised {
+    pub kind: StatementKind,
+    pub tables: Vec<(String, TableRole)>,
+}
+
+/// Classifies by leading keywords the PostgreSQL commands sqlparser 0.63 cannot parse.
+/// `None` leaves the statement unknown.
+pub(super) fn recognise(tokens: &[TokenWithSpan]) -> Option<Recognised> {
+    let words: Vec<&TokenWithSpan> = tokens
+        .iter()
+        .filter(|t| !matches!(t.token, Token::Whitespace(_)))
+        .collect();
+    let word = |i: usize| match words.get(i).map(|t| &t.token) {
+        Some(Token::Word(w)) if w.quote_style.is_none() => w.value.to_ascii_uppercase(),
+        _ => String::new(),
+    };
+    let txn = |command| {
+        Some(Recognised {
+            kind: StatementKind::Transaction(command),
+            tables: vec![],
+        })
+    };
+    let ddl = |tables| {
+        Some(Recognised {
+            kind: StatementKind::Ddl,
+            tables,
+        })
+    };
+    match (word(0).as_str(), word(1).as_str(), word(2).as_str()) {
+        ("PREPARE", "TRANSACTION", _) => txn(TxnCommand::PrepareTransaction),
+        ("COMMIT", "PREPARED", _) => txn(TxnCommand::CommitPrepared),
+        ("ROLLBACK", "PREPARED", _) => txn(TxnCommand::RollbackPrepared),
+        ("REFRESH", "MATERIALIZED", "VIEW") => {
+            let start = if word(3) == "CONCURRENTLY" { 4 } else { 3 };
+            ddl(names(&words[start.min(words.len())..], TableRole::Ddl))
+        }
+        ("VACUUM", _, _) => ddl(names(vacuum_targets(&words), TableRole::Ddl)),
+        ("CHECKPOINT", "", _) => Some(Recognised {
+            kind: StatementKind::Utility,
+            tables: vec![],
+        }),
+        // pg_query reports no tables for these; they still need the primary.
+        ("DROP", "INDEX", _) | ("REINDEX", _, _) | ("CLUSTER", _, _) => ddl(vec![]),
+        _ => None,
+    }
+}
+
+/// The table list of `VACUUM [FULL|FREEZE|VERBOSE|ANALYZE ...| (options)] t [(cols)], ...`.
+fn vacuum_targets<'t>(words: &'t [&'t TokenWithSpan]) -> &'t [&'t TokenWithSpan] {
+    let mut i = 1;
+    while let Some(t) = words.get(i) {
+        match &t.token {
+            Token::LParen if i == 1 => {
+                while words.get(i).is_some_and(|t| t.token != Token::RParen) {
+                    i += 1;
+                }
+            }
+            Token::Word(w)
+                if w.quote_style.is_none()
+                    && matches!(
+                        w.keyword,
+                        Keyword::FULL | Keyword::FREEZE | Keyword::VERBOSE | Keyword::ANALYZE
+                    ) => {}
+            _ => break,
+        }
+        i += 1;
+    }
+    &words[i.min(words.len())..]
+}
+
+/// Comma-separated object names (`a.b, "C"`), skipping parenthesised column lists.
+fn names(words: &[&TokenWithSpan], role: TableRole) -> Vec<(String, TableRole)> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    let mut depth = 0usize;
+    for t in words {
+        match &t.token {
+            Token::LParen => depth += 1,
+            Token::RParen => depth = depth.saturating_sub(1),
+            _ if depth > 0 => {}
+            Token::Word(w) => current.push_str(&ident_text(&w.value, w.quote_style)),
+            Token::Period => current.push('.'),
+            Token::Comma => out.push((std::mem::take(&mut current), role)),
+            _ => {}
+        }
+    }
+    out.push((current, role));
+    out.retain(|(name, _)| !name.is_empty());
+    out
+}
+
+/// PostgreSQL folds unquoted identifiers to lower case and keeps quoted ones exactly.
+pub(super) fn ident_text(value: &str, quote_style: Option<char>) -> String {
+    match quote_style {
+        Some(_) => value.to_owned(),
+        None => value.to_lowercase(),
+    }
+}
