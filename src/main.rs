@@ -117,11 +117,7 @@ fn run(config: PathBuf) -> anyhow::Result<()> {
 }
 
 /// `pgdecomp classify`: unparsable SQL is an answer (kind "unknown"), not a failure.
-fn classify(
-    config: Option<PathBuf>,
-    format: Format,
-    sql: Option<String>,
-) -> anyhow::Result<()> {
+fn classify(config: Option<PathBuf>, format: Format, sql: Option<String>) -> anyhow::Result<()> {
     let classifier = match config {
         Some(path) => load_classifier(&path)?,
         None => Classifier::gitlab_default(),

@@ -48,6 +48,8 @@ pub struct Shared {
     /// Round-robin position for replica choice.
     pub replica_rr: AtomicUsize,
     undefined_labels: Mutex<HashSet<String>>,
+    /// When each (violation kind, schemas) was last logged: logs are rate-limited, metrics not.
+    violation_logged: Mutex<std::collections::HashMap<(&'static str, String), std::time::Instant>>,
     /// The most recent violations, newest last, for the admin console.
     pub recent_violations: Mutex<VecDeque<RecentViolation>>,
 }
@@ -80,6 +82,7 @@ impl Shared {
             metrics: Metrics::new(),
             replica_rr: AtomicUsize::new(0),
             undefined_labels: Mutex::default(),
+            violation_logged: Mutex::default(),
             recent_violations: Mutex::default(),
         })
     }
@@ -115,6 +118,30 @@ impl Shared {
             .collect();
         parts.dedup();
         parts.join(",")
+    }
+
+    /// True at most once per 10 s for each violation kind and schema set.
+    pub fn should_log_violation(&self, kind: &'static str, schemas: &str) -> bool {
+        let mut logged = self
+            .violation_logged
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        let full = logged.len() >= 10_000;
+        match logged.entry((kind, schemas.to_string())) {
+            std::collections::hash_map::Entry::Occupied(mut e) => {
+                if now.duration_since(*e.get()) < std::time::Duration::from_secs(10) {
+                    return false;
+                }
+                e.insert(now);
+                true
+            }
+            std::collections::hash_map::Entry::Vacant(e) if !full => {
+                e.insert(now);
+                true
+            }
+            std::collections::hash_map::Entry::Vacant(_) => false,
+        }
     }
 
     pub fn remember_violation(&self, client: u64, v: &crate::route::Violation, sql: &str) {

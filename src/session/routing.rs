@@ -161,6 +161,10 @@ impl Routing {
         }
         for v in &d.violations {
             record_violation(v, d.target, shared);
+            shared.remember_violation(client, v, &carried.sql);
+            if !shared.should_log_violation(v.kind.label(), &c.schemas_label()) {
+                continue;
+            }
             tracing::warn!(
                 client,
                 kind = v.kind.label(),
@@ -172,7 +176,6 @@ impl Routing {
                 "{}",
                 v.message
             );
-            shared.remember_violation(client, v, &carried.sql);
         }
         if let Some(sd) = route_shadow(c, phase, &self.state) {
             m.shadow_routes
