@@ -17,7 +17,11 @@ async fn connect(config: tokio_postgres::Config) -> tokio_postgres::Client {
 
 fn tcp_config(port: u16, user: &str, password: Option<&str>) -> tokio_postgres::Config {
     let mut config = tokio_postgres::Config::new();
-    config.host("127.0.0.1").port(port).user(user).dbname(DATABASE);
+    config
+        .host("127.0.0.1")
+        .port(port)
+        .user(user)
+        .dbname(DATABASE);
     if let Some(password) = password {
         config.password(password);
     }
@@ -63,7 +67,10 @@ async fn full_topology_replicates_and_promotes() {
          ',' order by rolname) \
          from pg_authid where rolname in ('gitlab', 'md5user')",
     );
-    assert_eq!(stored, "gitlab=SCRAM-SHA-256,md5user=md5", "password storage");
+    assert_eq!(
+        stored, "gitlab=SCRAM-SHA-256,md5user=md5",
+        "password storage"
+    );
 
     // Replication topology as seen by the servers themselves.
     let su = connect(topo.superuser_config(main, "postgres")).await;
@@ -75,7 +82,10 @@ async fn full_topology_replicates_and_promotes() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(senders, 2, "main primary streams to main_replica and ci_primary");
+    assert_eq!(
+        senders, 2,
+        "main primary streams to main_replica and ci_primary"
+    );
     let ci = connect(topo.superuser_config(topo.ci_primary(), "postgres")).await;
     let cascading: i64 = ci
         .query_one(
@@ -142,7 +152,10 @@ async fn full_topology_replicates_and_promotes() {
         .unwrap();
     let ci_app = connect(topo.app_config(topo.ci_primary())).await;
     ci_app
-        .execute("insert into ci_builds (name) values ('after-promotion')", &[])
+        .execute(
+            "insert into ci_builds (name) values ('after-promotion')",
+            &[],
+        )
         .await
         .expect("the promoted CI primary accepts writes");
     let check = "select count(*) from ci_builds where name = 'after-promotion'";

@@ -6,9 +6,9 @@ use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
 use std::time::Duration;
-use tokio_postgres::fallible_iterator::FallibleIterator;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_postgres::fallible_iterator::FallibleIterator;
 
 /// How a raw connection ended when we expected the peer to refuse us.
 #[derive(Debug, PartialEq, Eq)]
@@ -44,7 +44,11 @@ impl RawConn {
         let mut conn = RawConn::connect(port).await;
         let mut out = BytesMut::new();
         frontend::startup_message(
-            [("user", user), ("database", db), ("application_name", "raw")],
+            [
+                ("user", user),
+                ("database", db),
+                ("application_name", "raw"),
+            ],
             &mut out,
         )
         .expect("encode startup");
@@ -142,13 +146,17 @@ impl RawConn {
                 }
             }
         };
-        tokio::time::timeout(within, wait).await.unwrap_or_else(|_| {
-            panic!("the peer neither sent an error nor closed within {within:?}")
-        })
+        tokio::time::timeout(within, wait)
+            .await
+            .unwrap_or_else(|_| {
+                panic!("the peer neither sent an error nor closed within {within:?}")
+            })
     }
 }
 
-fn error_fields(body: &postgres_protocol::message::backend::ErrorResponseBody) -> (String, String, String) {
+fn error_fields(
+    body: &postgres_protocol::message::backend::ErrorResponseBody,
+) -> (String, String, String) {
     let (mut severity, mut code, mut message) = (String::new(), String::new(), String::new());
     let mut fields = body.fields();
     while let Some(field) = fields.next().expect("error fields") {
