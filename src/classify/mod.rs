@@ -56,7 +56,11 @@ pub struct Classifier {
 }
 
 impl Classifier {
-    pub fn new(dictionary: Dictionary, rules: SchemaRules, extra_write_functions: &[String]) -> Self {
+    pub fn new(
+        dictionary: Dictionary,
+        rules: SchemaRules,
+        extra_write_functions: &[String],
+    ) -> Self {
         Self {
             dictionary: Arc::new(dictionary),
             rules: Arc::new(rules),
@@ -65,7 +69,11 @@ impl Classifier {
     }
 
     pub fn gitlab_default() -> Self {
-        Self::new(Dictionary::gitlab_default(), SchemaRules::gitlab_2022(), &[])
+        Self::new(
+            Dictionary::gitlab_default(),
+            SchemaRules::gitlab_2022(),
+            &[],
+        )
     }
 
     /// Classifies one query string (possibly several statements). Never panics.
@@ -76,7 +84,10 @@ impl Classifier {
             statements: vec![StatementKind::Unknown],
             tables: vec![],
             schemas: vec![],
-            cross_join: CrossJoin { allowed: true, schemas: vec![] },
+            cross_join: CrossJoin {
+                allowed: true,
+                schemas: vec![],
+            },
             error: Some("classifier not built yet".into()),
         }
     }

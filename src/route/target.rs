@@ -16,7 +16,12 @@ pub enum Target {
 }
 
 impl Target {
-    pub const ALL: [Target; 4] = [Target::Main, Target::MainReplica, Target::Ci, Target::CiReplica];
+    pub const ALL: [Target; 4] = [
+        Target::Main,
+        Target::MainReplica,
+        Target::Ci,
+        Target::CiReplica,
+    ];
 
     pub fn label(&self) -> &'static str {
         match self {
