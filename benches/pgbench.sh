@@ -25,9 +25,13 @@ PROXY_PORT=$(free_port)
 METRICS_PORT=$(free_port)
 PROXY_PID=
 
+# shellcheck disable=SC2317  # invoked by the traps below
 cleanup() {
     trap - INT TERM EXIT
-    [ -n "$PROXY_PID" ] && kill "$PROXY_PID" 2>/dev/null && wait "$PROXY_PID" 2>/dev/null
+    if [ -n "$PROXY_PID" ]; then
+        kill "$PROXY_PID" 2>/dev/null || true
+        wait "$PROXY_PID" 2>/dev/null || true
+    fi
     if [ -f "$ROOT/pgbouncer.pid" ]; then
         kill "$(cat "$ROOT/pgbouncer.pid")" 2>/dev/null || true
     fi
@@ -43,7 +47,6 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 pg_build_topology "$ROOT" "$PRIMARY_PORT"
-DATA="$ROOT/main_primary"
 log "pgbench -i -s $SCALE"
 PGPASSWORD=gitlab "$PG_BIN/pgbench" -i -q -s "$SCALE" -h 127.0.0.1 -p "$PRIMARY_PORT" -U gitlab \
     gitlabhq_production >"$ROOT/pgbench-init.log" 2>&1 || die "pgbench -i failed: $ROOT/pgbench-init.log"

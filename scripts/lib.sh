@@ -110,10 +110,11 @@ pg_init_primary() {
 }
 
 # pg_init_replica UPSTREAM_DATA UPSTREAM_PORT DATA PORT: a streaming replica via pg_basebackup -R.
+# (The upstream's socket lives in its data dir, hence the filtered "skipping special file".)
 pg_init_replica() {
     local up_data=$1 up_port=$2 data=$3 port=$4
     as_pg "$PG_BIN/pg_basebackup" -h "$up_data" -p "$up_port" -U postgres -D "$data" \
-        -R -X stream -c fast --no-sync
+        -R -X stream -c fast --no-sync 2> >(grep -v 'skipping special file' >&2)
     pg_conf "$data" "$port"
     pg_start "$data"
 }
