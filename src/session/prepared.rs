@@ -120,12 +120,20 @@ pub fn forward_frame(
             }
             _ => pass(f, tracker, out),
         },
-        b'S' | b'Q' | b'F' => {
+        b'S' => {
+            out.extend_from_slice(&f.raw);
+            tracker.sync();
+        }
+        b'Q' | b'F' => {
             out.extend_from_slice(&f.raw);
             tracker.close(super::scan::SegmentOwner::Client);
         }
-        // CopyData/CopyDone/CopyFail and Flush belong to requests already counted.
-        b'd' | b'c' | b'f' | b'H' => out.extend_from_slice(&f.raw),
+        b'c' | b'f' => {
+            out.extend_from_slice(&f.raw);
+            tracker.copy_done();
+        }
+        // CopyData and Flush belong to requests already counted.
+        b'd' | b'H' => out.extend_from_slice(&f.raw),
         _ => pass(f, tracker, out),
     }
 }

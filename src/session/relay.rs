@@ -112,7 +112,7 @@ pub async fn run(c: &mut Client, shared: &Shared) -> Result<(), SessionError> {
         let mut d = c.routing.decide(&carried, shared, c.id);
         let rejection = d.rejected().map(|v| v.pg_error(&carried.sql));
         if rejection.is_none() && d.reason == Reason::BeginDeferred {
-            if unit.len() == 1 && unit[0].tag == b'Q' {
+            if unit.len() == 1 && unit[0].tag == b'Q' && carried.class.statements.len() == 1 {
                 // Hold BEGIN until the transaction's first statement picks its server.
                 c.routing.held_begin = Some(unit[0].raw.clone());
                 c.routing.after(&carried, &d);
@@ -120,7 +120,8 @@ pub async fn run(c: &mut Client, shared: &Shared) -> Result<(), SessionError> {
                 backend::ready_for_query(b'T', &mut c.io.wbuf);
                 continue;
             }
-            // An extended-protocol BEGIN is sent at once and pins the hinted target.
+            // An extended-protocol BEGIN, or BEGIN with more statements in one string, is sent
+            // at once and pins the hinted target.
             d.reason = Reason::Write;
         }
         let target = match c.pool_mode {
@@ -168,7 +169,14 @@ async fn collect_unit(c: &mut Client, first: Frame) -> Result<Vec<Frame>, Sessio
     let mut unit = vec![first];
     while !single && !matches!(unit.last().map(|f| f.tag), Some(b'S' | b'H')) && bytes < HIGH_WATER
     {
-        match c.io.read_frame().await? {
+        // After an Execute the client may wait for a reply (COPY FROM STDIN): take only what is
+        // already buffered rather than wait for a Sync that comes later.
+        let next = if unit.last().is_some_and(|f| f.tag == b'E') {
+            c.io.buffered_frame()?
+        } else {
+            c.io.read_frame().await?
+        };
+        match next {
             Some(f) => {
                 bytes += f.raw.len();
                 unit.push(f);

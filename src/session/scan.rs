@@ -24,6 +24,8 @@ pub struct Segment {
     pub owner: SegmentOwner,
     /// Sync/Query sent: a ReadyForQuery will end it.
     pub closed: bool,
+    /// Closed by a Sync (which PostgreSQL ignores while in COPY FROM STDIN).
+    by_sync: bool,
     swallow_parse: u32,
     swallow_bind: u32,
     swallow_close: u32,
@@ -36,6 +38,7 @@ impl Segment {
         Self {
             owner,
             closed: false,
+            by_sync: false,
             swallow_parse: 0,
             swallow_bind: 0,
             swallow_close: 0,
@@ -69,6 +72,8 @@ pub struct Tracker {
     /// Transaction status from the last ReadyForQuery.
     pub status: u8,
     pending: Option<(Action, usize)>,
+    /// The server is in COPY FROM STDIN (CopyInResponse seen, CopyDone/CopyFail not yet sent).
+    copy_in: bool,
 }
 
 impl Default for Tracker {
@@ -77,6 +82,7 @@ impl Default for Tracker {
             segments: VecDeque::new(),
             status: b'I',
             pending: None,
+            copy_in: false,
         }
     }
 }
@@ -100,6 +106,42 @@ impl Tracker {
     /// A Sync or Query was sent for `owner`: one ReadyForQuery will answer it.
     pub fn close(&mut self, owner: SegmentOwner) {
         self.open(owner).closed = true;
+    }
+
+    /// A Sync was sent by the client.
+    pub fn sync(&mut self) {
+        let seg = self.open(SegmentOwner::Client);
+        seg.closed = true;
+        seg.by_sync = true;
+    }
+
+    /// The client ended COPY FROM STDIN (CopyDone or CopyFail). Syncs it sent during the copy
+    /// were ignored by the server, so their segments merge back into one still-open segment;
+    /// the Sync after CopyDone closes it.
+    pub fn copy_done(&mut self) {
+        if !std::mem::take(&mut self.copy_in) {
+            return;
+        }
+        let Some(first) = self
+            .segments
+            .iter()
+            .position(|s| s.owner == SegmentOwner::Client)
+        else {
+            return;
+        };
+        let mut merged = self.segments.split_off(first);
+        let mut seg = merged.pop_front().expect("position found a segment");
+        for mut other in merged {
+            seg.parses.append(&mut other.parses);
+            seg.swallow_parse += other.swallow_parse;
+            seg.swallow_bind += other.swallow_bind;
+            seg.swallow_close += other.swallow_close;
+        }
+        if seg.by_sync {
+            seg.closed = false;
+            seg.by_sync = false;
+        }
+        self.segments.push_back(seg);
     }
 
     /// A Parse was sent; `swallow` when the proxy injected it and the client expects no reply.
@@ -259,6 +301,10 @@ impl Tracker {
                 }
                 None => default,
             },
+            b'G' => {
+                self.copy_in = true;
+                default
+            }
             b'2' => match self.segments.front_mut() {
                 Some(seg) if seg.swallow_bind > 0 => {
                     seg.swallow_bind -= 1;
