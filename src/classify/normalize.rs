@@ -14,74 +14,117 @@ use std::borrow::Cow;
 /// The cache key of `sql`: string literals become `''` and numbers `0`; comments, identifiers
 /// and `$n` parameters stay. Borrowed when nothing was replaced or the text is not safe to touch.
 pub fn cache_key(sql: &str) -> Cow<'_, str> {
-    normalize(sql.as_bytes()).map_or(Cow::Borrowed(sql), Cow::Owned)
+    normalize(sql).map_or(Cow::Borrowed(sql), Cow::Owned)
 }
 
-/// Literal spans to replace, or `None` when the text must stay as it is.
-fn normalize(bytes: &[u8]) -> Option<String> {
-    let mut out: Option<String> = None;
+/// Byte classes for the scanner: it runs on every cache lookup, so one table load per byte.
+const OTHER: u8 = 0;
+const IDENT_START: u8 = 1;
+const DIGIT: u8 = 2;
+const SPECIAL: u8 = 3;
+/// Bytes that continue an identifier (PostgreSQL allows `$` inside and any non-ASCII byte).
+const IDENT_CONTINUE: u8 = 4;
+
+const CLASSES: [u8; 256] = {
+    let mut table = [OTHER; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 {
+            IDENT_START | IDENT_CONTINUE
+        } else if c.is_ascii_digit() {
+            DIGIT | IDENT_CONTINUE
+        } else if matches!(c, b'\'' | b'"' | b'-' | b'/' | b'$') {
+            SPECIAL
+        } else {
+            OTHER
+        };
+        b += 1;
+    }
+    table[b'$' as usize] |= IDENT_CONTINUE;
+    table
+};
+
+fn class(b: u8) -> u8 {
+    CLASSES[b as usize] & 3
+}
+
+fn is_ident(b: u8) -> bool {
+    CLASSES[b as usize] & IDENT_CONTINUE != 0
+}
+
+/// The text with literals replaced, or `None` when there is nothing to replace or the text
+/// must stay as it is. Only ASCII bytes are cut at, so every slice is valid UTF-8.
+fn normalize(sql: &str) -> Option<String> {
+    let bytes = sql.as_bytes();
+    let mut out = String::new();
     let mut copied = 0;
     let mut i = 0;
-    let replace =
-        |out: &mut Option<String>, copied: &mut usize, start: usize, end: usize, with: &str| {
-            let text = out.get_or_insert_with(|| String::with_capacity(bytes.len()));
-            text.push_str(std::str::from_utf8(&bytes[*copied..start]).ok()?);
-            text.push_str(with);
-            *copied = end;
-            Some(())
-        };
     while i < bytes.len() {
         let b = bytes[i];
-        let prev = if i > 0 { bytes[i - 1] } else { b' ' };
-        match b {
-            b'\'' => {
-                // E'..', B'..', X'..', U&'..' have their own escape rules: leave them alone.
-                if is_ident(prev) || prev == b'&' {
-                    return None;
+        match class(b) {
+            OTHER => i += 1,
+            IDENT_START => {
+                i += 1;
+                while i < bytes.len() && is_ident(bytes[i]) {
+                    i += 1;
                 }
-                let end = quoted_end(bytes, i, b'\'')?;
-                if bytes[i..end].contains(&b'\\') {
-                    return None;
-                }
-                replace(&mut out, &mut copied, i, end, "''")?;
-                i = end;
             }
-            b'"' => i = quoted_end(bytes, i, b'"')?,
-            b'-' if bytes.get(i + 1) == Some(&b'-') => {
-                i = bytes[i..]
-                    .iter()
-                    .position(|&c| c == b'\n')
-                    .map_or(bytes.len(), |p| i + p);
-            }
-            b'/' if bytes.get(i + 1) == Some(&b'*') => i = comment_end(bytes, i)?,
-            b'$' => {
-                // `$1` is a parameter; anything else starting with `$` is a dollar quote.
-                let digits = bytes[i + 1..]
-                    .iter()
-                    .take_while(|c| c.is_ascii_digit())
-                    .count();
-                if digits == 0 {
-                    return None;
-                }
-                i += 1 + digits;
-            }
-            b'0'..=b'9' => {
+            DIGIT => {
                 let end = number_end(bytes, i)?;
-                replace(&mut out, &mut copied, i, end, "0")?;
+                replace(&mut out, sql, &mut copied, i, end, "0");
                 i = end;
             }
-            _ if is_ident(b) => i += bytes[i..].iter().take_while(|&&c| is_ident(c)).count(),
-            _ => i += 1,
+            _ => match b {
+                b'\'' => {
+                    // E'..', B'..', X'..', U&'..' have their own escape rules: leave them alone.
+                    if i > 0 && (is_ident(bytes[i - 1]) || bytes[i - 1] == b'&') {
+                        return None;
+                    }
+                    let end = quoted_end(bytes, i, b'\'')?;
+                    if bytes[i..end].contains(&b'\\') {
+                        return None;
+                    }
+                    replace(&mut out, sql, &mut copied, i, end, "''");
+                    i = end;
+                }
+                b'"' => i = quoted_end(bytes, i, b'"')?,
+                b'-' if bytes.get(i + 1) == Some(&b'-') => {
+                    i = bytes[i..]
+                        .iter()
+                        .position(|&c| c == b'\n')
+                        .map_or(bytes.len(), |p| i + p);
+                }
+                b'/' if bytes.get(i + 1) == Some(&b'*') => i = comment_end(bytes, i)?,
+                b'$' => {
+                    // `$1` is a parameter; anything else starting with `$` is a dollar quote.
+                    let digits = bytes[i + 1..]
+                        .iter()
+                        .take_while(|c| c.is_ascii_digit())
+                        .count();
+                    if digits == 0 {
+                        return None;
+                    }
+                    i += 1 + digits;
+                }
+                _ => i += 1,
+            },
         }
     }
-    let mut text = out?;
-    text.push_str(std::str::from_utf8(&bytes[copied..]).ok()?);
-    Some(text)
+    if copied == 0 {
+        return None;
+    }
+    out.push_str(&sql[copied..]);
+    Some(out)
 }
 
-/// Identifier bytes (PostgreSQL allows `$` inside identifiers and any non-ASCII letter).
-fn is_ident(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80
+fn replace(out: &mut String, sql: &str, copied: &mut usize, start: usize, end: usize, with: &str) {
+    if out.capacity() == 0 {
+        out.reserve(sql.len());
+    }
+    out.push_str(&sql[*copied..start]);
+    out.push_str(with);
+    *copied = end;
 }
 
 /// End (exclusive) of a quoted token starting at `start`, with doubled quotes as escapes.
