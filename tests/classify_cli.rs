@@ -107,11 +107,7 @@ fn sql_as_argument_and_text_format() {
 
 #[test]
 fn unparsable_sql_exits_zero_with_unknown_kind() {
-    for sql in [
-        "SELEC * FROM projects",
-        "SELECT ((((1",
-        "\u{1}garbage'",
-    ] {
+    for sql in ["SELEC * FROM projects", "SELECT ((((1", "\u{1}garbage'"] {
         let got = json(&pgdecomp(&["classify", sql], None));
         assert_eq!(got["kind"], "unknown");
         assert!(got["error"].is_string());
