@@ -313,7 +313,8 @@ impl Visitor for Walker<'_> {
     }
 }
 
-fn stronger(a: TableRole, b: TableRole) -> TableRole {
+/// The role that needs more of a table: DDL over writes over reads.
+pub(super) fn stronger(a: TableRole, b: TableRole) -> TableRole {
     let rank = |r: TableRole| match r {
         TableRole::Read => 0,
         TableRole::Written => 1,
