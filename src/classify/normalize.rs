@@ -17,40 +17,22 @@ pub fn cache_key(sql: &str) -> Cow<'_, str> {
     normalize(sql).map_or(Cow::Borrowed(sql), Cow::Owned)
 }
 
-/// Byte classes for the scanner: it runs on every cache lookup, so one table load per byte.
-const OTHER: u8 = 0;
-const IDENT_START: u8 = 1;
-const DIGIT: u8 = 2;
-const SPECIAL: u8 = 3;
-/// Bytes that continue an identifier (PostgreSQL allows `$` inside and any non-ASCII byte).
-const IDENT_CONTINUE: u8 = 4;
-
-const CLASSES: [u8; 256] = {
-    let mut table = [OTHER; 256];
+/// Bytes the scanner must look at: quotes, comment starts, `$` and digits. Everything else is
+/// skipped in a tight loop; the scanner runs on every cache lookup.
+const INTERESTING: [bool; 256] = {
+    let mut table = [false; 256];
     let mut b = 0;
     while b < 256 {
         let c = b as u8;
-        table[b] = if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 {
-            IDENT_START | IDENT_CONTINUE
-        } else if c.is_ascii_digit() {
-            DIGIT | IDENT_CONTINUE
-        } else if matches!(c, b'\'' | b'"' | b'-' | b'/' | b'$') {
-            SPECIAL
-        } else {
-            OTHER
-        };
+        table[b] = c.is_ascii_digit() || matches!(c, b'\'' | b'"' | b'-' | b'/' | b'$');
         b += 1;
     }
-    table[b'$' as usize] |= IDENT_CONTINUE;
     table
 };
 
-fn class(b: u8) -> u8 {
-    CLASSES[b as usize] & 3
-}
-
+/// Identifier bytes (PostgreSQL allows `$` inside identifiers and any non-ASCII byte).
 fn is_ident(b: u8) -> bool {
-    CLASSES[b as usize] & IDENT_CONTINUE != 0
+    b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80
 }
 
 /// The text with literals replaced, or `None` when there is nothing to replace or the text
@@ -60,55 +42,56 @@ fn normalize(sql: &str) -> Option<String> {
     let mut out = String::new();
     let mut copied = 0;
     let mut i = 0;
-    while i < bytes.len() {
-        let b = bytes[i];
-        match class(b) {
-            OTHER => i += 1,
-            IDENT_START => {
-                i += 1;
+    loop {
+        while i < bytes.len() && !INTERESTING[bytes[i] as usize] {
+            i += 1;
+        }
+        let Some(&b) = bytes.get(i) else { break };
+        let after_ident = i > 0 && is_ident(bytes[i - 1]);
+        match b {
+            // A digit or `$` right after an identifier byte belongs to that identifier (`t1`, `a$b`).
+            b'0'..=b'9' | b'$' if after_ident => {
                 while i < bytes.len() && is_ident(bytes[i]) {
                     i += 1;
                 }
             }
-            DIGIT => {
+            b'0'..=b'9' => {
                 let end = number_end(bytes, i)?;
                 replace(&mut out, sql, &mut copied, i, end, "0");
                 i = end;
             }
-            _ => match b {
-                b'\'' => {
-                    // E'..', B'..', X'..', U&'..' have their own escape rules: leave them alone.
-                    if i > 0 && (is_ident(bytes[i - 1]) || bytes[i - 1] == b'&') {
-                        return None;
-                    }
-                    let end = quoted_end(bytes, i, b'\'')?;
-                    if bytes[i..end].contains(&b'\\') {
-                        return None;
-                    }
-                    replace(&mut out, sql, &mut copied, i, end, "''");
-                    i = end;
+            b'\'' => {
+                // E'..', B'..', X'..', U&'..' have their own escape rules: leave them alone.
+                if after_ident || (i > 0 && bytes[i - 1] == b'&') {
+                    return None;
                 }
-                b'"' => i = quoted_end(bytes, i, b'"')?,
-                b'-' if bytes.get(i + 1) == Some(&b'-') => {
-                    i = bytes[i..]
-                        .iter()
-                        .position(|&c| c == b'\n')
-                        .map_or(bytes.len(), |p| i + p);
+                let end = quoted_end(bytes, i, b'\'')?;
+                if bytes[i..end].contains(&b'\\') {
+                    return None;
                 }
-                b'/' if bytes.get(i + 1) == Some(&b'*') => i = comment_end(bytes, i)?,
-                b'$' => {
-                    // `$1` is a parameter; anything else starting with `$` is a dollar quote.
-                    let digits = bytes[i + 1..]
-                        .iter()
-                        .take_while(|c| c.is_ascii_digit())
-                        .count();
-                    if digits == 0 {
-                        return None;
-                    }
-                    i += 1 + digits;
+                replace(&mut out, sql, &mut copied, i, end, "''");
+                i = end;
+            }
+            b'"' => i = quoted_end(bytes, i, b'"')?,
+            b'-' if bytes.get(i + 1) == Some(&b'-') => {
+                i = bytes[i..]
+                    .iter()
+                    .position(|&c| c == b'\n')
+                    .map_or(bytes.len(), |p| i + p);
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'*') => i = comment_end(bytes, i)?,
+            b'$' => {
+                // `$1` is a parameter; anything else starting with `$` is a dollar quote.
+                let digits = bytes[i + 1..]
+                    .iter()
+                    .take_while(|c| c.is_ascii_digit())
+                    .count();
+                if digits == 0 {
+                    return None;
                 }
-                _ => i += 1,
-            },
+                i += 1 + digits;
+            }
+            _ => i += 1,
         }
     }
     if copied == 0 {
@@ -157,7 +140,12 @@ fn comment_end(bytes: &[u8], start: usize) -> Option<usize> {
                     return Some(i);
                 }
             }
-            _ => i += 1,
+            _ => {
+                i += 1;
+                while i < bytes.len() && !matches!(bytes[i], b'*' | b'/') {
+                    i += 1;
+                }
+            }
         }
     }
     None
