@@ -16,47 +16,131 @@ pub(super) fn tokenize(sql: &str) -> Result<Vec<TokenWithSpan>, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Rewrites, without changing what the statement touches:
-/// `FOR NO KEY UPDATE` → `FOR UPDATE`, `FOR KEY SHARE` → `FOR SHARE` (sqlparser lacks both
-/// lock strengths; all four are locking reads to us) and a leading `TABLE t` → `SELECT * FROM t`.
+/// Rewrites, without changing what the statement touches, the PostgreSQL spellings sqlparser
+/// 0.63 gets wrong or rejects:
+/// - `FOR NO KEY UPDATE` → `FOR UPDATE`, `FOR KEY SHARE` → `FOR SHARE` (all locking reads to us);
+/// - a leading `TABLE t` → `SELECT * FROM t`;
+/// - `FROM ONLY t` / `JOIN ONLY t` / `UPDATE ONLY t` → `t` (sqlparser would read a table `only`
+///   aliased `t`; ONLY just leaves out child partitions);
+/// - `ON CONFLICT (cols) WHERE pred DO` → `ON CONFLICT (cols) DO` (a partial-index target).
 pub(super) fn repair(tokens: &mut Vec<TokenWithSpan>) {
     let mut at_statement_start = true;
+    // The previous significant token when it was an unquoted keyword or a comma.
+    let mut prev: Option<Keyword> = None;
     let mut i = 0;
     while i < tokens.len() {
+        let mut current = None;
         match &tokens[i].token {
-            Token::Whitespace(_) => {}
+            Token::Whitespace(_) => {
+                i += 1;
+                continue;
+            }
             Token::SemiColon => at_statement_start = true,
+            Token::Word(w) if w.quote_style.is_some() => at_statement_start = false,
             Token::Word(w) if at_statement_start && w.keyword == Keyword::TABLE => {
                 let span = tokens[i].span;
                 tokens[i] = TokenWithSpan::new(Token::make_keyword("SELECT"), span);
                 let star = TokenWithSpan::new(Token::Mul, span);
                 let from = TokenWithSpan::new(Token::make_keyword("FROM"), span);
-                let space = || TokenWithSpan::new(Token::Whitespace(Whitespace::Space), span);
-                tokens.splice(i + 1..i + 1, [space(), star, space(), from]);
+                tokens.splice(i + 1..i + 1, [space(span), star, space(span), from]);
                 at_statement_start = false;
+                current = Some(Keyword::FROM);
+                i += 4;
             }
-            Token::Word(w) if w.keyword == Keyword::FOR => {
+            Token::Word(w) => {
                 at_statement_start = false;
-                let next = significant(tokens, i + 1, 3);
-                let blank = |tokens: &mut Vec<TokenWithSpan>, j: usize| {
-                    tokens[j].token = Token::Whitespace(Whitespace::Space);
-                };
-                match next.as_slice() {
-                    [(a, Keyword::NO), (b, Keyword::KEY), (_, Keyword::UPDATE)] => {
-                        let (a, b) = (*a, *b);
-                        blank(tokens, a);
-                        blank(tokens, b);
+                current = Some(w.keyword);
+                match w.keyword {
+                    Keyword::FOR => repair_lock_strength(tokens, i),
+                    Keyword::ONLY
+                        if matches!(
+                            prev,
+                            Some(Keyword::FROM | Keyword::JOIN | Keyword::UPDATE | Keyword::USING)
+                        ) =>
+                    {
+                        blank(tokens, i);
+                        current = prev;
                     }
-                    [(a, Keyword::KEY), (_, Keyword::SHARE), ..] => {
-                        let a = *a;
-                        blank(tokens, a);
+                    Keyword::CONFLICT if prev == Some(Keyword::ON) => {
+                        drop_conflict_predicate(tokens, i)
                     }
                     _ => {}
                 }
             }
             _ => at_statement_start = false,
         }
+        prev = current;
         i += 1;
+    }
+}
+
+fn space(span: sqlparser::tokenizer::Span) -> TokenWithSpan {
+    TokenWithSpan::new(Token::Whitespace(Whitespace::Space), span)
+}
+
+fn blank(tokens: &mut [TokenWithSpan], j: usize) {
+    tokens[j].token = Token::Whitespace(Whitespace::Space);
+}
+
+fn repair_lock_strength(tokens: &mut [TokenWithSpan], for_index: usize) {
+    match significant(tokens, for_index + 1, 3).as_slice() {
+        [(a, Keyword::NO), (b, Keyword::KEY), (_, Keyword::UPDATE)] => {
+            let (a, b) = (*a, *b);
+            blank(tokens, a);
+            blank(tokens, b);
+        }
+        [(a, Keyword::KEY), (_, Keyword::SHARE), ..] => {
+            let a = *a;
+            blank(tokens, a);
+        }
+        _ => {}
+    }
+}
+
+/// Blanks `WHERE pred` in `ON CONFLICT (cols) WHERE pred DO ...`; the predicate only picks the
+/// arbiter index and names no tables.
+fn drop_conflict_predicate(tokens: &mut [TokenWithSpan], conflict: usize) {
+    let next_significant = |from: usize| {
+        (from..tokens.len()).find(|&j| !matches!(tokens[j].token, Token::Whitespace(_)))
+    };
+    let Some(open) = next_significant(conflict + 1).filter(|&j| tokens[j].token == Token::LParen)
+    else {
+        return;
+    };
+    let mut depth = 0usize;
+    let mut close = None;
+    for (j, t) in tokens.iter().enumerate().skip(open) {
+        match t.token {
+            Token::LParen => depth += 1,
+            Token::RParen => {
+                depth -= 1;
+                if depth == 0 {
+                    close = Some(j);
+                    break;
+                }
+            }
+            _ => {}
+        }
+    }
+    let Some(where_at) = close.and_then(|c| next_significant(c + 1)) else {
+        return;
+    };
+    if !matches!(&tokens[where_at].token, Token::Word(w) if w.quote_style.is_none() && w.keyword == Keyword::WHERE)
+    {
+        return;
+    }
+    let mut depth = 0usize;
+    for j in where_at + 1..tokens.len() {
+        match &tokens[j].token {
+            Token::LParen => depth += 1,
+            Token::RParen => depth = depth.saturating_sub(1),
+            Token::SemiColon => return,
+            Token::Word(w) if depth == 0 && w.quote_style.is_none() && w.keyword == Keyword::DO => {
+                (where_at..j).for_each(|k| blank(tokens, k));
+                return;
+            }
+            _ => {}
+        }
     }
 }
 
