@@ -284,6 +284,7 @@ pub(super) fn recognise(tokens: &[TokenWithSpan]) -> Option<Recognised> {
             ddl(names(&words[start.min(words.len())..], TableRole::Ddl))
         }
         ("VACUUM", _, _) => ddl(names(vacuum_targets(&words), TableRole::Ddl)),
+        ("ALTER", "TABLE", _) => ddl(alter_table_targets(&words)),
         ("CHECKPOINT", "", _) => Some(Recognised {
             kind: StatementKind::Utility,
             tables: vec![],
@@ -292,6 +293,44 @@ pub(super) fn recognise(tokens: &[TokenWithSpan]) -> Option<Recognised> {
         ("DROP", "INDEX", _) | ("REINDEX", _, _) | ("CLUSTER", _, _) => ddl(vec![]),
         _ => None,
     }
+}
+
+/// The altered table, and the partition of `ATTACH/DETACH PARTITION p` (sqlparser 0.63 parses
+/// neither form): `ALTER TABLE [IF EXISTS] [ONLY] t ...`.
+fn alter_table_targets(words: &[&TokenWithSpan]) -> Vec<(String, TableRole)> {
+    let upper = |i: usize| match words.get(i).map(|t| &t.token) {
+        Some(Token::Word(w)) if w.quote_style.is_none() => w.value.to_ascii_uppercase(),
+        _ => String::new(),
+    };
+    let mut i = 2;
+    if upper(i) == "IF" && upper(i + 1) == "EXISTS" {
+        i += 2;
+    }
+    if upper(i) == "ONLY" {
+        i += 1;
+    }
+    let mut targets = name_at(words, i).into_iter().collect::<Vec<_>>();
+    if let Some(p) = (i..words.len())
+        .find(|&j| matches!(upper(j).as_str(), "ATTACH" | "DETACH") && upper(j + 1) == "PARTITION")
+    {
+        targets.extend(name_at(words, p + 2));
+    }
+    targets
+}
+
+/// The dotted object name starting at `start`, if any.
+fn name_at(words: &[&TokenWithSpan], start: usize) -> Option<(String, TableRole)> {
+    let mut name = String::new();
+    let mut j = start;
+    while let Some(Token::Word(w)) = words.get(j).map(|t| &t.token) {
+        name.push_str(&ident_text(&w.value, w.quote_style));
+        if words.get(j + 1).map(|t| &t.token) != Some(&Token::Period) {
+            break;
+        }
+        name.push('.');
+        j += 2;
+    }
+    (!name.is_empty()).then_some((name, TableRole::Ddl))
 }
 
 /// The table list of `VACUUM [FULL|FREEZE|VERBOSE|ANALYZE ...| (options)] t [(cols)], ...`.
