@@ -8,6 +8,7 @@ use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::{Parser, ParserError};
 use sqlparser::tokenizer::TokenWithSpan;
 
+use super::fallback;
 use super::tables::{self, Facts};
 use super::{
     kind, lex, Classification, CrossJoin, Dictionary, GitlabSchema, SchemaRules, StatementKind,
@@ -106,7 +107,7 @@ impl Classifier {
         for piece in pieces {
             match parse(piece.clone()) {
                 Ok(statements) => parts.extend(statements.iter().map(|s| self.part(s))),
-                Err(e) => match lex::recognise(&piece) {
+                Err(e) => match fallback::recognise(&piece) {
                     Some(found) => parts.push(Part {
                         kind: found.kind,
                         tables: found.tables,
