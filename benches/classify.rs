@@ -38,6 +38,11 @@ fn miss(c: &mut Criterion) {
     group.bench_function("three_table", |b| {
         b.iter(|| classifier.classify(black_box(THREE_TABLES)))
     });
+    // The parser alone, to see what the walk, lookups and verdict add on top.
+    group.bench_function("three_table_sqlparser_only", |b| {
+        let dialect = sqlparser::dialect::PostgreSqlDialect {};
+        b.iter(|| sqlparser::parser::Parser::parse_sql(&dialect, black_box(THREE_TABLES)))
+    });
     group.throughput(Throughput::Elements(statements.len() as u64));
     group.bench_function("corpus", |b| {
         b.iter(|| {
