@@ -8,6 +8,7 @@ use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::{Parser, ParserError};
 use sqlparser::tokenizer::TokenWithSpan;
 
+use super::fallback;
 use super::tables::{self, Facts};
 use super::{
     kind, lex, Classification, CrossJoin, Dictionary, GitlabSchema, SchemaRules, StatementKind,
@@ -60,7 +61,23 @@ impl Classifier {
         )
     }
 
-    /// Classifies one query string (possibly several statements). Never panics.
+    /// Classifies one query string (possibly several statements). Never panics: what does not
+    /// parse is `Unknown` with the parser's message, which routing sends to the primary.
+    ///
+    /// ```
+    /// use pgdecomp::classify::{Classifier, StatementKind};
+    ///
+    /// let c = Classifier::gitlab_default().classify(
+    ///     r#"SELECT "ci_builds".* FROM "ci_builds" JOIN "projects" ON "projects"."id" = "ci_builds"."project_id" /*application:web*/"#,
+    /// );
+    /// assert_eq!(c.kind, StatementKind::Read);
+    /// assert_eq!(c.schemas_label(), "gitlab_ci,gitlab_main");
+    /// assert!(!c.cross_join.allowed);
+    ///
+    /// let bad = Classifier::gitlab_default().classify("SELEC 1");
+    /// assert_eq!(bad.kind, StatementKind::Unknown);
+    /// assert!(bad.error.is_some());
+    /// ```
     pub fn classify(&self, sql: &str) -> Classification {
         let (parts, error) = self.parts(sql);
         self.assemble(parts, error)
@@ -90,7 +107,7 @@ impl Classifier {
         for piece in pieces {
             match parse(piece.clone()) {
                 Ok(statements) => parts.extend(statements.iter().map(|s| self.part(s))),
-                Err(e) => match lex::recognise(&piece) {
+                Err(e) => match fallback::recognise(&piece) {
                     Some(found) => parts.push(Part {
                         kind: found.kind,
                         tables: found.tables,
@@ -135,10 +152,7 @@ impl Classifier {
                 let schema = self.dictionary.lookup(&name);
                 part_schemas.push(schema.clone());
                 match tables.iter_mut().find(|t| t.name == name) {
-                    Some(existing) if role_rank(role) > role_rank(existing.role) => {
-                        existing.role = role
-                    }
-                    Some(_) => {}
+                    Some(existing) => existing.role = tables::stronger(existing.role, role),
                     None => tables.push(TableRef { name, role, schema }),
                 }
             }
@@ -175,15 +189,130 @@ fn unknown() -> Part {
     }
 }
 
-fn role_rank(role: TableRole) -> u8 {
-    match role {
-        TableRole::Read => 0,
-        TableRole::Written => 1,
-        TableRole::Ddl => 2,
-    }
-}
-
 fn sort_unique(schemas: &mut Vec<GitlabSchema>) {
     schemas.sort();
     schemas.dedup();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classify::TxnCommand;
+
+    #[test]
+    fn transaction_commands() {
+        let classifier = Classifier::gitlab_default();
+        let cases = [
+            ("BEGIN", TxnCommand::Begin { read_only: false }),
+            ("BEGIN READ ONLY", TxnCommand::Begin { read_only: true }),
+            (
+                "START TRANSACTION ISOLATION LEVEL SERIALIZABLE, READ ONLY",
+                TxnCommand::Begin { read_only: true },
+            ),
+            (
+                "START TRANSACTION READ WRITE",
+                TxnCommand::Begin { read_only: false },
+            ),
+            ("COMMIT", TxnCommand::Commit),
+            ("END", TxnCommand::Commit),
+            ("ROLLBACK", TxnCommand::Rollback),
+            ("ABORT", TxnCommand::Rollback),
+            ("SAVEPOINT s1", TxnCommand::Savepoint),
+            ("RELEASE SAVEPOINT s1", TxnCommand::Release),
+            ("RELEASE s1", TxnCommand::Release),
+            ("ROLLBACK TO SAVEPOINT s1", TxnCommand::RollbackTo),
+            ("ROLLBACK TO s1", TxnCommand::RollbackTo),
+            ("PREPARE TRANSACTION 'gid'", TxnCommand::PrepareTransaction),
+            ("COMMIT PREPARED 'gid'", TxnCommand::CommitPrepared),
+            ("ROLLBACK PREPARED 'gid'", TxnCommand::RollbackPrepared),
+        ];
+        for (sql, want) in cases {
+            let c = classifier.classify(sql);
+            assert_eq!(
+                c.kind,
+                StatementKind::Transaction(want),
+                "{sql}: {:?}",
+                c.error
+            );
+            assert_eq!(c.error, None);
+        }
+    }
+
+    #[test]
+    fn table_roles() {
+        use TableRole::{Ddl, Read, Written};
+        let classifier = Classifier::gitlab_default();
+        let cases: &[(&str, &[(&str, TableRole)])] = &[
+            (
+                "INSERT INTO tags SELECT * FROM taggings",
+                &[("tags", Written), ("taggings", Read)],
+            ),
+            ("INSERT INTO tags SELECT * FROM tags", &[("tags", Written)]),
+            (
+                "UPDATE ci_builds SET x = 1 FROM ci_pipelines",
+                &[("ci_builds", Written), ("ci_pipelines", Read)],
+            ),
+            (
+                "DELETE FROM ci_builds USING ci_stages",
+                &[("ci_builds", Written), ("ci_stages", Read)],
+            ),
+            ("TRUNCATE ci_builds", &[("ci_builds", Ddl)]),
+            ("LOCK TABLE ci_builds", &[("ci_builds", Ddl)]),
+            ("COPY ci_builds FROM STDIN", &[("ci_builds", Written)]),
+            ("COPY ci_builds TO STDOUT", &[("ci_builds", Read)]),
+            ("SELECT * INTO t FROM tags", &[("t", Ddl), ("tags", Read)]),
+            ("SELECT * FROM tags FOR UPDATE", &[("tags", Read)]),
+            ("SELECT 1 FROM tags; TRUNCATE tags", &[("tags", Ddl)]),
+            (
+                "WITH d AS (DELETE FROM tags RETURNING *) SELECT * FROM d",
+                &[("tags", Written)],
+            ),
+        ];
+        for (sql, want) in cases {
+            let classification = classifier.classify(sql);
+            let got: Vec<(&str, TableRole)> = classification
+                .tables
+                .iter()
+                .map(|t| (t.name.as_str(), t.role))
+                .collect();
+            assert_eq!(got, *want, "{sql}");
+        }
+    }
+
+    #[test]
+    fn configured_write_functions() {
+        let classifier = Classifier::new(
+            Dictionary::gitlab_default(),
+            SchemaRules::gitlab_2022(),
+            &["Refresh_Counters".to_owned(), "ops.bump".to_owned()],
+        );
+        assert_eq!(
+            classifier.classify("SELECT refresh_counters(1)").kind,
+            StatementKind::Write
+        );
+        assert_eq!(
+            classifier.classify("SELECT ops.bump()").kind,
+            StatementKind::Write
+        );
+        assert_eq!(
+            classifier.classify("SELECT bump()").kind,
+            StatementKind::Read
+        );
+        assert_eq!(
+            Classifier::gitlab_default()
+                .classify("SELECT refresh_counters(1)")
+                .kind,
+            StatementKind::Read
+        );
+    }
+
+    #[test]
+    fn cross_join_is_judged_per_statement() {
+        let classifier = Classifier::gitlab_default();
+        let split = classifier.classify("SELECT * FROM projects; SELECT * FROM ci_builds");
+        assert!(split.cross_join.allowed);
+        assert_eq!(split.schemas_label(), "gitlab_ci,gitlab_main");
+        let joined = classifier.classify("SELECT * FROM projects, ci_builds");
+        assert!(!joined.cross_join.allowed);
+    }
 }

@@ -36,9 +36,7 @@ pub(super) fn kind_of(statement: &Statement, facts: &Facts) -> StatementKind {
         }
         Statement::ExplainTable { .. } => Read,
         Statement::StartTransaction { modes, .. } => Transaction(TxnCommand::Begin {
-            read_only: modes
-                .iter()
-                .any(|m| *m == TransactionMode::AccessMode(TransactionAccessMode::ReadOnly)),
+            read_only: modes.contains(&TransactionMode::AccessMode(TransactionAccessMode::ReadOnly)),
         }),
         Statement::Commit { .. } => Transaction(TxnCommand::Commit),
         Statement::Rollback { savepoint: Some(_), .. } => Transaction(TxnCommand::RollbackTo),

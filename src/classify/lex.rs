@@ -1,13 +1,11 @@
 //! Classify step (client → framing → **classify** → route → pool → server): tokens before the
 //! parser. Rewrites the few PostgreSQL spellings sqlparser does not parse into equivalent ones,
-//! splits strings into statements when the whole string fails, and recognises by keywords the
-//! commands sqlparser has no grammar for.
+//! rejects token streams too deep to handle, and splits strings into statements when the whole
+//! string fails.
 
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::keywords::Keyword;
 use sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer, Whitespace};
-
-use super::{StatementKind, TableRole, TxnCommand};
 
 /// Tokenizes with the PostgreSQL dialect; the error is the tokenizer's message.
 pub(super) fn tokenize(sql: &str) -> Result<Vec<TokenWithSpan>, String> {
@@ -16,47 +14,131 @@ pub(super) fn tokenize(sql: &str) -> Result<Vec<TokenWithSpan>, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Rewrites, without changing what the statement touches:
-/// `FOR NO KEY UPDATE` → `FOR UPDATE`, `FOR KEY SHARE` → `FOR SHARE` (sqlparser lacks both
-/// lock strengths; all four are locking reads to us) and a leading `TABLE t` → `SELECT * FROM t`.
+/// Rewrites, without changing what the statement touches, the PostgreSQL spellings sqlparser
+/// 0.63 gets wrong or rejects:
+/// - `FOR NO KEY UPDATE` → `FOR UPDATE`, `FOR KEY SHARE` → `FOR SHARE` (all locking reads to us);
+/// - a leading `TABLE t` → `SELECT * FROM t`;
+/// - `FROM ONLY t` / `JOIN ONLY t` / `UPDATE ONLY t` → `t` (sqlparser would read a table `only`
+///   aliased `t`; ONLY just leaves out child partitions);
+/// - `ON CONFLICT (cols) WHERE pred DO` → `ON CONFLICT (cols) DO` (a partial-index target).
 pub(super) fn repair(tokens: &mut Vec<TokenWithSpan>) {
     let mut at_statement_start = true;
+    // The previous significant token when it was an unquoted keyword or a comma.
+    let mut prev: Option<Keyword> = None;
     let mut i = 0;
     while i < tokens.len() {
+        let mut current = None;
         match &tokens[i].token {
-            Token::Whitespace(_) => {}
+            Token::Whitespace(_) => {
+                i += 1;
+                continue;
+            }
             Token::SemiColon => at_statement_start = true,
+            Token::Word(w) if w.quote_style.is_some() => at_statement_start = false,
             Token::Word(w) if at_statement_start && w.keyword == Keyword::TABLE => {
                 let span = tokens[i].span;
                 tokens[i] = TokenWithSpan::new(Token::make_keyword("SELECT"), span);
                 let star = TokenWithSpan::new(Token::Mul, span);
                 let from = TokenWithSpan::new(Token::make_keyword("FROM"), span);
-                let space = || TokenWithSpan::new(Token::Whitespace(Whitespace::Space), span);
-                tokens.splice(i + 1..i + 1, [space(), star, space(), from]);
+                tokens.splice(i + 1..i + 1, [space(span), star, space(span), from]);
                 at_statement_start = false;
+                current = Some(Keyword::FROM);
+                i += 4;
             }
-            Token::Word(w) if w.keyword == Keyword::FOR => {
+            Token::Word(w) => {
                 at_statement_start = false;
-                let next = significant(tokens, i + 1, 3);
-                let blank = |tokens: &mut Vec<TokenWithSpan>, j: usize| {
-                    tokens[j].token = Token::Whitespace(Whitespace::Space);
-                };
-                match next.as_slice() {
-                    [(a, Keyword::NO), (b, Keyword::KEY), (_, Keyword::UPDATE)] => {
-                        let (a, b) = (*a, *b);
-                        blank(tokens, a);
-                        blank(tokens, b);
+                current = Some(w.keyword);
+                match w.keyword {
+                    Keyword::FOR => repair_lock_strength(tokens, i),
+                    Keyword::ONLY
+                        if matches!(
+                            prev,
+                            Some(Keyword::FROM | Keyword::JOIN | Keyword::UPDATE | Keyword::USING)
+                        ) =>
+                    {
+                        blank(tokens, i);
+                        current = prev;
                     }
-                    [(a, Keyword::KEY), (_, Keyword::SHARE), ..] => {
-                        let a = *a;
-                        blank(tokens, a);
+                    Keyword::CONFLICT if prev == Some(Keyword::ON) => {
+                        drop_conflict_predicate(tokens, i)
                     }
                     _ => {}
                 }
             }
             _ => at_statement_start = false,
         }
+        prev = current;
         i += 1;
+    }
+}
+
+fn space(span: sqlparser::tokenizer::Span) -> TokenWithSpan {
+    TokenWithSpan::new(Token::Whitespace(Whitespace::Space), span)
+}
+
+fn blank(tokens: &mut [TokenWithSpan], j: usize) {
+    tokens[j].token = Token::Whitespace(Whitespace::Space);
+}
+
+fn repair_lock_strength(tokens: &mut [TokenWithSpan], for_index: usize) {
+    match significant(tokens, for_index + 1, 3).as_slice() {
+        [(a, Keyword::NO), (b, Keyword::KEY), (_, Keyword::UPDATE)] => {
+            let (a, b) = (*a, *b);
+            blank(tokens, a);
+            blank(tokens, b);
+        }
+        [(a, Keyword::KEY), (_, Keyword::SHARE), ..] => {
+            let a = *a;
+            blank(tokens, a);
+        }
+        _ => {}
+    }
+}
+
+/// Blanks `WHERE pred` in `ON CONFLICT (cols) WHERE pred DO ...`; the predicate only picks the
+/// arbiter index and names no tables.
+fn drop_conflict_predicate(tokens: &mut [TokenWithSpan], conflict: usize) {
+    let next_significant = |from: usize| {
+        (from..tokens.len()).find(|&j| !matches!(tokens[j].token, Token::Whitespace(_)))
+    };
+    let Some(open) = next_significant(conflict + 1).filter(|&j| tokens[j].token == Token::LParen)
+    else {
+        return;
+    };
+    let mut depth = 0usize;
+    let mut close = None;
+    for (j, t) in tokens.iter().enumerate().skip(open) {
+        match t.token {
+            Token::LParen => depth += 1,
+            Token::RParen => {
+                depth -= 1;
+                if depth == 0 {
+                    close = Some(j);
+                    break;
+                }
+            }
+            _ => {}
+        }
+    }
+    let Some(where_at) = close.and_then(|c| next_significant(c + 1)) else {
+        return;
+    };
+    if !matches!(&tokens[where_at].token, Token::Word(w) if w.quote_style.is_none() && w.keyword == Keyword::WHERE)
+    {
+        return;
+    }
+    let mut depth = 0usize;
+    for j in where_at + 1..tokens.len() {
+        match &tokens[j].token {
+            Token::LParen => depth += 1,
+            Token::RParen => depth = depth.saturating_sub(1),
+            Token::SemiColon => return,
+            Token::Word(w) if depth == 0 && w.quote_style.is_none() && w.keyword == Keyword::DO => {
+                (where_at..j).for_each(|k| blank(tokens, k));
+                return;
+            }
+            _ => {}
+        }
     }
 }
 
@@ -160,98 +242,6 @@ pub(super) fn split(tokens: Vec<TokenWithSpan>) -> Vec<Vec<TokenWithSpan>> {
             .any(|t| !matches!(t.token, Token::Whitespace(_)))
     });
     pieces
-}
-
-/// What the keyword fallback recognised.
-pub(super) struct Recognised {
-    pub kind: StatementKind,
-    pub tables: Vec<(String, TableRole)>,
-}
-
-/// Classifies by leading keywords the PostgreSQL commands sqlparser 0.63 cannot parse.
-/// `None` leaves the statement unknown.
-pub(super) fn recognise(tokens: &[TokenWithSpan]) -> Option<Recognised> {
-    let words: Vec<&TokenWithSpan> = tokens
-        .iter()
-        .filter(|t| !matches!(t.token, Token::Whitespace(_)))
-        .collect();
-    let word = |i: usize| match words.get(i).map(|t| &t.token) {
-        Some(Token::Word(w)) if w.quote_style.is_none() => w.value.to_ascii_uppercase(),
-        _ => String::new(),
-    };
-    let txn = |command| {
-        Some(Recognised {
-            kind: StatementKind::Transaction(command),
-            tables: vec![],
-        })
-    };
-    let ddl = |tables| {
-        Some(Recognised {
-            kind: StatementKind::Ddl,
-            tables,
-        })
-    };
-    match (word(0).as_str(), word(1).as_str(), word(2).as_str()) {
-        ("PREPARE", "TRANSACTION", _) => txn(TxnCommand::PrepareTransaction),
-        ("COMMIT", "PREPARED", _) => txn(TxnCommand::CommitPrepared),
-        ("ROLLBACK", "PREPARED", _) => txn(TxnCommand::RollbackPrepared),
-        ("REFRESH", "MATERIALIZED", "VIEW") => {
-            let start = if word(3) == "CONCURRENTLY" { 4 } else { 3 };
-            ddl(names(&words[start.min(words.len())..], TableRole::Ddl))
-        }
-        ("VACUUM", _, _) => ddl(names(vacuum_targets(&words), TableRole::Ddl)),
-        ("CHECKPOINT", "", _) => Some(Recognised {
-            kind: StatementKind::Utility,
-            tables: vec![],
-        }),
-        // pg_query reports no tables for these; they still need the primary.
-        ("DROP", "INDEX", _) | ("REINDEX", _, _) | ("CLUSTER", _, _) => ddl(vec![]),
-        _ => None,
-    }
-}
-
-/// The table list of `VACUUM [FULL|FREEZE|VERBOSE|ANALYZE ...| (options)] t [(cols)], ...`.
-fn vacuum_targets<'t>(words: &'t [&'t TokenWithSpan]) -> &'t [&'t TokenWithSpan] {
-    let mut i = 1;
-    while let Some(t) = words.get(i) {
-        match &t.token {
-            Token::LParen if i == 1 => {
-                while words.get(i).is_some_and(|t| t.token != Token::RParen) {
-                    i += 1;
-                }
-            }
-            Token::Word(w)
-                if w.quote_style.is_none()
-                    && matches!(
-                        w.keyword,
-                        Keyword::FULL | Keyword::FREEZE | Keyword::VERBOSE | Keyword::ANALYZE
-                    ) => {}
-            _ => break,
-        }
-        i += 1;
-    }
-    &words[i.min(words.len())..]
-}
-
-/// Comma-separated object names (`a.b, "C"`), skipping parenthesised column lists.
-fn names(words: &[&TokenWithSpan], role: TableRole) -> Vec<(String, TableRole)> {
-    let mut out = Vec::new();
-    let mut current = String::new();
-    let mut depth = 0usize;
-    for t in words {
-        match &t.token {
-            Token::LParen => depth += 1,
-            Token::RParen => depth = depth.saturating_sub(1),
-            _ if depth > 0 => {}
-            Token::Word(w) => current.push_str(&ident_text(&w.value, w.quote_style)),
-            Token::Period => current.push('.'),
-            Token::Comma => out.push((std::mem::take(&mut current), role)),
-            _ => {}
-        }
-    }
-    out.push((current, role));
-    out.retain(|(name, _)| !name.is_empty());
-    out
 }
 
 /// PostgreSQL folds unquoted identifiers to lower case and keeps quoted ones exactly.

@@ -1,13 +1,14 @@
 //! Pipeline step 2 (client → framing → **classify** → route → pool → server): SQL text to
 //! statement kind, tables and gitlab_schemas. Pure: no I/O, no globals, no metrics.
 //!
-//! `lex` prepares tokens, sqlparser parses, `tables` walks each statement, `kind` names it,
+//! `lex` prepares tokens, sqlparser parses (`fallback` recognises what it cannot), `tables` walks each statement, `kind` names it,
 //! `dictionary` maps tables to gitlab_schemas and `rules` judges the combination; `classifier`
 //! ties them together, `cache` remembers results and `report` renders them for the CLI.
 
 mod cache;
 mod classifier;
 mod dictionary;
+mod fallback;
 mod kind;
 mod lex;
 mod normalize;

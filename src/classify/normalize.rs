@@ -14,36 +14,62 @@ use std::borrow::Cow;
 /// The cache key of `sql`: string literals become `''` and numbers `0`; comments, identifiers
 /// and `$n` parameters stay. Borrowed when nothing was replaced or the text is not safe to touch.
 pub fn cache_key(sql: &str) -> Cow<'_, str> {
-    normalize(sql.as_bytes()).map_or(Cow::Borrowed(sql), Cow::Owned)
+    normalize(sql).map_or(Cow::Borrowed(sql), Cow::Owned)
 }
 
-/// Literal spans to replace, or `None` when the text must stay as it is.
-fn normalize(bytes: &[u8]) -> Option<String> {
-    let mut out: Option<String> = None;
+/// Bytes the scanner must look at: quotes, comment starts, `$` and digits. Everything else is
+/// skipped in a tight loop; the scanner runs on every cache lookup.
+const INTERESTING: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_digit() || matches!(c, b'\'' | b'"' | b'-' | b'/' | b'$');
+        b += 1;
+    }
+    table
+};
+
+/// Identifier bytes (PostgreSQL allows `$` inside identifiers and any non-ASCII byte).
+fn is_ident(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80
+}
+
+/// The text with literals replaced, or `None` when there is nothing to replace or the text
+/// must stay as it is. Only ASCII bytes are cut at, so every slice is valid UTF-8.
+fn normalize(sql: &str) -> Option<String> {
+    let bytes = sql.as_bytes();
+    let mut out = String::new();
     let mut copied = 0;
     let mut i = 0;
-    let replace =
-        |out: &mut Option<String>, copied: &mut usize, start: usize, end: usize, with: &str| {
-            let text = out.get_or_insert_with(|| String::with_capacity(bytes.len()));
-            text.push_str(std::str::from_utf8(&bytes[*copied..start]).ok()?);
-            text.push_str(with);
-            *copied = end;
-            Some(())
-        };
-    while i < bytes.len() {
-        let b = bytes[i];
-        let prev = if i > 0 { bytes[i - 1] } else { b' ' };
+    loop {
+        while i < bytes.len() && !INTERESTING[bytes[i] as usize] {
+            i += 1;
+        }
+        let Some(&b) = bytes.get(i) else { break };
+        let after_ident = i > 0 && is_ident(bytes[i - 1]);
         match b {
+            // A digit or `$` right after an identifier byte belongs to that identifier (`t1`, `a$b`).
+            b'0'..=b'9' | b'$' if after_ident => {
+                while i < bytes.len() && is_ident(bytes[i]) {
+                    i += 1;
+                }
+            }
+            b'0'..=b'9' => {
+                let end = number_end(bytes, i)?;
+                replace(&mut out, sql, &mut copied, i, end, "0");
+                i = end;
+            }
             b'\'' => {
                 // E'..', B'..', X'..', U&'..' have their own escape rules: leave them alone.
-                if is_ident(prev) || prev == b'&' {
+                if after_ident || (i > 0 && bytes[i - 1] == b'&') {
                     return None;
                 }
                 let end = quoted_end(bytes, i, b'\'')?;
                 if bytes[i..end].contains(&b'\\') {
                     return None;
                 }
-                replace(&mut out, &mut copied, i, end, "''")?;
+                replace(&mut out, sql, &mut copied, i, end, "''");
                 i = end;
             }
             b'"' => i = quoted_end(bytes, i, b'"')?,
@@ -65,23 +91,23 @@ fn normalize(bytes: &[u8]) -> Option<String> {
                 }
                 i += 1 + digits;
             }
-            b'0'..=b'9' => {
-                let end = number_end(bytes, i)?;
-                replace(&mut out, &mut copied, i, end, "0")?;
-                i = end;
-            }
-            _ if is_ident(b) => i += bytes[i..].iter().take_while(|&&c| is_ident(c)).count(),
             _ => i += 1,
         }
     }
-    let mut text = out?;
-    text.push_str(std::str::from_utf8(&bytes[copied..]).ok()?);
-    Some(text)
+    if copied == 0 {
+        return None;
+    }
+    out.push_str(&sql[copied..]);
+    Some(out)
 }
 
-/// Identifier bytes (PostgreSQL allows `$` inside identifiers and any non-ASCII letter).
-fn is_ident(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80
+fn replace(out: &mut String, sql: &str, copied: &mut usize, start: usize, end: usize, with: &str) {
+    if out.capacity() == 0 {
+        out.reserve(sql.len());
+    }
+    out.push_str(&sql[*copied..start]);
+    out.push_str(with);
+    *copied = end;
 }
 
 /// End (exclusive) of a quoted token starting at `start`, with doubled quotes as escapes.
@@ -114,7 +140,12 @@ fn comment_end(bytes: &[u8], start: usize) -> Option<usize> {
                     return Some(i);
                 }
             }
-            _ => i += 1,
+            _ => {
+                i += 1;
+                while i < bytes.len() && !matches!(bytes[i], b'*' | b'/') {
+                    i += 1;
+                }
+            }
         }
     }
     None

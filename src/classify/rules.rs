@@ -102,7 +102,7 @@ impl SchemaRules {
     ) -> bool {
         let checked: Vec<&GitlabSchema> = schemas
             .iter()
-            .filter(|s| !(self.ignore_unlisted && !self.schemas.contains_key(*s)))
+            .filter(|s| !self.ignore_unlisted || self.schemas.contains_key(*s))
             .collect();
         if checked.len() <= 1 {
             return true;

@@ -5,9 +5,9 @@
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    AlterTableOperation, ColumnDef, ColumnOption, Expr, FromTable, GrantObjects, ObjectName,
-    ObjectType, Query, Select, Statement, TableConstraint, TableFactor, TableObject, Visit,
-    Visitor,
+    AlterTableOperation, ColumnDef, ColumnOption, CopySource, Expr, FromTable, GrantObjects,
+    ObjectName, ObjectType, Query, Select, Statement, TableConstraint, TableFactor, TableObject,
+    Visit, Visitor,
 };
 
 use super::lex::ident_text;
@@ -108,19 +108,17 @@ impl Walker<'_> {
             }
             Statement::Merge(merge) => self.target_factor(&merge.table, Written),
             Statement::Copy {
-                source: sqlparser::ast::CopySource::Table { table_name, .. },
+                source: CopySource::Table { table_name, .. },
                 to,
                 ..
             } => {
                 self.push(table_name, if *to { Read } else { Written });
             }
             Statement::Drop {
-                object_type, names, ..
-            } if matches!(
-                object_type,
-                ObjectType::Table | ObjectType::View | ObjectType::MaterializedView
-            ) =>
-            {
+                object_type: ObjectType::Table | ObjectType::View | ObjectType::MaterializedView,
+                names,
+                ..
+            } => {
                 names.iter().for_each(|n| self.push(n, Ddl));
             }
             Statement::Grant(grant) => self.grant_objects(grant.objects.as_ref()),
@@ -315,7 +313,8 @@ impl Visitor for Walker<'_> {
     }
 }
 
-fn stronger(a: TableRole, b: TableRole) -> TableRole {
+/// The role that needs more of a table: DDL over writes over reads.
+pub(super) fn stronger(a: TableRole, b: TableRole) -> TableRole {
     let rank = |r: TableRole| match r {
         TableRole::Read => 0,
         TableRole::Written => 1,
