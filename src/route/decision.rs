@@ -71,6 +71,27 @@ impl Decision {
 /// Routes one query string (possibly several statements) under `phase`. Pure: the session
 /// passes the random numbers in `state`, records metrics from the result and then calls
 /// `state.after_statement`.
+///
+/// ```
+/// use pgdecomp::classify::{Classification, CrossJoin, GitlabSchema, StatementKind, TableRef, TableRole};
+/// use pgdecomp::route::{route, ConnectionKind, Phase, Reason, RouteState, Target};
+///
+/// let phase = Phase::from_toml(include_str!("../../phases/phase-3.toml")).unwrap();
+/// let mut state = RouteState::new(ConnectionKind::Transparent, 12.5);
+/// state.txn_roll = 70.0; // fresh per transaction, drawn by the session
+/// let select_ci_builds = Classification {
+///     kind: StatementKind::Read,
+///     statements: vec![StatementKind::Read],
+///     tables: vec![TableRef { name: "ci_builds".into(), role: TableRole::Read, schema: GitlabSchema::Ci }],
+///     schemas: vec![GitlabSchema::Ci],
+///     cross_join: CrossJoin { allowed: true, schemas: vec![GitlabSchema::Ci] },
+///     error: None,
+/// };
+/// let d = route(&select_ci_builds, &phase, &state);
+/// assert_eq!((d.target, d.reason), (Target::CiReplica, Reason::Read));
+/// assert!(d.rejected().is_none());
+/// state.after_statement(&select_ci_builds, &d);
+/// ```
 pub fn route(c: &Classification, phase: &Phase, state: &RouteState) -> Decision {
     let tables = SchemaMask::of_statement(c);
     let (group, group_reason) = match (state.connection, tables.group()) {
@@ -79,15 +100,14 @@ pub fn route(c: &Classification, phase: &Phase, state: &RouteState) -> Decision 
         (ConnectionKind::Transparent, None) => (state.current_group, Reason::SessionGroup),
     };
     let (target, reason) = choose_target(c, phase, state, group, group_reason);
+    // Most specific first: `rejected()` sends the first enforced one, so a phase-7 write to a
+    // locked table gets GitLab's own 2F002 error, and wrong schema is the catch-all.
     let mut violations = Vec::new();
-    if !c.cross_join.allowed {
-        violations.push(cross_join(c, phase));
-    }
-    if let Some(v) = wrong_schema(c, phase, state.connection, target) {
-        violations.push(v);
-    }
     if let Some(v) = locked_write(c, phase, target) {
         violations.push(v);
+    }
+    if !c.cross_join.allowed {
+        violations.push(cross_join(c, phase));
     }
     if let Some(found) = state.tracker.check(c) {
         violations.push(Violation {
@@ -97,6 +117,9 @@ pub fn route(c: &Classification, phase: &Phase, state: &RouteState) -> Decision 
             table: None,
             message: found.message,
         });
+    }
+    if let Some(v) = wrong_schema(c, phase, state.connection, target) {
+        violations.push(v);
     }
     Decision {
         target,
