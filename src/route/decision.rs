@@ -93,13 +93,24 @@ impl Decision {
 /// state.after_statement(&select_ci_builds, &d);
 /// ```
 pub fn route(c: &Classification, phase: &Phase, state: &RouteState) -> Decision {
+    route_pinned(c, phase, state, state.pinned())
+}
+
+/// `route` with the transaction's pin given separately, so the shadow can re-map it without
+/// cloning the state.
+fn route_pinned(
+    c: &Classification,
+    phase: &Phase,
+    state: &RouteState,
+    pinned: Option<Pinned>,
+) -> Decision {
     let tables = SchemaMask::of_statement(c);
     let (group, group_reason) = match (state.connection, tables.group()) {
         (ConnectionKind::DbConfig(g), _) => (g, Reason::DbConfig),
         (ConnectionKind::Transparent, Some(g)) => (g, Reason::Write),
         (ConnectionKind::Transparent, None) => (state.current_group, Reason::SessionGroup),
     };
-    let (target, reason) = choose_target(c, phase, state, group, group_reason);
+    let (target, reason) = choose_target(c, phase, state, pinned, group, group_reason);
     // Most specific first: `rejected()` sends the first enforced one, so a phase-7 write to a
     // locked table gets GitLab's own 2F002 error, and wrong schema is the catch-all.
     let mut violations = Vec::new();
@@ -134,28 +145,23 @@ pub fn route(c: &Classification, phase: &Phase, state: &RouteState) -> Decision 
 /// group, so the shadow sees the connection it would itself have pinned.
 pub fn route_shadow(c: &Classification, phase: &Phase, state: &RouteState) -> Option<Decision> {
     let shadow = phase.shadow()?;
-    let Some(p) = state.pinned() else {
-        return Some(route(c, shadow, state));
-    };
-    let (target, _) = shadow.target_for(p.group, false, state.client_roll, state.txn_roll);
-    let mut remapped = state.clone();
-    remapped.txn = TxnState::InTransaction {
-        pinned: Some(Pinned {
-            target,
-            group: p.group,
-        }),
-    };
-    Some(route(c, shadow, &remapped))
+    let pinned = state.pinned().map(|p| Pinned {
+        target: shadow
+            .target_for(p.group, false, state.client_roll, state.txn_roll)
+            .0,
+        group: p.group,
+    });
+    Some(route_pinned(c, shadow, state, pinned))
 }
 
 fn choose_target(
     c: &Classification,
     phase: &Phase,
     state: &RouteState,
+    pinned: Option<Pinned>,
     group: Group,
     group_reason: Reason,
 ) -> (Target, Reason) {
-    let pinned = state.pinned();
     if c.kind == StatementKind::Unknown {
         // A transaction cannot move mid-way; a db_config connection names its database, so its
         // primary is the fail-closed choice (main's copy of ci tables is stale in phase 7).
