@@ -71,23 +71,54 @@ impl Decision {
 /// Routes one query string (possibly several statements) under `phase`. Pure: the session
 /// passes the random numbers in `state`, records metrics from the result and then calls
 /// `state.after_statement`.
+///
+/// ```
+/// use pgdecomp::classify::{Classification, CrossJoin, GitlabSchema, StatementKind, TableRef, TableRole};
+/// use pgdecomp::route::{route, ConnectionKind, Phase, Reason, RouteState, Target};
+///
+/// let phase = Phase::from_toml(include_str!("../../phases/phase-3.toml")).unwrap();
+/// let mut state = RouteState::new(ConnectionKind::Transparent, 12.5);
+/// state.txn_roll = 70.0; // fresh per transaction, drawn by the session
+/// let select_ci_builds = Classification {
+///     kind: StatementKind::Read,
+///     statements: vec![StatementKind::Read],
+///     tables: vec![TableRef { name: "ci_builds".into(), role: TableRole::Read, schema: GitlabSchema::Ci }],
+///     schemas: vec![GitlabSchema::Ci],
+///     cross_join: CrossJoin { allowed: true, schemas: vec![GitlabSchema::Ci] },
+///     error: None,
+/// };
+/// let d = route(&select_ci_builds, &phase, &state);
+/// assert_eq!((d.target, d.reason), (Target::CiReplica, Reason::Read));
+/// assert!(d.rejected().is_none());
+/// state.after_statement(&select_ci_builds, &d);
+/// ```
 pub fn route(c: &Classification, phase: &Phase, state: &RouteState) -> Decision {
+    route_pinned(c, phase, state, state.pinned())
+}
+
+/// `route` with the transaction's pin given separately, so the shadow can re-map it without
+/// cloning the state.
+fn route_pinned(
+    c: &Classification,
+    phase: &Phase,
+    state: &RouteState,
+    pinned: Option<Pinned>,
+) -> Decision {
     let tables = SchemaMask::of_statement(c);
     let (group, group_reason) = match (state.connection, tables.group()) {
         (ConnectionKind::DbConfig(g), _) => (g, Reason::DbConfig),
         (ConnectionKind::Transparent, Some(g)) => (g, Reason::Write),
         (ConnectionKind::Transparent, None) => (state.current_group, Reason::SessionGroup),
     };
-    let (target, reason) = choose_target(c, phase, state, group, group_reason);
+    let (target, reason) = choose_target(c, phase, state, pinned, group, group_reason);
+    // Most specific first: `rejected()` sends the first enforced one, so a phase-7 write to a
+    // locked table gets GitLab's own 2F002 error, and wrong schema is the catch-all.
     let mut violations = Vec::new();
-    if !c.cross_join.allowed {
-        violations.push(cross_join(c, phase));
-    }
-    if let Some(v) = wrong_schema(c, phase, state.connection, target) {
-        violations.push(v);
-    }
     if let Some(v) = locked_write(c, phase, target) {
         violations.push(v);
+    }
+    if !c.cross_join.allowed {
+        violations.push(cross_join(c, phase));
     }
     if let Some(found) = state.tracker.check(c) {
         violations.push(Violation {
@@ -97,6 +128,9 @@ pub fn route(c: &Classification, phase: &Phase, state: &RouteState) -> Decision 
             table: None,
             message: found.message,
         });
+    }
+    if let Some(v) = wrong_schema(c, phase, state.connection, target) {
+        violations.push(v);
     }
     Decision {
         target,
@@ -111,28 +145,23 @@ pub fn route(c: &Classification, phase: &Phase, state: &RouteState) -> Decision 
 /// group, so the shadow sees the connection it would itself have pinned.
 pub fn route_shadow(c: &Classification, phase: &Phase, state: &RouteState) -> Option<Decision> {
     let shadow = phase.shadow()?;
-    let Some(p) = state.pinned() else {
-        return Some(route(c, shadow, state));
-    };
-    let (target, _) = shadow.target_for(p.group, false, state.client_roll, state.txn_roll);
-    let mut remapped = state.clone();
-    remapped.txn = TxnState::InTransaction {
-        pinned: Some(Pinned {
-            target,
-            group: p.group,
-        }),
-    };
-    Some(route(c, shadow, &remapped))
+    let pinned = state.pinned().map(|p| Pinned {
+        target: shadow
+            .target_for(p.group, false, state.client_roll, state.txn_roll)
+            .0,
+        group: p.group,
+    });
+    Some(route_pinned(c, shadow, state, pinned))
 }
 
 fn choose_target(
     c: &Classification,
     phase: &Phase,
     state: &RouteState,
+    pinned: Option<Pinned>,
     group: Group,
     group_reason: Reason,
 ) -> (Target, Reason) {
-    let pinned = state.pinned();
     if c.kind == StatementKind::Unknown {
         // A transaction cannot move mid-way; a db_config connection names its database, so its
         // primary is the fail-closed choice (main's copy of ci tables is stale in phase 7).

@@ -1,3 +1,5 @@
+//! Phase file loading: the shipped files against phases.md, and validation errors.
+
 use super::*;
 
 pub(crate) const FILES: [&str; 7] = [

@@ -107,17 +107,19 @@ fn pinned_statement_of_the_other_group() {
     assert_eq!(d.target, Target::Ci);
     assert!(d.rejected().is_none());
     assert!(kinds(&d).contains(&(ViolationKind::WrongSchema, Mode::Observe)));
-    // Phase 7: refused (wrong schema first, then the locked table, then cross-db).
+    // Phase 7: refused, GitLab's locked-table error first.
     let s = pinned_ci(7);
     let d = route(&cls(K::Write, &[("projects", W)]), &phase(7), &s);
     assert_eq!(
         kinds(&d),
         [
-            (ViolationKind::WrongSchema, Mode::Enforce),
             (ViolationKind::LockedTableWrite, Mode::Enforce),
             (ViolationKind::CrossDatabaseModification, Mode::Enforce),
+            (ViolationKind::WrongSchema, Mode::Enforce),
         ]
     );
+    assert_eq!(d.rejected().unwrap().pg_error("").sqlstate, "2F002");
+    let d = route(&cls(K::Read, &[("projects", R)]), &phase(7), &s);
     assert_eq!(d.rejected().unwrap().pg_error("").sqlstate, "42501");
     // A refused statement did not run: the state is unchanged.
     let mut after = s.clone();
