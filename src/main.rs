@@ -105,10 +105,16 @@ fn run(config: PathBuf) -> anyhow::Result<()> {
         .build()?;
     rt.block_on(async move {
         let running = pgdecomp::app::start(snap).await.context("cannot start")?;
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break,
+                _ = term.recv() => break,
+                // A failed reload is logged and counted; the old config keeps serving.
+                _ = hup.recv() => { let _ = running.shared.reload(); }
+            }
         }
         tracing::info!("shutting down");
         running.shutdown();

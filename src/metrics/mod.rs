@@ -31,6 +31,7 @@ pub struct Metrics {
     pub rejected: IntCounterVec,
     pub replica_fallback: IntCounterVec,
     pub phase: IntGauge,
+    pub reloads: IntCounterVec,
     pub checkout_wait: Histogram,
     pub transaction_seconds: HistogramVec,
     pub pool_servers: IntGaugeVec,
@@ -192,6 +193,12 @@ impl Metrics {
                 &["db_config_name"],
             ),
             phase: gauge(&r, "pgdecomp_phase", "The active decomposition phase"),
+            reloads: counter_vec(
+                &r,
+                "pgdecomp_config_reload_total",
+                "Configuration reloads by result",
+                &["result"],
+            ),
             checkout_wait,
             transaction_seconds,
             pool_servers: gauge_vec(

@@ -39,7 +39,8 @@ use crate::protocol::startup::StartupError;
 pub struct Shared {
     pub config: ArcSwap<Snapshot>,
     pub pools: Arc<Pools>,
-    pub cache: ClassifyCache,
+    /// Classifications by statement text; replaced with the dictionary on reload.
+    pub cache: ArcSwap<ClassifyCache>,
     pub statements: StatementRegistry,
     pub cancels: CancelRegistry,
     pub clients: AtomicUsize,
@@ -70,7 +71,12 @@ const RECENT_VIOLATIONS: usize = 100;
 impl Shared {
     pub fn new(snapshot: Snapshot) -> Arc<Self> {
         let pools = Pools::new(snapshot.pool.clone());
-        let cache = ClassifyCache::new(snapshot.classifier.clone(), snapshot.cache_size);
+        let cache = ArcSwap::from_pointee(ClassifyCache::new(
+            snapshot.classifier.clone(),
+            snapshot.cache_size,
+        ));
+        let metrics = Metrics::new();
+        metrics.phase.set(i64::from(snapshot.phase.number()));
         Arc::new(Self {
             config: ArcSwap::from_pointee(snapshot),
             pools,
@@ -79,7 +85,7 @@ impl Shared {
             cancels: CancelRegistry::default(),
             clients: AtomicUsize::new(0),
             next_client_id: AtomicU64::new(1),
-            metrics: Metrics::new(),
+            metrics,
             replica_rr: AtomicUsize::new(0),
             undefined_labels: Mutex::default(),
             violation_logged: Mutex::default(),
@@ -89,6 +95,32 @@ impl Shared {
 }
 
 impl Shared {
+    /// Re-reads the config file and swaps the new snapshot in atomically. On any error the old
+    /// snapshot stays live. Sessions pick the new one up at their next transaction; open
+    /// transactions finish on the snapshot they started with.
+    pub fn reload(&self) -> Result<(), crate::config::ConfigError> {
+        let path = self.config.load().source.clone();
+        match crate::config::load(&path) {
+            Ok(new) => {
+                let phase = new.phase.number();
+                self.cache.store(Arc::new(ClassifyCache::new(
+                    new.classifier.clone(),
+                    new.cache_size,
+                )));
+                self.config.store(Arc::new(new));
+                self.metrics.phase.set(i64::from(phase));
+                self.metrics.reloads.with_label_values(&["ok"]).inc();
+                tracing::info!(config = %path.display(), phase, "configuration reloaded");
+                Ok(())
+            }
+            Err(e) => {
+                self.metrics.reloads.with_label_values(&["error"]).inc();
+                tracing::error!(config = %path.display(), error = %e, "reload failed; the previous configuration stays live");
+                Err(e)
+            }
+        }
+    }
+
     /// Keeps label cardinality bounded: past a cap, new `undefined_<table>` values become
     /// `undefined_other` (each unknown table would otherwise be a new time series).
     pub fn bounded_label(&self, label: String) -> String {

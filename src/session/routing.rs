@@ -85,7 +85,7 @@ impl Routing {
             b'Q' => Arc::from(query_sql(f).unwrap_or_default()),
             b'P' => {
                 let p = parse_view(f)?;
-                let class = shared.cache.get(p.sql);
+                let class = shared.cache.load().get(p.sql);
                 if p.name.is_empty() {
                     self.unnamed = Some(class.clone());
                 }
@@ -108,7 +108,7 @@ impl Routing {
             _ => return None,
         };
         Some(Carried {
-            class: shared.cache.get(&sql),
+            class: shared.cache.load().get(&sql),
             sql,
         })
     }
