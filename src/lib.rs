@@ -4,6 +4,7 @@
 //! → `server`. `classify` and `route` are pure functions; the session records metrics from what
 //! they return. `config` publishes immutable snapshots; `app` wires the running proxy.
 
+pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod classify;

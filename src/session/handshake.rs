@@ -67,7 +67,7 @@ pub async fn handshake(
     shared: &Arc<Shared>,
     snap: &Snapshot,
     peer: SocketAddr,
-) -> Result<Option<Login>, SessionError> {
+) -> Result<Option<Accepted>, SessionError> {
     let Some(startup) = read_startup(io, shared).await? else {
         return Ok(None);
     };
@@ -82,7 +82,16 @@ pub async fn handshake(
         .to_string();
     let database = startup.get("database").unwrap_or(&user).to_string();
     if database == crate::ADMIN_DB {
-        return Err(fatal("0A000", "the admin console is not available yet"));
+        if !snap.admin_users.contains(&user) {
+            return Err(fatal(
+                "28000",
+                format!("user \"{user}\" is not an admin user (admin_users)"),
+            ));
+        }
+        super::auth::authenticate(io, &snap.users, snap.auth_type, &user).await?;
+        admin_welcome(io);
+        io.flush().await?;
+        return Ok(Some(Accepted::Admin { user }));
     }
     let Some(db) = snap.databases.get(&database).cloned() else {
         return Err(fatal(
@@ -118,7 +127,7 @@ pub async fn handshake(
     io.flush().await?;
     let id = shared.next_client_id.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(client = id, %peer, %user, %database, "client logged in");
-    Ok(Some(Login {
+    Ok(Some(Accepted::Client(Login {
         id,
         user,
         database,
@@ -128,7 +137,29 @@ pub async fn handshake(
         cancel_key,
         cancel_slot,
         snap: shared.config.load_full(),
-    }))
+    })))
+}
+
+/// Who logged in.
+pub enum Accepted {
+    Client(Login),
+    Admin { user: String },
+}
+
+fn admin_welcome(io: &mut ClientIo) {
+    backend::auth(Authentication::Ok, &mut io.wbuf);
+    for (k, v) in [
+        ("server_version", "15.0 (pgdecomp admin console)"),
+        ("server_encoding", "UTF8"),
+        ("client_encoding", "UTF8"),
+        ("DateStyle", "ISO, MDY"),
+        ("integer_datetimes", "on"),
+        ("standard_conforming_strings", "on"),
+    ] {
+        backend::parameter_status(k, v, &mut io.wbuf);
+    }
+    backend::backend_key_data(0, 0, &mut io.wbuf);
+    backend::ready_for_query(b'I', &mut io.wbuf);
 }
 
 fn fatal(code: &'static str, message: impl Into<String>) -> SessionError {

@@ -23,6 +23,7 @@ use arc_swap::ArcSwap;
 use tokio::net::TcpStream;
 
 pub use cancel::CancelRegistry;
+pub use io::ClientIo;
 pub use params::ClientParams;
 pub use prepared::StatementRegistry;
 
@@ -286,7 +287,14 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     )
     .await;
     let client = match login {
-        Ok(Ok(Some(login))) => relay::Client::new(io, peer, login),
+        Ok(Ok(Some(handshake::Accepted::Client(login)))) => relay::Client::new(io, peer, login),
+        Ok(Ok(Some(handshake::Accepted::Admin { user }))) => {
+            tracing::info!(%peer, %user, "admin console session");
+            if let Err(e) = crate::admin::serve(&mut io, &shared).await {
+                tracing::info!(%peer, error = %e, "admin session ended");
+            }
+            return;
+        }
         Ok(Ok(None)) => return,
         Ok(Err(e)) => return fail(&mut io, peer, e, &shared).await,
         Err(_) => {

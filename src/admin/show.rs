@@ -1,0 +1,185 @@
+//! SHOW commands of the admin console, with PgBouncer's column names where the meaning is the
+//! same, plus pgdecomp's own (PHASE, SCHEMAS, VIOLATIONS).
+
+use std::sync::atomic::Ordering;
+
+use super::Table;
+use crate::protocol::backend::PgError;
+use crate::session::Shared;
+
+fn s(v: impl ToString) -> Option<String> {
+    Some(v.to_string())
+}
+
+pub fn show(what: &str, shared: &Shared) -> Result<Table, PgError> {
+    let snap = shared.config.load_full();
+    let mut t;
+    match what {
+        "VERSION" => {
+            t = Table::new(&["version"]);
+            t.row(vec![s(format!("pgdecomp {}", env!("CARGO_PKG_VERSION")))]);
+        }
+        "PHASE" => {
+            t = Table::new(&["phase", "name", "file", "shadow", "locked_writes"]);
+            let p = &snap.phase;
+            t.row(vec![
+                s(p.number()),
+                s(p.name()),
+                s(snap.phase_file.display()),
+                p.shadow()
+                    .map(|sh| format!("{} ({})", sh.number(), sh.name())),
+                s(p.locked_writes()),
+            ]);
+        }
+        "POOLS" | "SERVERS" => {
+            t = Table::new(&[
+                "database",
+                "user",
+                "db_config_name",
+                "server",
+                "sv_active",
+                "sv_idle",
+                "cl_waiting",
+                "maxwait_size",
+            ]);
+            for (key, pool) in shared.pools.all() {
+                let st = pool.status();
+                t.row(vec![
+                    s(&key.spec.dbname),
+                    s(&key.spec.user),
+                    s(key.target.label()),
+                    s(&key.spec.addr),
+                    s(st.size - st.available),
+                    s(st.available),
+                    s(st.waiting),
+                    s(st.max_size),
+                ]);
+            }
+        }
+        "CLIENTS" => {
+            t = Table::new(&["cl_active"]);
+            t.row(vec![s(shared.clients.load(Ordering::Relaxed))]);
+        }
+        "STATS" => {
+            t = Table::new(&[
+                "db_config_name",
+                "total_xact_count",
+                "total_query_count",
+                "total_xact_time_us",
+            ]);
+            let m = &shared.metrics;
+            for target in crate::route::Target::ALL {
+                let l = target.label();
+                let xacts = m.transactions.with_label_values(&[l]).get();
+                let queries: u64 = [
+                    "read",
+                    "locking_read",
+                    "write",
+                    "ddl",
+                    "transaction",
+                    "session",
+                    "utility",
+                    "unknown",
+                ]
+                .iter()
+                .map(|k| m.statements.with_label_values(&[l, k]).get())
+                .sum();
+                let secs = m
+                    .transaction_seconds
+                    .with_label_values(&[l])
+                    .get_sample_sum();
+                t.row(vec![s(l), s(xacts), s(queries), s((secs * 1e6) as u64)]);
+            }
+        }
+        "CONFIG" => {
+            t = Table::new(&["key", "value"]);
+            for (k, v) in [
+                ("listen", snap.listen.to_string()),
+                ("pool_mode", format!("{:?}", snap.pool_mode).to_lowercase()),
+                ("pool_size", snap.pool.pool_size.to_string()),
+                ("min_idle", snap.pool.min_idle.to_string()),
+                (
+                    "query_wait_timeout",
+                    format!("{:?}", snap.pool.query_wait_timeout),
+                ),
+                ("max_client_conn", snap.max_client_conn.to_string()),
+                ("auth_type", format!("{:?}", snap.auth_type)),
+                ("phase_file", snap.phase_file.display().to_string()),
+            ] {
+                t.row(vec![s(k), s(v)]);
+            }
+        }
+        "DATABASES" => {
+            t = Table::new(&[
+                "name",
+                "database",
+                "db_config",
+                "main_primary",
+                "ci_primary",
+            ]);
+            let mut names: Vec<_> = snap.databases.iter().collect();
+            names.sort_by_key(|(n, _)| n.as_str());
+            for (name, db) in names {
+                t.row(vec![
+                    s(name),
+                    s(&db.dbname),
+                    db.db_config.map(|g| g.label().to_string()),
+                    s(&snap.main.primary),
+                    s(&snap.ci.primary),
+                ]);
+            }
+        }
+        "SCHEMAS" => {
+            t = Table::new(&["db_config_name", "gitlab_schemas", "count"]);
+            let families = shared.metrics.schemas_used.clone();
+            let mut rows = Vec::new();
+            for mf in prometheus::core::Collector::collect(&families) {
+                for m in mf.get_metric() {
+                    let label = |n: &str| {
+                        m.get_label()
+                            .iter()
+                            .find(|l| l.name() == n)
+                            .map(|l| l.value().to_string())
+                    };
+                    rows.push((
+                        label("db_config_name"),
+                        label("gitlab_schemas"),
+                        m.get_counter().get_value() as u64,
+                    ));
+                }
+            }
+            rows.sort();
+            for (db, schemas, n) in rows {
+                t.row(vec![db, schemas, s(n)]);
+            }
+        }
+        "VIOLATIONS" => {
+            t = Table::new(&["at", "client", "kind", "mode", "message", "statement"]);
+            let recent = shared
+                .recent_violations
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            for v in recent.iter().rev() {
+                let at =
+                    v.at.duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_secs())
+                        .unwrap_or(0);
+                t.row(vec![
+                    s(at),
+                    s(v.client),
+                    s(v.kind),
+                    s(v.mode),
+                    s(&v.message),
+                    s(&v.sql),
+                ]);
+            }
+        }
+        other => {
+            return Err(PgError::error(
+                "42601",
+                format!("unknown SHOW target {other}"),
+            ));
+        }
+    }
+    Ok(t)
+}
