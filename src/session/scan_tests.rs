@@ -100,3 +100,28 @@ fn error_cancels_swallowing_and_unprepares() {
     assert!(t.is_idle());
     assert_eq!(t.status, b'I');
 }
+
+#[test]
+fn syncs_sent_during_copy_in_are_merged_into_one_segment() {
+    // Bind/Execute/Sync of COPY FROM STDIN, copy data, CopyDone, Sync: PostgreSQL ignores the
+    // first Sync, so only one ReadyForQuery arrives.
+    let mut t = Tracker::default();
+    t.client_message();
+    t.client_message();
+    t.sync();
+    let mut input = BytesMut::new();
+    empty(b'2', &mut input);
+    input.put_u8(b'G');
+    input.put_i32(4 + 3);
+    input.put_slice(&[0, 0, 0]);
+    let (out, _) = run(&mut t, &input, 64);
+    assert_eq!(&out[..], &input[..]);
+    t.copy_done();
+    t.sync();
+    assert!(!t.is_idle());
+    let mut input = BytesMut::new();
+    empty(b'C', &mut input);
+    ready_for_query(b'I', &mut input);
+    let _ = run(&mut t, &input, 64);
+    assert!(t.is_idle(), "one ReadyForQuery must end the merged copy segment");
+}
