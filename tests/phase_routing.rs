@@ -200,6 +200,18 @@ fn expected(topo: &Topology, phase: u32) -> Expected {
     }
 }
 
+/// The node listening on `port`, so a failure names servers rather than ephemeral ports.
+fn node_at(topo: &Topology, port: u16) -> String {
+    topo.nodes()
+        .into_iter()
+        .find(|&n| topo.port(n) == port)
+        .map_or_else(|| format!("unknown port {port}"), |n| n.name().to_string())
+}
+
+fn names(topo: &Topology, e: Expected) -> [String; 4] {
+    [e.main_read, e.main_write, e.ci_read, e.ci_write].map(|p| node_at(topo, p))
+}
+
 const MAIN_READ: &str = "select inet_server_port(), count(*) from projects";
 const MAIN_WRITE: &str =
     "update projects set name = name where id = 1 returning inet_server_port()";
@@ -208,7 +220,7 @@ const CI_WRITE: &str = "update ci_builds set name = name where id = 1 returning 
 
 /// The four probes through `proxy`, by the simple and the extended protocol, and a
 /// transaction opened by a deferred BEGIN, each compared with `want`.
-async fn check_targets(proxy: &Proxy, phase: u32, want: Expected) {
+async fn check_targets(topo: &Topology, proxy: &Proxy, phase: u32, want: Expected) {
     let client = proxy.connect().await;
     let got = Expected {
         main_read: port_of(&client, MAIN_READ).await,
@@ -216,7 +228,11 @@ async fn check_targets(proxy: &Proxy, phase: u32, want: Expected) {
         ci_read: port_of(&client, CI_READ).await,
         ci_write: port_of(&client, CI_WRITE).await,
     };
-    assert_eq!(got, want, "phase {phase}, simple protocol");
+    assert_eq!(
+        names(topo, got),
+        names(topo, want),
+        "phase {phase}, simple protocol"
+    );
 
     // Extended protocol: Parse/Bind/Execute with a parameter takes the same routes.
     let extended = |sql: &'static str| {
@@ -241,7 +257,11 @@ async fn check_targets(proxy: &Proxy, phase: u32, want: Expected) {
         )
         .await,
     };
-    assert_eq!(got, want, "phase {phase}, extended protocol");
+    assert_eq!(
+        names(topo, got),
+        names(topo, want),
+        "phase {phase}, extended protocol"
+    );
 
     // A read-only transaction still goes to the write target: BEGIN is held back until the
     // first statement names its tables.
@@ -256,12 +276,13 @@ async fn check_targets(proxy: &Proxy, phase: u32, want: Expected) {
         ),
     ] {
         simple(&client, "begin").await.expect("begin");
+        let got = port_of(&client, sql).await;
+        simple(&client, "commit").await.expect("commit");
         assert_eq!(
-            port_of(&client, sql).await,
-            port,
+            node_at(topo, got),
+            node_at(topo, port),
             "phase {phase}: in a transaction, {sql}"
         );
-        simple(&client, "commit").await.expect("commit");
     }
 }
 
@@ -271,7 +292,7 @@ async fn shipped_phases_1_to_6_route_reads_and_writes() {
     let topo = topology();
     for phase in 1..=6 {
         let proxy = Proxy::with(topo, |c| c.phase(phase));
-        check_targets(&proxy, phase, expected(topo, phase)).await;
+        check_targets(topo, &proxy, phase, expected(topo, phase)).await;
     }
 }
 
@@ -280,7 +301,7 @@ async fn shipped_phases_1_to_6_route_reads_and_writes() {
 async fn shipped_phase_7_routes_ci_writes_to_the_ci_primary() {
     let topo = promoted();
     let proxy = Proxy::with(topo, |c| c.phase(7));
-    check_targets(&proxy, 7, expected(topo, 7)).await;
+    check_targets(topo, &proxy, 7, expected(topo, 7)).await;
 }
 
 /// Acceptance 2: phase 3 at 50 % random sends about half the ci reads to ci_replica.
@@ -694,4 +715,47 @@ async fn ci_db_config_reading_projects_is_wrong_schema() {
     simple(&ci, "begin").await.expect("begin");
     assert_eq!(port_of(&ci, CI_WRITE).await, topo.main_primary());
     simple(&ci, "commit").await.expect("commit");
+}
+
+/// Phase 7 makes a misrouted transaction visible (before it, main and ci writes share a host):
+/// a main transaction opened after ci statements must still run on the main primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn phase_7_main_transaction_after_ci_statements() {
+    let topo = promoted();
+    let proxy = Proxy::with(topo, |c| c.phase(7));
+    let txn = "select inet_server_port() from projects limit 1";
+    let ext_read = "e:select inet_server_port() from ci_builds where id = $1";
+    let ext_write = "e:update ci_builds set name = name where id = $1 returning inet_server_port()";
+    let cases: [(&str, &[&str]); 6] = [
+        ("fresh connection", &[]),
+        ("after a simple ci read", &[CI_READ]),
+        ("after a simple ci write", &[CI_WRITE]),
+        ("after a ci transaction", &["begin", CI_WRITE, "commit"]),
+        ("after an extended ci read", &[ext_read]),
+        ("after an extended ci write", &[ext_write]),
+    ];
+    let mut wrong = Vec::new();
+    for (case, before) in cases {
+        let client = proxy.connect().await;
+        for sql in before {
+            match sql.strip_prefix("e:") {
+                Some(sql) => {
+                    client.query_one(sql, &[&1i64]).await.expect(sql);
+                }
+                None => {
+                    simple(&client, sql).await.expect(sql);
+                }
+            }
+        }
+        simple(&client, "begin").await.expect("begin");
+        let got = port_of(&client, txn).await;
+        simple(&client, "commit").await.expect("commit");
+        if got != topo.main_primary() {
+            wrong.push(format!("{case}: {}", node_at(topo, got)));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "main transactions not on main_primary: {wrong:?}"
+    );
 }
