@@ -759,3 +759,47 @@ async fn phase_7_main_transaction_after_ci_statements() {
         "main transactions not on main_primary: {wrong:?}"
     );
 }
+
+/// Pipelined requests (tokio-postgres sends both before reading either reply) are separate
+/// transactions and must each be routed by their own tables, not follow the first one's server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn phase_7_pipelined_requests_are_routed_separately() {
+    let topo = promoted();
+    let proxy = Proxy::with(topo, |c| c.phase(7));
+    let client = proxy.connect().await;
+    let ci_read = client
+        .prepare("select inet_server_port() from ci_builds where id = $1")
+        .await
+        .expect("prepare ci read");
+    let main_write = client
+        .prepare("update projects set name = name where id = $1 returning inet_server_port()")
+        .await
+        .expect("prepare main write");
+    let mut wrong = Vec::new();
+    for round in 0..10 {
+        let (a, b) = tokio::time::timeout(
+            BOUND,
+            futures_util::future::join(
+                client.query_one(&ci_read, &[&1i64]),
+                client.query_one(&main_write, &[&1i64]),
+            ),
+        )
+        .await
+        .expect("pipelined pair within bound");
+        let port = |r: Result<tokio_postgres::Row, tokio_postgres::Error>| match r {
+            Ok(row) => node_at(topo, u16::try_from(row.get::<_, i32>(0)).expect("port")),
+            Err(e) => match e.as_db_error() {
+                Some(db) => format!("error {}: {}", db.code().code(), db.message()),
+                None => format!("error {e}"),
+            },
+        };
+        let got = (port(a), port(b));
+        if got != ("ci_replica".into(), "main_primary".into()) {
+            wrong.push(format!("round {round}: {got:?}"));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "(ci read, main write) pipelined: {wrong:?}"
+    );
+}
