@@ -10,6 +10,37 @@ use prometheus::{
     Registry,
 };
 
+/// Statement kinds in `StatementKind::strictness()` order, for pre-resolved counters.
+const KINDS: [&str; 8] = [
+    "read",
+    "utility",
+    "session",
+    "transaction",
+    "locking_read",
+    "write",
+    "ddl",
+    "unknown",
+];
+/// Route reasons, in the order of `Reason::index()`.
+const REASONS: [&str; 8] = [
+    "read",
+    "write",
+    "pinned",
+    "rollout_fallback",
+    "unparsable",
+    "session_group",
+    "db_config",
+    "begin_deferred",
+];
+
+/// Counters of one target resolved once, so the per-statement path does no label hashing.
+pub struct TargetMetrics {
+    pub transactions: IntCounter,
+    pub transaction_seconds: Histogram,
+    pub statements: [IntCounter; 8],
+    pub routes: [IntCounter; 8],
+}
+
 /// All collectors of one running proxy.
 pub struct Metrics {
     pub registry: Registry,
@@ -36,6 +67,8 @@ pub struct Metrics {
     pub transaction_seconds: HistogramVec,
     pub pool_servers: IntGaugeVec,
     pub build_info: IntGaugeVec,
+    /// Per target, in `Target::ALL` order.
+    pub targets: Vec<TargetMetrics>,
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -209,11 +242,30 @@ impl Metrics {
             ),
             build_info: gauge_vec(&r, "pgdecomp_build_info", "Build information", &["version"]),
             registry: r,
+            targets: Vec::new(),
         };
+        let mut m = m;
+        m.targets = crate::route::Target::ALL
+            .iter()
+            .map(|t| {
+                let l = t.label();
+                TargetMetrics {
+                    transactions: m.transactions.with_label_values(&[l]),
+                    transaction_seconds: m.transaction_seconds.with_label_values(&[l]),
+                    statements: KINDS.map(|k| m.statements.with_label_values(&[l, k])),
+                    routes: REASONS.map(|r| m.routed.with_label_values(&[l, r])),
+                }
+            })
+            .collect();
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
         m
+    }
+
+    /// The pre-resolved counters of `target`.
+    pub fn target(&self, target: crate::route::Target) -> &TargetMetrics {
+        &self.targets[target as usize]
     }
 
     /// Text exposition of every metric.

@@ -33,6 +33,11 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Position in a fixed table, for pre-resolved metric handles.
+    pub fn index(&self) -> usize {
+        *self as usize
+    }
+
     pub fn label(&self) -> &'static str {
         match self {
             Self::Read => "read",

@@ -79,6 +79,14 @@ pub enum ServerError {
     },
 }
 
+/// What a CancelRequest for this connection needs; shared so attaching costs no allocation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerKey {
+    pub addr: String,
+    pub pid: u32,
+    pub secret: u32,
+}
+
 /// A logged-in server connection. Owned by the pool between uses.
 pub struct ServerConn {
     pub stream: TcpStream,
@@ -87,6 +95,7 @@ pub struct ServerConn {
     pub rbuf: BytesMut,
     pub backend_pid: u32,
     pub backend_secret: u32,
+    pub cancel_key: Arc<ServerKey>,
     /// Current values of session parameters, keys lowercased.
     pub params: HashMap<String, String>,
     /// Values at login, the target of RESET for parameters a client did not set.
@@ -127,6 +136,11 @@ impl ServerConn {
             rbuf: BytesMut::with_capacity(16 * 1024),
             backend_pid: 0,
             backend_secret: 0,
+            cancel_key: Arc::new(ServerKey {
+                addr: spec.addr.clone(),
+                pid: 0,
+                secret: 0,
+            }),
             params: HashMap::new(),
             defaults: Arc::default(),
             welcome: Arc::default(),
@@ -181,6 +195,11 @@ impl ServerConn {
                     });
                 }
                 b'Z' => {
+                    self.cancel_key = Arc::new(ServerKey {
+                        addr: self.addr.clone(),
+                        pid: self.backend_pid,
+                        secret: self.backend_secret,
+                    });
                     self.defaults = Arc::new(self.params.clone());
                     self.welcome = Arc::new(welcome);
                     return Ok(());

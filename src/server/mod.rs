@@ -3,4 +3,4 @@
 
 mod conn;
 
-pub use conn::{ServerConn, ServerCredential, ServerError, ServerSpec};
+pub use conn::{ServerConn, ServerCredential, ServerError, ServerKey, ServerSpec};

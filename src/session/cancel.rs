@@ -9,15 +9,10 @@ use tokio::io::AsyncWriteExt;
 
 use crate::protocol::startup::encode_cancel;
 
-/// The server a client is using right now.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ServerKey {
-    pub addr: String,
-    pub pid: u32,
-    pub secret: u32,
-}
+pub use crate::server::ServerKey;
 
-pub type CancelSlot = Arc<Mutex<Option<ServerKey>>>;
+/// The server a client is using right now.
+pub type CancelSlot = Arc<Mutex<Option<Arc<ServerKey>>>>;
 
 #[derive(Default)]
 pub struct CancelRegistry {

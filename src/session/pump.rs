@@ -9,7 +9,7 @@ use bytes::BytesMut;
 use deadpool::managed::Object;
 use tokio::io::{AsyncReadExt, AsyncWriteExt as _};
 
-use super::cancel::{CancelSlot, ServerKey};
+use super::cancel::CancelSlot;
 use super::prepared::forward_frame;
 use super::relay::{Client, HIGH_WATER};
 use super::scan::{SegmentOwner, Tracker};
@@ -125,13 +125,14 @@ fn on_client_frame(c: &mut Client, sc: &mut ServerConn, r: &mut Relay, f: &Frame
 }
 
 /// Whether the next buffered client message may be sent to the attached server now. In
-/// transaction pooling a new request waits for the previous one's ReadyForQuery, which tells
-/// whether the transaction ended (then it is routed afresh); COPY data always flows.
+/// transaction pooling a request outside a transaction is never sent to the attached server:
+/// the server is released and the request routed afresh by its own tables (a pipelined write
+/// after a read must not follow the read to a replica). COPY data always flows.
 fn may_forward_next(c: &Client, t: &Tracker) -> bool {
     if matches!(c.io.rbuf.first(), Some(b'd' | b'c' | b'f')) {
         return true;
     }
-    c.pool_mode == PoolMode::Session || t.status != b'I' || t.client_open() || !t.awaiting_ready()
+    c.pool_mode == PoolMode::Session || t.status != b'I' || t.client_open()
 }
 
 pub async fn pump(
@@ -181,6 +182,7 @@ pub async fn pump(
     }
     let outcome = relay_loop(c, sc, &mut r, shared).await;
     set_cancel(&c.cancel_slot, None);
+    c.to_server = std::mem::take(&mut r.to_server);
     match outcome {
         Ok(o) => finish(c, conn, o, &r.t).await,
         Err(e) => {
@@ -322,10 +324,5 @@ fn discard_if_broken(conn: PooledConn) {
 }
 
 fn set_cancel(slot: &CancelSlot, server: Option<&ServerConn>) {
-    let key = server.map(|s| ServerKey {
-        addr: s.addr.clone(),
-        pid: s.backend_pid,
-        secret: s.backend_secret,
-    });
-    *slot.lock().unwrap_or_else(|p| p.into_inner()) = key;
+    *slot.lock().unwrap_or_else(|p| p.into_inner()) = server.map(|s| s.cancel_key.clone());
 }

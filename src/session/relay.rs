@@ -43,6 +43,8 @@ pub struct Client {
     pub routing: Routing,
     /// After an error answered by the proxy, extended messages are skipped until Sync.
     pub skip_until_sync: bool,
+    /// The client → server buffer, kept between transactions to avoid an allocation each.
+    pub to_server: bytes::BytesMut,
 }
 
 /// What the handshake established about a client.
@@ -74,6 +76,7 @@ impl Client {
             pool_mode: l.snap.pool_mode,
             routing: Routing::new(&l.db, l.snap),
             skip_until_sync: false,
+            to_server: bytes::BytesMut::with_capacity(8 * 1024),
         }
     }
 
@@ -150,12 +153,11 @@ pub async fn run(c: &mut Client, shared: &Shared) -> Result<(), SessionError> {
         };
         let m = &shared.metrics;
         m.checkout_wait.observe(waited.elapsed().as_secs_f64());
-        m.transactions.with_label_values(&[target.label()]).inc();
+        let tm = m.target(target);
+        tm.transactions.inc();
         let held = Instant::now();
         let end = pump(c, conn, unit, rejection, shared).await?;
-        m.transaction_seconds
-            .with_label_values(&[target.label()])
-            .observe(held.elapsed().as_secs_f64());
+        tm.transaction_seconds.observe(held.elapsed().as_secs_f64());
         if end == PumpEnd::ClientGone {
             return Ok(());
         }

@@ -28,6 +28,8 @@ pub struct Routing {
     pub snap: Arc<Snapshot>,
     /// Classification of the client's unnamed prepared statement.
     unnamed: Option<Arc<Classification>>,
+    /// Classifications of the client's named statements, so executing one costs no lookup by text.
+    named: HashMap<Box<[u8]>, Arc<Classification>>,
     /// A BEGIN answered by the proxy, sent to the server the first statement picks.
     pub held_begin: Option<Bytes>,
 }
@@ -62,6 +64,7 @@ impl Routing {
             state,
             snap,
             unnamed: None,
+            named: HashMap::new(),
             held_begin: None,
         }
     }
@@ -88,6 +91,8 @@ impl Routing {
                 let class = shared.cache.load().get(p.sql);
                 if p.name.is_empty() {
                     self.unnamed = Some(class.clone());
+                } else {
+                    self.named.insert(p.name.into(), class.clone());
                 }
                 return Some(Carried {
                     class,
@@ -102,7 +107,16 @@ impl Routing {
                         sql: Arc::from(""),
                     });
                 }
-                Some(name) => stmts.get(name)?.sql.clone(),
+                Some(name) => {
+                    let sql = stmts.get(name)?.sql.clone();
+                    if let Some(class) = self.named.get(name) {
+                        return Some(Carried {
+                            class: class.clone(),
+                            sql,
+                        });
+                    }
+                    sql
+                }
                 None => return None,
             },
             _ => return None,

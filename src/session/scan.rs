@@ -167,11 +167,6 @@ impl Tracker {
         self.pending.is_none() && self.segments.is_empty()
     }
 
-    /// Replies are outstanding for a Sync/Query already sent.
-    pub fn awaiting_ready(&self) -> bool {
-        self.segments.iter().any(|s| s.closed)
-    }
-
     /// Number of client Sync/Query still waiting for ReadyForQuery.
     pub fn client_waiting(&self) -> usize {
         self.segments

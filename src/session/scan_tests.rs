@@ -123,5 +123,8 @@ fn syncs_sent_during_copy_in_are_merged_into_one_segment() {
     empty(b'C', &mut input);
     ready_for_query(b'I', &mut input);
     let _ = run(&mut t, &input, 64);
-    assert!(t.is_idle(), "one ReadyForQuery must end the merged copy segment");
+    assert!(
+        t.is_idle(),
+        "one ReadyForQuery must end the merged copy segment"
+    );
 }
