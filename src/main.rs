@@ -108,10 +108,12 @@ fn run(config: PathBuf) -> anyhow::Result<()> {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate())?;
         let mut hup = signal(SignalKind::hangup())?;
+        let mut shutdown = running.shared.shutdown.subscribe();
         loop {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => break,
                 _ = term.recv() => break,
+                _ = shutdown.changed() => break,
                 // A failed reload is logged and counted; the old config keeps serving.
                 _ = hup.recv() => { let _ = running.shared.reload(); }
             }

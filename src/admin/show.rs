@@ -41,7 +41,9 @@ pub fn show(what: &str, shared: &Shared) -> Result<Table, PgError> {
                 "sv_idle",
                 "cl_waiting",
                 "maxwait_size",
+                "paused",
             ]);
+            let paused = shared.control.paused();
             for (key, pool) in shared.pools.all() {
                 let st = pool.status();
                 t.row(vec![
@@ -53,12 +55,43 @@ pub fn show(what: &str, shared: &Shared) -> Result<Table, PgError> {
                     s(st.available),
                     s(st.waiting),
                     s(st.max_size),
+                    s(paused & (1 << (key.target as u8)) != 0),
                 ]);
             }
         }
         "CLIENTS" => {
-            t = Table::new(&["cl_active"]);
-            t.row(vec![s(shared.clients.load(Ordering::Relaxed))]);
+            t = Table::new(&[
+                "id",
+                "user",
+                "database",
+                "state",
+                "addr",
+                "port",
+                "connect_time",
+                "db_config_name",
+            ]);
+            for (id, e) in shared.control.clients() {
+                let state = match e.state.load(Ordering::Relaxed) {
+                    1 => "waiting",
+                    2 => "active",
+                    _ => "idle",
+                };
+                let since = e
+                    .since
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                t.row(vec![
+                    s(id),
+                    s(&e.user),
+                    s(&e.database),
+                    s(state),
+                    s(e.peer.ip()),
+                    s(e.peer.port()),
+                    s(since),
+                    e.target().map(|t| t.label().to_string()),
+                ]);
+            }
         }
         "STATS" => {
             t = Table::new(&[

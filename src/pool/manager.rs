@@ -37,7 +37,7 @@ impl deadpool::managed::Manager for ServerManager {
     }
 
     async fn recycle(&self, conn: &mut ServerConn, _: &Metrics) -> RecycleResult<ServerError> {
-        if conn.broken {
+        if conn.broken || conn.in_use {
             return Err(RecycleError::message("connection marked broken"));
         }
         if conn.created.elapsed() > self.limits.server_lifetime {

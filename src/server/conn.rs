@@ -108,6 +108,9 @@ pub struct ServerConn {
     pub last_used: Instant,
     /// Set when the connection may be in an unknown state; the pool then drops it.
     pub broken: bool,
+    /// Set while a client relays through it and cleared only on a clean release, so a session
+    /// dropped mid-transaction (KILL, panic, runtime shutdown) never returns it to the pool.
+    pub in_use: bool,
 }
 
 const MAX_SERVER_MESSAGE: usize = i32::MAX as usize;
@@ -148,6 +151,7 @@ impl ServerConn {
             created: Instant::now(),
             last_used: Instant::now(),
             broken: false,
+            in_use: false,
         };
         let mut out = BytesMut::new();
         encode_startup(

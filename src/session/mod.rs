@@ -3,6 +3,7 @@
 
 mod auth;
 mod cancel;
+pub mod control;
 mod handshake;
 mod io;
 mod params;
@@ -54,6 +55,9 @@ pub struct Shared {
     violation_logged: Mutex<std::collections::HashMap<(&'static str, String), std::time::Instant>>,
     /// The most recent violations, newest last, for the admin console.
     pub recent_violations: Mutex<VecDeque<RecentViolation>>,
+    pub control: control::Control,
+    /// Set by SHUTDOWN on the admin console; the process stops when it changes.
+    pub shutdown: tokio::sync::watch::Sender<bool>,
 }
 
 /// One violation as SHOW VIOLATIONS lists it.
@@ -91,6 +95,8 @@ impl Shared {
             undefined_labels: Mutex::default(),
             violation_logged: Mutex::default(),
             recent_violations: Mutex::default(),
+            control: control::Control::default(),
+            shutdown: tokio::sync::watch::Sender::new(false),
         })
     }
 }
@@ -305,7 +311,15 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let id = client.id;
     let key = client.cancel_key;
     let mut client = client;
-    match relay::run(&mut client, &shared).await {
+    let entry = shared
+        .control
+        .register(id, &client.user, &client.database, peer);
+    let result = tokio::select! {
+        r = relay::run(&mut client, &shared, &entry) => r,
+        _ = entry.kill.notified() => Err(SessionError::Fatal(PgError::fatal("57P01", "terminated by the administrator (KILL)"))),
+    };
+    shared.control.unregister(id);
+    match result {
         Ok(()) => tracing::debug!(client = id, %peer, "client disconnected"),
         Err(e) => {
             tracing::warn!(client = id, %peer, error = %e, "client session ended by an error");

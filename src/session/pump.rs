@@ -143,6 +143,7 @@ pub async fn pump(
     shared: &Shared,
 ) -> Result<PumpEnd, SessionError> {
     let sc: &mut ServerConn = &mut conn;
+    sc.in_use = true;
     set_cancel(&c.cancel_slot, Some(sc));
     let mut r = Relay {
         t: Tracker::default(),
@@ -276,6 +277,7 @@ async fn finish(
 ) -> Result<PumpEnd, SessionError> {
     match outcome {
         Outcome::Released => {
+            conn.in_use = false;
             conn.last_used = Instant::now();
             drop(conn);
             Ok(PumpEnd::Released)
@@ -292,6 +294,7 @@ async fn finish(
             } else if !clean {
                 conn.broken = true;
             }
+            conn.in_use = false;
             conn.last_used = Instant::now();
             discard_if_broken(conn);
             Ok(PumpEnd::ClientGone)

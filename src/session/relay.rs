@@ -91,7 +91,11 @@ impl Client {
 }
 
 /// Serves requests until the client leaves.
-pub async fn run(c: &mut Client, shared: &Shared) -> Result<(), SessionError> {
+pub async fn run(
+    c: &mut Client,
+    shared: &Shared,
+    entry: &super::control::ClientEntry,
+) -> Result<(), SessionError> {
     loop {
         c.io.flush().await?;
         let Some(first) = c.io.read_frame().await? else {
@@ -134,6 +138,8 @@ pub async fn run(c: &mut Client, shared: &Shared) -> Result<(), SessionError> {
         if rejection.is_none() {
             c.routing.after(&carried, &d);
         }
+        entry.set(1, Some(target));
+        shared.control.wait_unpaused(target).await;
         let spec = spec_for(&c.spec, &c.routing.snap, target, shared);
         let pool = shared.pools.pool(&PoolKey { target, spec });
         let waited = Instant::now();
@@ -148,15 +154,21 @@ pub async fn run(c: &mut Client, shared: &Shared) -> Result<(), SessionError> {
                         .inc();
                 }
                 reject(c, &unit, &e);
+                entry.set(0, Some(target));
                 continue;
             }
         };
+        entry.set(2, Some(target));
+        let running = shared.control.begin(target);
         let m = &shared.metrics;
         m.checkout_wait.observe(waited.elapsed().as_secs_f64());
         let tm = m.target(target);
         tm.transactions.inc();
         let held = Instant::now();
-        let end = pump(c, conn, unit, rejection, shared).await?;
+        let end = pump(c, conn, unit, rejection, shared).await;
+        drop(running);
+        entry.set(0, Some(target));
+        let end = end?;
         tm.transaction_seconds.observe(held.elapsed().as_secs_f64());
         if end == PumpEnd::ClientGone {
             return Ok(());

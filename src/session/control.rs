@@ -1,0 +1,179 @@
+//! Operator control over sessions, beside the pipeline: the client registry behind SHOW CLIENTS
+//! and KILL, and the PAUSE/RESUME gate that holds new transactions of a target before checkout.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::{watch, Notify};
+
+use crate::route::Target;
+
+/// What SHOW CLIENTS lists about one client; `state` and `target` change per transaction.
+pub struct ClientEntry {
+    pub user: String,
+    pub database: String,
+    pub peer: SocketAddr,
+    pub since: SystemTime,
+    /// 0 idle, 1 waiting for a server, 2 active (holding one).
+    pub state: AtomicU8,
+    /// `Target as u8 + 1` of the last server, 0 for none.
+    pub target: AtomicU8,
+    pub kill: Notify,
+}
+
+impl ClientEntry {
+    pub fn set(&self, state: u8, target: Option<Target>) {
+        self.state.store(state, Ordering::Relaxed);
+        self.target
+            .store(target.map_or(0, |t| t as u8 + 1), Ordering::Relaxed);
+    }
+
+    pub fn target(&self) -> Option<Target> {
+        match self.target.load(Ordering::Relaxed) {
+            0 => None,
+            n => Target::ALL.get(usize::from(n - 1)).copied(),
+        }
+    }
+}
+
+/// Clients, pause state and running transactions per target.
+pub struct Control {
+    clients: Mutex<HashMap<u64, Arc<ClientEntry>>>,
+    /// Bit `1 << target` set while that target is paused.
+    paused: watch::Sender<u8>,
+    active: [AtomicUsize; 4],
+}
+
+impl Default for Control {
+    fn default() -> Self {
+        Self {
+            clients: Mutex::default(),
+            paused: watch::Sender::new(0),
+            active: Default::default(),
+        }
+    }
+}
+
+impl Control {
+    pub fn register(
+        &self,
+        id: u64,
+        user: &str,
+        database: &str,
+        peer: SocketAddr,
+    ) -> Arc<ClientEntry> {
+        let entry = Arc::new(ClientEntry {
+            user: user.to_string(),
+            database: database.to_string(),
+            peer,
+            since: SystemTime::now(),
+            state: AtomicU8::new(0),
+            target: AtomicU8::new(0),
+            kill: Notify::new(),
+        });
+        self.clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, entry.clone());
+        entry
+    }
+
+    pub fn unregister(&self, id: u64) {
+        self.clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+    }
+
+    pub fn clients(&self) -> Vec<(u64, Arc<ClientEntry>)> {
+        let clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        let mut all: Vec<_> = clients.iter().map(|(id, e)| (*id, e.clone())).collect();
+        all.sort_by_key(|(id, _)| *id);
+        all
+    }
+
+    /// Disconnects one client (by id) or every client whose last server was `target`.
+    pub fn kill(&self, which: KillTarget) -> usize {
+        let mut n = 0;
+        for (id, e) in self.clients() {
+            let hit = match which {
+                KillTarget::Client(c) => c == id,
+                KillTarget::Target(t) => e.target() == Some(t),
+                KillTarget::All => true,
+            };
+            if hit {
+                e.kill.notify_one();
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Waits while `target` is paused. Held clients see no error, only a delay.
+    pub async fn wait_unpaused(&self, target: Target) {
+        let bit = 1u8 << (target as u8);
+        let mut rx = self.paused.subscribe();
+        while *rx.borrow_and_update() & bit != 0 {
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Counts a running transaction until the guard drops (also when a KILL drops the session).
+    pub fn begin(&self, target: Target) -> ActiveGuard<'_> {
+        self.active[target as usize].fetch_add(1, Ordering::Relaxed);
+        ActiveGuard {
+            counter: &self.active[target as usize],
+        }
+    }
+
+    pub fn active(&self, target: Target) -> usize {
+        self.active[target as usize].load(Ordering::Relaxed)
+    }
+
+    pub fn paused(&self) -> u8 {
+        *self.paused.borrow()
+    }
+
+    /// Holds new transactions of `targets` and waits (bounded) for running ones to finish.
+    /// Returns how many were still running when `timeout` passed (0 = fully paused).
+    pub async fn pause(&self, targets: &[Target], timeout: Duration) -> usize {
+        let mask = targets.iter().fold(0u8, |m, t| m | (1 << (*t as u8)));
+        self.paused.send_modify(|p| *p |= mask);
+        let deadline = Instant::now() + timeout;
+        loop {
+            let running: usize = targets.iter().map(|t| self.active(*t)).sum();
+            if running == 0 || Instant::now() >= deadline {
+                return running;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn resume(&self, targets: &[Target]) {
+        let mask = targets.iter().fold(0u8, |m, t| m | (1 << (*t as u8)));
+        self.paused.send_modify(|p| *p &= !mask);
+    }
+}
+
+pub struct ActiveGuard<'a> {
+    counter: &'a AtomicUsize,
+}
+
+impl Drop for ActiveGuard<'_> {
+    fn drop(&mut self) {
+        self.counter.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Which clients KILL disconnects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KillTarget {
+    All,
+    Client(u64),
+    Target(Target),
+}
