@@ -77,10 +77,36 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
 
 async fn maintenance(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut seen = FileStamps::default();
     loop {
         tokio::select! {
-            _ = tick.tick() => shared.pools.maintain().await,
+            _ = tick.tick() => {
+                shared.pools.maintain().await;
+                let snap = shared.config.load_full();
+                if snap.watch_files && seen.changed(&snap.watched) {
+                    tracing::info!("config files changed on disk; reloading");
+                    // A failed reload is logged and counted; the old config keeps serving.
+                    let _ = shared.reload();
+                }
+            }
             _ = stop.changed() => return,
         }
+    }
+}
+
+/// Modification times of the watched files, to notice edits without an inotify dependency.
+#[derive(Default)]
+struct FileStamps(Vec<(std::path::PathBuf, Option<std::time::SystemTime>)>);
+
+impl FileStamps {
+    /// True when any file's mtime differs from the last call (not on the first call).
+    fn changed(&mut self, files: &[std::path::PathBuf]) -> bool {
+        let now: Vec<_> = files
+            .iter()
+            .map(|f| (f.clone(), std::fs::metadata(f).and_then(|m| m.modified()).ok()))
+            .collect();
+        let changed = !self.0.is_empty() && self.0 != now;
+        self.0 = now;
+        changed
     }
 }

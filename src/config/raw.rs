@@ -27,6 +27,9 @@ pub struct RawConfig {
     pub clusters: RawClusters,
     #[serde(default)]
     pub classify: RawClassify,
+    /// Reload when the config, phase or auth file changes on disk (polled every second).
+    #[serde(default)]
+    pub watch_files: bool,
     /// Largest client message accepted, in bytes (a bigger one closes the connection).
     #[serde(default = "default_max_message")]
     pub max_message_size: usize,

@@ -66,6 +66,9 @@ pub struct Snapshot {
     pub phase_file: PathBuf,
     pub phase: Arc<Phase>,
     pub max_message_size: usize,
+    pub watch_files: bool,
+    /// Files whose change triggers a reload when `watch_files` is on.
+    pub watched: Vec<PathBuf>,
 }
 
 fn invalid(path: &Path, key: &str, message: impl Into<String>) -> ConfigError {
@@ -230,9 +233,11 @@ impl Snapshot {
             ci: cluster(path, "ci", &raw.clusters.ci)?,
             classifier: Classifier::new(dictionary, rules, &c.write_functions),
             cache_size: c.cache_size,
-            phase_file,
+            phase_file: phase_file.clone(),
             phase,
             max_message_size: raw.max_message_size.max(1024),
+            watch_files: raw.watch_files,
+            watched: vec![path.to_path_buf(), phase_file.clone(), rel(&raw.auth_file)],
         })
     }
 
