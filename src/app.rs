@@ -103,7 +103,12 @@ impl FileStamps {
     fn changed(&mut self, files: &[std::path::PathBuf]) -> bool {
         let now: Vec<_> = files
             .iter()
-            .map(|f| (f.clone(), std::fs::metadata(f).and_then(|m| m.modified()).ok()))
+            .map(|f| {
+                (
+                    f.clone(),
+                    std::fs::metadata(f).and_then(|m| m.modified()).ok(),
+                )
+            })
             .collect();
         let changed = !self.0.is_empty() && self.0 != now;
         self.0 = now;

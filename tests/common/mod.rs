@@ -6,3 +6,4 @@
 pub mod cluster;
 pub mod proxy;
 pub mod raw;
+pub mod scrape;
