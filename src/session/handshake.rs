@@ -127,7 +127,7 @@ pub async fn handshake(
     io.flush().await?;
     let id = shared.next_client_id.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(client = id, %peer, %user, %database, "client logged in");
-    Ok(Some(Accepted::Client(Login {
+    Ok(Some(Accepted::Client(Box::new(Login {
         id,
         user,
         database,
@@ -137,12 +137,12 @@ pub async fn handshake(
         cancel_key,
         cancel_slot,
         snap: shared.config.load_full(),
-    })))
+    }))))
 }
 
 /// Who logged in.
 pub enum Accepted {
-    Client(Login),
+    Client(Box<Login>),
     Admin { user: String },
 }
 

@@ -293,7 +293,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     )
     .await;
     let client = match login {
-        Ok(Ok(Some(handshake::Accepted::Client(login)))) => relay::Client::new(io, peer, login),
+        Ok(Ok(Some(handshake::Accepted::Client(login)))) => relay::Client::new(io, peer, *login),
         Ok(Ok(Some(handshake::Accepted::Admin { user }))) => {
             tracing::info!(%peer, %user, "admin console session");
             if let Err(e) = crate::admin::serve(&mut io, &shared).await {
