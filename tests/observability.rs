@@ -154,7 +154,8 @@ async fn run(client: &Client, sql: &str) -> Result<(), String> {
 }
 
 /// Rewrites the proxy's config file and sends SIGHUP, then waits until the reload counter for
-/// `result` has moved past `before`: the reload is asynchronous to the signal.
+/// `result` has moved past `before`: the reload is asynchronous to the signal. The blocking
+/// wait is fine here: the multi-thread runtime keeps driving the client connections meanwhile.
 fn reload_with(proxy: &Proxy, config: &str, result: &str) {
     let port = proxy.metrics_port().expect("metrics port");
     let series = format!("pgdecomp_config_reload_total{{result=\"{result}\"}}");
@@ -222,19 +223,22 @@ async fn produce_every_series(proxy: &Proxy, config: &ProxyConfig) {
     // Phase 7 locks the other database's tables and enforces every rule. The main cluster now
     // lists a replica nobody listens on, so main reads fail to connect (counted per target).
     let dead_replica = free_port();
+    // MainOnly lists no replicas; the first `replicas = []` is `[clusters.main]`'s.
     let phase7 = config.clone().phase(7).build().replacen(
         "replicas = []",
         &format!("replicas = [\"127.0.0.1:{dead_replica}\"]"),
         1,
     );
+    assert!(phase7.contains(&dead_replica.to_string()), "{phase7}");
     reload_with(proxy, &phase7, "ok");
     run(&app, "begin").await.expect("begin");
     run(&app, "update ci_builds set id = id where false")
         .await
         .expect("ci write on ci");
-    run(&app, "update projects set id = id where false")
+    let locked = run(&app, "update projects set id = id where false")
         .await
         .expect_err("a main table is write-locked on the ci database in phase 7");
+    assert!(locked.contains("write protected"), "{locked}");
     run(&app, "rollback").await.expect("rollback");
     run(&app, "select count(*) from projects")
         .await
