@@ -81,8 +81,16 @@ async fn maintenance(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                shared.pools.maintain().await;
                 let snap = shared.config.load_full();
+                let pools = shared.pools.load_full();
+                // Targets removed from the config get no new clients: close their pools.
+                let addrs = [&snap.main, &snap.ci]
+                    .into_iter()
+                    .flat_map(|c| std::iter::once(&c.primary).chain(c.replicas.iter()))
+                    .cloned()
+                    .collect::<Vec<_>>();
+                pools.retain(|key| addrs.contains(&key.spec.addr));
+                pools.maintain().await;
                 if snap.watch_files && seen.changed(&snap.watched) {
                     tracing::info!("config files changed on disk; reloading");
                     // A failed reload is logged and counted; the old config keeps serving.

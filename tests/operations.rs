@@ -315,3 +315,51 @@ async fn admin_console_shows_pauses_and_refuses_non_admins() {
         .expect("task")
         .expect("held client sees no error");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_applies_pool_settings_and_drains_removed_servers() {
+    let topo = topology();
+    let proxy = Proxy::with(topo, |c| c.pool_size(4));
+    let client = proxy.connect().await;
+    client
+        .simple_query("select count(*) from projects")
+        .await
+        .unwrap();
+    let pools = String::from_utf8_lossy(&psql_admin(&proxy, "SHOW POOLS").stdout).to_string();
+    let replica = format!("127.0.0.1:{}", topo.main_replica());
+    assert!(
+        pools.contains(&replica),
+        "the read used the main replica's pool: {pools}"
+    );
+
+    // Drop the main replica from the config and grow the pools.
+    let config = std::fs::read_to_string(proxy.config_path()).expect("read config");
+    let config = config
+        .replace(&format!("\"{replica}\""), "")
+        .replace("pool_size = 4", "pool_size = 6");
+    std::fs::write(proxy.config_path(), config).expect("write config");
+    let before = reloads(&proxy, "ok");
+    reload_and_wait(&proxy, "ok", before);
+    wait_until("the removed replica's pool to drain", || {
+        let pools = String::from_utf8_lossy(&psql_admin(&proxy, "SHOW POOLS").stdout).to_string();
+        !pools.contains(&replica)
+    });
+    // The same client keeps working; its reads now fall back to the main primary.
+    let rows = client
+        .simple_query("select inet_server_port() from projects limit 1")
+        .await
+        .unwrap();
+    let port: u16 = rows
+        .iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(r) => r.get(0).and_then(|v| v.parse().ok()),
+            _ => None,
+        })
+        .expect("a row");
+    assert_eq!(port, topo.main_primary());
+    let pools = String::from_utf8_lossy(&psql_admin(&proxy, "SHOW POOLS").stdout).to_string();
+    assert!(
+        pools.lines().all(|l| l.split('|').nth(7) == Some("6")),
+        "new pool size: {pools}"
+    );
+}

@@ -44,7 +44,7 @@ pub fn show(what: &str, shared: &Shared) -> Result<Table, PgError> {
                 "paused",
             ]);
             let paused = shared.control.paused();
-            for (key, pool) in shared.pools.all() {
+            for (key, pool) in shared.pools.load().all() {
                 let st = pool.status();
                 t.row(vec![
                     s(&key.spec.dbname),

@@ -37,6 +37,7 @@ const REASONS: [&str; 8] = [
 pub struct TargetMetrics {
     pub transactions: IntCounter,
     pub transaction_seconds: Histogram,
+    pub statement_seconds: Histogram,
     pub statements: [IntCounter; 8],
     pub routes: [IntCounter; 8],
 }
@@ -65,6 +66,7 @@ pub struct Metrics {
     pub reloads: IntCounterVec,
     pub checkout_wait: Histogram,
     pub transaction_seconds: HistogramVec,
+    pub statement_seconds: HistogramVec,
     pub pool_servers: IntGaugeVec,
     pub build_info: IntGaugeVec,
     /// Per target, in `Target::ALL` order.
@@ -128,6 +130,17 @@ impl Metrics {
         )
         .expect("valid metric literal");
         r.register(Box::new(transaction_seconds.clone()))
+            .expect("registered once");
+        let statement_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "pgdecomp_statement_duration_seconds",
+                "Time from a client's Query or Sync to the server's ReadyForQuery",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["db_config_name"],
+        )
+        .expect("valid metric literal");
+        r.register(Box::new(statement_seconds.clone()))
             .expect("registered once");
         let m = Self {
             client_connections: counter(
@@ -234,6 +247,7 @@ impl Metrics {
             ),
             checkout_wait,
             transaction_seconds,
+            statement_seconds,
             pool_servers: gauge_vec(
                 &r,
                 "pgdecomp_pool_servers",
@@ -252,6 +266,7 @@ impl Metrics {
                 TargetMetrics {
                     transactions: m.transactions.with_label_values(&[l]),
                     transaction_seconds: m.transaction_seconds.with_label_values(&[l]),
+                    statement_seconds: m.statement_seconds.with_label_values(&[l]),
                     statements: KINDS.map(|k| m.statements.with_label_values(&[l, k])),
                     routes: REASONS.map(|r| m.routed.with_label_values(&[l, r])),
                 }

@@ -113,6 +113,20 @@ impl Pools {
         pools.iter().map(|(k, p)| (k.clone(), p.clone())).collect()
     }
 
+    /// Closes and forgets the pools `keep` rejects: new checkouts fail over to fresh pools,
+    /// connections in use are closed when their clients release them.
+    pub fn retain(&self, keep: impl Fn(&PoolKey) -> bool) {
+        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        pools.retain(|key, pool| {
+            let kept = keep(key);
+            if !kept {
+                tracing::info!(server = %key.spec.addr, target = %key.target, "draining a removed server's pool");
+                pool.close();
+            }
+            kept
+        });
+    }
+
     /// Closes idle connections past idle_timeout and opens connections up to min_idle.
     pub async fn maintain(&self) {
         let idle_timeout = self.settings.idle_timeout;

@@ -168,15 +168,15 @@ fn fatal(code: &'static str, message: impl Into<String>) -> SessionError {
 
 /// The server's ParameterStatus list for this pool, learned from its first connection.
 async fn welcome(shared: &Shared, spec: &ServerSpec) -> Result<Welcome, SessionError> {
-    if let Some(w) = shared.pools.welcome(spec) {
+    if let Some(w) = shared.pools.load().welcome(spec) {
         return Ok(w);
     }
-    let pool = shared.pools.pool(&PoolKey {
+    let pool = shared.pools.load().pool(&PoolKey {
         target: Target::Main,
         spec: spec.clone(),
     });
     let conn = checkout(&pool, Target::Main).await?;
     let w = conn.welcome.clone();
-    shared.pools.set_welcome(spec, w.clone());
+    shared.pools.load().set_welcome(spec, w.clone());
     Ok(w)
 }

@@ -40,7 +40,8 @@ use crate::protocol::startup::StartupError;
 /// State shared by every session of one running proxy.
 pub struct Shared {
     pub config: ArcSwap<Snapshot>,
-    pub pools: Arc<Pools>,
+    /// Replaced on reload when pool settings change; the old pools drain as sessions let go.
+    pub pools: ArcSwap<Pools>,
     /// Classifications by statement text; replaced with the dictionary on reload.
     pub cache: ArcSwap<ClassifyCache>,
     pub statements: StatementRegistry,
@@ -75,7 +76,7 @@ const RECENT_VIOLATIONS: usize = 100;
 
 impl Shared {
     pub fn new(snapshot: Snapshot) -> Arc<Self> {
-        let pools = Pools::new(snapshot.pool.clone());
+        let pools = ArcSwap::new(Pools::new(snapshot.pool.clone()));
         let cache = ArcSwap::from_pointee(ClassifyCache::new(
             snapshot.classifier.clone(),
             snapshot.cache_size,
@@ -110,6 +111,10 @@ impl Shared {
         match crate::config::load(&path) {
             Ok(new) => {
                 let phase = new.phase.number();
+                if self.config.load().pool != new.pool {
+                    tracing::info!("pool settings changed: new pools; the old ones drain");
+                    self.pools.store(Pools::new(new.pool.clone()));
+                }
                 self.cache.store(Arc::new(ClassifyCache::new(
                     new.classifier.clone(),
                     new.cache_size,
@@ -205,7 +210,7 @@ impl Shared {
     pub fn render_metrics(&self) -> String {
         let m = &self.metrics;
         m.clients.set(self.clients.load(Ordering::Relaxed) as i64);
-        for (key, pool) in self.pools.all() {
+        for (key, pool) in self.pools.load().all() {
             let st = pool.status();
             let labels = |state| [key.target.label(), key.spec.addr.as_str(), state];
             m.pool_servers

@@ -141,6 +141,7 @@ pub async fn pump(
     unit: Vec<Frame>,
     rejection: Option<RouteError>,
     shared: &Shared,
+    statement_seconds: &prometheus::Histogram,
 ) -> Result<PumpEnd, SessionError> {
     let sc: &mut ServerConn = &mut conn;
     sc.in_use = true;
@@ -181,7 +182,7 @@ pub async fn pump(
             }
         }
     }
-    let outcome = relay_loop(c, sc, &mut r, shared).await;
+    let outcome = relay_loop(c, sc, &mut r, shared, statement_seconds).await;
     set_cancel(&c.cancel_slot, None);
     c.to_server = std::mem::take(&mut r.to_server);
     match outcome {
@@ -199,6 +200,7 @@ async fn relay_loop(
     sc: &mut ServerConn,
     r: &mut Relay,
     shared: &Shared,
+    statement_seconds: &prometheus::Histogram,
 ) -> Result<Outcome, SessionError> {
     let mut terminate = false;
     let mut client_eof = false;
@@ -245,6 +247,13 @@ async fn relay_loop(
                         }
                         if let Some(status) = ev.client_status {
                             c.routing.state.on_ready_for_query(status);
+                        }
+                        if ev.latency_count > 0 {
+                            // Pipelined requests answered in one read share their mean.
+                            let mean = ev.latency_sum / f64::from(ev.latency_count);
+                            for _ in 0..ev.latency_count {
+                                statement_seconds.observe(mean);
+                            }
                         }
                         if let Some((code, msg)) = ev.proxy_error {
                             tracing::warn!(client = c.id, %code, %msg, "proxy statement failed on the server");

@@ -141,7 +141,7 @@ pub async fn run(
         entry.set(1, Some(target));
         shared.control.wait_unpaused(target).await;
         let spec = spec_for(&c.spec, &c.routing.snap, target, shared);
-        let pool = shared.pools.pool(&PoolKey { target, spec });
+        let pool = shared.pools.load().pool(&PoolKey { target, spec });
         let waited = Instant::now();
         let conn = match checkout(&pool, target).await {
             Ok(conn) => conn,
@@ -165,7 +165,7 @@ pub async fn run(
         let tm = m.target(target);
         tm.transactions.inc();
         let held = Instant::now();
-        let end = pump(c, conn, unit, rejection, shared).await;
+        let end = pump(c, conn, unit, rejection, shared, &tm.statement_seconds).await;
         drop(running);
         entry.set(0, Some(target));
         let end = end?;

@@ -26,6 +26,8 @@ pub struct Segment {
     pub closed: bool,
     /// Closed by a Sync (which PostgreSQL ignores while in COPY FROM STDIN).
     by_sync: bool,
+    /// When the client's Sync/Query was sent, for the statement latency histogram.
+    sent_at: Option<std::time::Instant>,
     swallow_parse: u32,
     swallow_bind: u32,
     swallow_close: u32,
@@ -39,6 +41,7 @@ impl Segment {
             owner,
             closed: false,
             by_sync: false,
+            sent_at: None,
             swallow_parse: 0,
             swallow_bind: 0,
             swallow_close: 0,
@@ -48,11 +51,14 @@ impl Segment {
 }
 
 /// What the scanner saw in one pass, for the session's decisions and logs.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default, PartialEq)]
 pub struct ScanEvents {
     pub ready: u32,
     /// Transaction status of the last ReadyForQuery that answered the client.
     pub client_status: Option<u8>,
+    /// Seconds from the client's Sync/Query to its ReadyForQuery, summed over `ready` answers.
+    pub latency_sum: f64,
+    pub latency_count: u32,
     /// SQLSTATE and message of an error answering the proxy's own query.
     pub proxy_error: Option<(String, String)>,
     /// Reported parameters changed by the client's own statements.
@@ -105,7 +111,9 @@ impl Tracker {
 
     /// A Sync or Query was sent for `owner`: one ReadyForQuery will answer it.
     pub fn close(&mut self, owner: SegmentOwner) {
-        self.open(owner).closed = true;
+        let seg = self.open(owner);
+        seg.closed = true;
+        seg.sent_at = Some(std::time::Instant::now());
     }
 
     /// A Sync was sent by the client.
@@ -113,6 +121,7 @@ impl Tracker {
         let seg = self.open(SegmentOwner::Client);
         seg.closed = true;
         seg.by_sync = true;
+        seg.sent_at = Some(std::time::Instant::now());
     }
 
     /// The client ended COPY FROM STDIN (CopyDone or CopyFail). Syncs it sent during the copy
@@ -253,9 +262,13 @@ impl Tracker {
         match tag {
             b'Z' => {
                 self.status = body.first().copied().unwrap_or(b'I');
-                self.segments.pop_front();
+                let seg = self.segments.pop_front();
                 if owner == SegmentOwner::Client {
                     ev.client_status = Some(self.status);
+                    if let Some(at) = seg.and_then(|s| s.sent_at) {
+                        ev.latency_sum += at.elapsed().as_secs_f64();
+                        ev.latency_count += 1;
+                    }
                 }
                 ev.ready += 1;
                 default
