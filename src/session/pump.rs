@@ -86,19 +86,31 @@ impl Relay {
     }
 }
 
+/// Renames/prepares and writes one client message for the attached server.
+fn forward(
+    c: &mut Client,
+    sc: &mut ServerConn,
+    t: &mut Tracker,
+    out: &mut BytesMut,
+    f: &Frame,
+    shared: &Shared,
+) {
+    forward_frame(
+        f,
+        &mut c.stmts,
+        &shared.statements,
+        &mut sc.prepared,
+        t,
+        out,
+    );
+}
+
 /// Handles one client message while a server is attached: routing checks, then forwarding.
 fn on_client_frame(c: &mut Client, sc: &mut ServerConn, r: &mut Relay, f: &Frame, shared: &Shared) {
     if r.discarding {
         if f.tag == b'S' {
             r.discarding = false;
-            forward_frame(
-                f,
-                &mut c.stmts,
-                &shared.statements,
-                &mut sc.prepared,
-                &mut r.t,
-                &mut r.to_server,
-            );
+            forward(c, sc, &mut r.t, &mut r.to_server, f, shared);
         }
         return;
     }
@@ -114,14 +126,7 @@ fn on_client_frame(c: &mut Client, sc: &mut ServerConn, r: &mut Relay, f: &Frame
             c.routing.after(&carried, &d);
         }
     }
-    forward_frame(
-        f,
-        &mut c.stmts,
-        &shared.statements,
-        &mut sc.prepared,
-        &mut r.t,
-        &mut r.to_server,
-    );
+    forward(c, sc, &mut r.t, &mut r.to_server, f, shared);
 }
 
 /// Whether the next buffered client message may be sent to the attached server now. In
@@ -171,14 +176,7 @@ pub async fn pump(
         }
         None => {
             for f in &unit {
-                forward_frame(
-                    f,
-                    &mut c.stmts,
-                    &shared.statements,
-                    &mut sc.prepared,
-                    &mut r.t,
-                    &mut r.to_server,
-                );
+                forward(c, sc, &mut r.t, &mut r.to_server, f, shared);
             }
         }
     }
