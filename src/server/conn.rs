@@ -98,6 +98,9 @@ pub struct ServerConn {
     pub cancel_key: Arc<ServerKey>,
     /// Current values of session parameters, keys lowercased.
     pub params: HashMap<String, String>,
+    /// Fingerprint of the client parameters last synced onto this connection (0: unknown), so
+    /// the next client with the same settings skips the comparison.
+    pub params_fingerprint: u64,
     /// Values at login, the target of RESET for parameters a client did not set.
     pub defaults: Arc<HashMap<String, String>>,
     /// ParameterStatus messages at login, in order, as the welcome for clients.
@@ -145,6 +148,7 @@ impl ServerConn {
                 secret: 0,
             }),
             params: HashMap::new(),
+            params_fingerprint: 0,
             defaults: Arc::default(),
             welcome: Arc::default(),
             prepared: HashSet::new(),

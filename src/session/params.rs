@@ -19,6 +19,8 @@ pub const TRACKED: &[&str] = &[
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ClientParams {
     values: Vec<(String, String)>,
+    /// Hash of `values`: a server whose last sync had the same fingerprint needs no check.
+    fingerprint: u64,
 }
 
 impl ClientParams {
@@ -41,6 +43,18 @@ impl ClientParams {
             Some(slot) => slot.1 = value.to_string(),
             None => self.values.push((key, value.to_string())),
         }
+        self.values.sort();
+        self.fingerprint = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            self.values.hash(&mut h);
+            // 0 means "unknown" on the server side.
+            h.finish() | 1
+        };
+    }
+
+    pub fn fingerprint(&self) -> u64 {
+        self.fingerprint.max(1)
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {

@@ -156,11 +156,14 @@ pub async fn pump(
         to_server: BytesMut::with_capacity(8 * 1024),
         discarding: false,
     };
-    let defaults = sc.defaults.clone();
-    if let Some(sql) = c.params.sync_sql(&sc.params, &defaults) {
-        write_query(&sql, &mut r.to_server);
-        r.t.close(SegmentOwner::Proxy);
-        c.params.apply_to(&mut sc.params, &defaults);
+    if sc.params_fingerprint != c.params.fingerprint() {
+        let defaults = sc.defaults.clone();
+        if let Some(sql) = c.params.sync_sql(&sc.params, &defaults) {
+            write_query(&sql, &mut r.to_server);
+            r.t.close(SegmentOwner::Proxy);
+            c.params.apply_to(&mut sc.params, &defaults);
+        }
+        sc.params_fingerprint = c.params.fingerprint();
     }
     if let Some(begin) = c.routing.held_begin.take() {
         r.to_server.extend_from_slice(&begin);
@@ -240,6 +243,10 @@ async fn relay_loop(
                             Ok(ev) => ev,
                             Err(e) => return Ok(Outcome::ServerLost(e.to_string())),
                         };
+                        if !ev.client_params.is_empty() {
+                            // The client changed a setting here: the next sync must compare.
+                            sc.params_fingerprint = 0;
+                        }
                         for (k, v) in &ev.client_params {
                             c.params.set(k, v);
                         }
@@ -294,6 +301,7 @@ async fn finish(
                 // Session pooling hands the next client a clean session, as PgBouncer does.
                 if conn.simple_query("DISCARD ALL").await.is_ok() {
                     conn.prepared.clear();
+                    conn.params_fingerprint = 0;
                     conn.params = (*conn.defaults).clone();
                 } else {
                     conn.broken = true;

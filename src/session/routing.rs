@@ -175,10 +175,11 @@ impl Routing {
         }
         for v in &d.violations {
             record_violation(v, d.target, shared);
-            shared.remember_violation(client, v, &carried.sql);
+            // Logs and SHOW VIOLATIONS are rate-limited per kind and schemas; metrics count all.
             if !shared.should_log_violation(v.kind.label(), &c.schemas_label()) {
                 continue;
             }
+            shared.remember_violation(client, v, &carried.sql);
             tracing::warn!(
                 client,
                 kind = v.kind.label(),
