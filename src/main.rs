@@ -1,9 +1,9 @@
 //! Command-line entry point: parses arguments, sets up logging and hands over to the library.
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use pgdecomp::classify::{to_json, to_text, Classifier, Dictionary, SchemaRules};
+use pgdecomp::classify::{to_json, to_text, Classifier};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -127,7 +127,8 @@ fn run(config: PathBuf) -> anyhow::Result<()> {
 /// `pgdecomp classify`: unparsable SQL is an answer (kind "unknown"), not a failure.
 fn classify(config: Option<PathBuf>, format: Format, sql: Option<String>) -> anyhow::Result<()> {
     let classifier = match config {
-        Some(path) => load_classifier(&path)?,
+        Some(path) => pgdecomp::config::load_classifier(&path)
+            .with_context(|| format!("invalid config {}", path.display()))?,
         None => Classifier::gitlab_default(),
     };
     let sql = match sql {
@@ -146,48 +147,4 @@ fn classify(config: Option<PathBuf>, format: Format, sql: Option<String>) -> any
         Format::Text => print!("{}", to_text(&classification)),
     }
     Ok(())
-}
-
-/// Reads the `[classify]` table of a pgdecomp config; paths are relative to the config's directory.
-fn load_classifier(path: &Path) -> anyhow::Result<Classifier> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let config: toml::Table =
-        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-    let section = match config.get("classify") {
-        Some(toml::Value::Table(section)) => section.clone(),
-        Some(_) => anyhow::bail!("{}: [classify] must be a table", path.display()),
-        None => toml::Table::new(),
-    };
-    let base = path.parent().unwrap_or(Path::new("."));
-    let read = |key: &str| -> anyhow::Result<Option<String>> {
-        match section.get(key) {
-            None => Ok(None),
-            Some(toml::Value::String(file)) => {
-                let file = base.join(file);
-                std::fs::read_to_string(&file)
-                    .map(Some)
-                    .with_context(|| format!("reading classify.{key} {}", file.display()))
-            }
-            Some(_) => anyhow::bail!("classify.{key} must be a file name"),
-        }
-    };
-    let dictionary = match read("dictionary")? {
-        Some(text) => Dictionary::from_tsv(&text)?,
-        None => Dictionary::gitlab_default(),
-    };
-    let rules = match read("schema_rules")? {
-        Some(text) => SchemaRules::from_toml(&text)?,
-        None => SchemaRules::gitlab_2022(),
-    };
-    let write_functions = match section.get("write_functions") {
-        None => Vec::new(),
-        Some(toml::Value::Array(items)) => items
-            .iter()
-            .map(|item| item.as_str().map(str::to_owned))
-            .collect::<Option<Vec<_>>>()
-            .context("classify.write_functions must be a list of function names")?,
-        Some(_) => anyhow::bail!("classify.write_functions must be a list of function names"),
-    };
-    Ok(Classifier::new(dictionary, rules, &write_functions))
 }

@@ -38,6 +38,22 @@ pub(crate) fn read(path: &Path) -> Result<String, ConfigError> {
     })
 }
 
+/// Only the classifier of the config at `path` (its `[classify]` table), for `pgdecomp
+/// classify`: the rest of the file need not be valid or complete.
+pub fn load_classifier(path: &Path) -> Result<crate::classify::Classifier, ConfigError> {
+    #[derive(serde::Deserialize)]
+    struct OnlyClassify {
+        #[serde(default)]
+        classify: raw::RawClassify,
+    }
+    let text = read(path)?;
+    let only: OnlyClassify = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.into(),
+        message: e.to_string(),
+    })?;
+    classifier_from(&only.classify, path.parent().unwrap_or(Path::new(".")))
+}
+
 /// Loads and validates the config at `path` and everything it references.
 pub fn load(path: &Path) -> Result<Snapshot, ConfigError> {
     let text = read(path)?;

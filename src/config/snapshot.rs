@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::raw::{RawCluster, RawConfig};
+use super::raw::{RawClassify, RawCluster, RawConfig};
 use super::{read, ConfigError};
 use crate::auth::UserList;
 use crate::classify::{Classifier, Dictionary, SchemaRules};
@@ -112,6 +112,19 @@ fn cluster(path: &Path, name: &str, raw: &RawCluster) -> Result<Cluster, ConfigE
     Ok(Cluster { primary, replicas })
 }
 
+/// Builds the classifier of a `[classify]` table; file names are relative to `dir`.
+pub fn classifier_from(c: &RawClassify, dir: &Path) -> Result<Classifier, ConfigError> {
+    let dictionary = match &c.dictionary {
+        Some(f) => Dictionary::from_tsv(&read(&dir.join(f))?)?,
+        None => Dictionary::gitlab_default(),
+    };
+    let rules = match &c.schema_rules {
+        Some(f) => SchemaRules::from_toml(&read(&dir.join(f))?)?,
+        None => SchemaRules::gitlab_2022(),
+    };
+    Ok(Classifier::new(dictionary, rules, &c.write_functions))
+}
+
 /// Loads a phase file and the shadow phase it names (relative to its own directory).
 pub fn load_phase(file: &Path) -> Result<Phase, ConfigError> {
     let parse = |f: &Path| {
@@ -204,15 +217,7 @@ impl Snapshot {
                 "is reserved for the admin console",
             ));
         }
-        let c = &raw.classify;
-        let dictionary = match &c.dictionary {
-            Some(f) => Dictionary::from_tsv(&read(&rel(f))?)?,
-            None => Dictionary::gitlab_default(),
-        };
-        let rules = match &c.schema_rules {
-            Some(f) => SchemaRules::from_toml(&read(&rel(f))?)?,
-            None => SchemaRules::gitlab_2022(),
-        };
+        let classifier = classifier_from(&raw.classify, dir)?;
         let phase_file = rel(&raw.phase_file);
         let phase = Arc::new(load_phase(&phase_file)?);
         Ok(Snapshot {
@@ -231,8 +236,8 @@ impl Snapshot {
             databases,
             main: cluster(path, "main", &raw.clusters.main)?,
             ci: cluster(path, "ci", &raw.clusters.ci)?,
-            classifier: Classifier::new(dictionary, rules, &c.write_functions),
-            cache_size: c.cache_size,
+            classifier,
+            cache_size: raw.classify.cache_size,
             phase_file: phase_file.clone(),
             phase,
             max_message_size: raw.max_message_size.max(1024),
