@@ -107,6 +107,15 @@ const LATENCY_BUCKETS: &[f64] = &[
     5.0, 10.0, 30.0,
 ];
 
+/// A latency histogram per db_config_name.
+fn latency_vec(r: &Registry, name: &str, help: &str) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+    let h = HistogramVec::new(opts, &["db_config_name"]).expect("valid metric literal");
+    r.register(Box::new(h.clone()))
+        .expect("each metric is registered once");
+    h
+}
+
 impl Metrics {
     pub fn new() -> Self {
         let r = Registry::new();
@@ -120,28 +129,16 @@ impl Metrics {
         .expect("valid metric literal");
         r.register(Box::new(checkout_wait.clone()))
             .expect("registered once");
-        let transaction_seconds = HistogramVec::new(
-            HistogramOpts::new(
-                "pgdecomp_transaction_duration_seconds",
-                "Time a server connection was held per transaction (or statement outside one)",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-            &["db_config_name"],
-        )
-        .expect("valid metric literal");
-        r.register(Box::new(transaction_seconds.clone()))
-            .expect("registered once");
-        let statement_seconds = HistogramVec::new(
-            HistogramOpts::new(
-                "pgdecomp_statement_duration_seconds",
-                "Time from a client's Query or Sync to the server's ReadyForQuery",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-            &["db_config_name"],
-        )
-        .expect("valid metric literal");
-        r.register(Box::new(statement_seconds.clone()))
-            .expect("registered once");
+        let transaction_seconds = latency_vec(
+            &r,
+            "pgdecomp_transaction_duration_seconds",
+            "Time a server connection was held per transaction (or statement outside one)",
+        );
+        let statement_seconds = latency_vec(
+            &r,
+            "pgdecomp_statement_duration_seconds",
+            "Time from a client's Query or Sync to the server's ReadyForQuery",
+        );
         let m = Self {
             client_connections: counter(
                 &r,
