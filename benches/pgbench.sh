@@ -111,7 +111,7 @@ run_pgbench() {
     if out=$(PGPASSWORD=gitlab timeout $((DURATION + 60)) "$PG_BIN/pgbench" -h 127.0.0.1 -p "$port" \
         -U gitlab -n -c "$CLIENTS" -j 2 -T "$DURATION" "$@" gitlabhq_production 2>&1) \
         && grep -q 'number of failed transactions: 0 ' <<<"$out"; then
-        awk '/^tps = / { tps = $3 } /^latency average = / { lat = $4 } END { print tps, lat }' <<<"$out"
+        awk '/^tps = / { tps = $3 } /^latency average = / { lat = $4 } END { printf "%.0f %.3f\n", tps, lat }' <<<"$out"
     else
         printf '%s\n' "$out" >>"$ROOT/pgbench-failures.log"
         echo "fail fail"
