@@ -28,6 +28,8 @@ pub struct Routing {
     pub snap: Arc<Snapshot>,
     /// Classification of the client's unnamed prepared statement.
     unnamed: Option<Arc<Classification>>,
+    /// The classification of a batch without a statement (a lone Describe or Close).
+    empty: Arc<Classification>,
     /// Classifications of the client's named statements, so executing one costs no lookup by text.
     named: HashMap<Box<[u8]>, Arc<Classification>>,
     /// A BEGIN answered by the proxy, sent to the server the first statement picks.
@@ -35,9 +37,28 @@ pub struct Routing {
 }
 
 /// A statement carried by one client message.
-pub struct Carried {
+pub struct Carried<'a> {
     pub class: Arc<Classification>,
-    pub sql: Arc<str>,
+    /// The SQL text, for logs and refusals: borrowed from the message, or the prepared
+    /// statement's shared copy, so routing a statement copies no text.
+    pub sql: Sql<'a>,
+}
+
+/// SQL text without a copy per statement.
+pub enum Sql<'a> {
+    Frame(&'a str),
+    Prepared(Arc<str>),
+}
+
+impl std::ops::Deref for Sql<'_> {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        match self {
+            Sql::Frame(s) => s,
+            Sql::Prepared(s) => s,
+        }
+    }
 }
 
 fn empty_class() -> Classification {
@@ -64,6 +85,7 @@ impl Routing {
             state,
             snap,
             unnamed: None,
+            empty: Arc::new(empty_class()),
             named: HashMap::new(),
             held_begin: None,
         }
@@ -78,14 +100,14 @@ impl Routing {
     }
 
     /// The statement a Query, Parse or Bind message carries; `None` for other messages.
-    pub fn carried(
+    pub fn carried<'a>(
         &mut self,
-        f: &Frame,
+        f: &'a Frame,
         stmts: &HashMap<Box<[u8]>, Arc<Statement>>,
         shared: &Shared,
-    ) -> Option<Carried> {
-        let sql: Arc<str> = match f.tag {
-            b'Q' => Arc::from(query_sql(f).unwrap_or_default()),
+    ) -> Option<Carried<'a>> {
+        let sql = match f.tag {
+            b'Q' => Sql::Frame(query_sql(f).unwrap_or_default()),
             b'P' => {
                 let p = parse_view(f)?;
                 let class = shared.cache.load().get(p.sql);
@@ -96,7 +118,7 @@ impl Routing {
                 }
                 return Some(Carried {
                     class,
-                    sql: Arc::from(p.sql),
+                    sql: Sql::Frame(p.sql),
                 });
             }
             b'B' => match bind_statement(f) {
@@ -104,11 +126,11 @@ impl Routing {
                     let class = self.unnamed.clone()?;
                     return Some(Carried {
                         class,
-                        sql: Arc::from(""),
+                        sql: Sql::Frame(""),
                     });
                 }
                 Some(name) => {
-                    let sql = stmts.get(name)?.sql.clone();
+                    let sql = Sql::Prepared(stmts.get(name)?.sql.clone());
                     if let Some(class) = self.named.get(name) {
                         return Some(Carried {
                             class: class.clone(),
@@ -128,12 +150,12 @@ impl Routing {
     }
 
     /// The strictest statement of an extended-protocol batch, which decides where it runs.
-    pub fn unit(
+    pub fn unit<'a>(
         &mut self,
-        frames: &[Frame],
+        frames: &'a [Frame],
         stmts: &HashMap<Box<[u8]>, Arc<Statement>>,
         shared: &Shared,
-    ) -> Carried {
+    ) -> Carried<'a> {
         let mut best: Option<Carried> = None;
         for f in frames {
             if let Some(c) = self.carried(f, stmts, shared) {
@@ -146,8 +168,8 @@ impl Routing {
             }
         }
         best.unwrap_or_else(|| Carried {
-            class: Arc::new(empty_class()),
-            sql: Arc::from(""),
+            class: self.empty.clone(),
+            sql: Sql::Frame(""),
         })
     }
 
