@@ -44,7 +44,8 @@ pub async fn start(snapshot: Snapshot) -> std::io::Result<Running> {
         tokio::spawn(crate::metrics::serve(l, render));
     }
     tokio::spawn(accept_loop(listener, shared.clone(), rx.clone()));
-    tokio::spawn(maintenance(shared.clone(), rx));
+    tokio::spawn(maintenance(shared.clone(), rx.clone()));
+    tokio::spawn(crate::topology::watch::run(shared.clone(), rx));
     tracing::info!(%addr, metrics = ?metrics_addr, "pgdecomp listening");
     Ok(Running {
         addr,
@@ -83,10 +84,12 @@ async fn maintenance(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             _ = tick.tick() => {
                 let snap = shared.config.load_full();
                 let pools = shared.pools.load_full();
-                // Targets removed from the config get no new clients: close their pools.
+                // Servers gone from the config and the topology get no new clients: close their pools.
+                let view = shared.topology.view();
                 let addrs = [&snap.main, &snap.ci]
                     .into_iter()
-                    .flat_map(|c| std::iter::once(&c.primary).chain(c.replicas.iter()))
+                    .flat_map(|c| c.primary.iter().chain(c.replicas.iter()))
+                    .chain(view.clusters.iter().flat_map(|c| c.nodes.iter().map(|n| &n.addr)))
                     .cloned()
                     .collect::<Vec<_>>();
                 pools.retain(|key| addrs.contains(&key.spec.addr));

@@ -15,6 +15,7 @@ pub mod protocol;
 pub mod route;
 pub mod server;
 pub mod session;
+pub mod topology;
 
 /// The virtual database of the admin console.
 pub const ADMIN_DB: &str = "pgdecomp";

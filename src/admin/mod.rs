@@ -31,7 +31,7 @@ impl Table {
         self.rows.push(values);
     }
 
-    fn encode(&self, out: &mut BytesMut) {
+    pub fn encode(&self, out: &mut BytesMut) {
         let start = out.len();
         out.put_u8(b'T');
         out.put_i32(0);

@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use super::Table;
 use crate::protocol::backend::PgError;
 use crate::session::Shared;
+use crate::topology::ClusterId;
 
 fn s(v: impl ToString) -> Option<String> {
     Some(v.to_string())
@@ -152,14 +153,61 @@ pub fn show(what: &str, shared: &Shared) -> Result<Table, PgError> {
             ]);
             let mut names: Vec<_> = snap.databases.iter().collect();
             names.sort_by_key(|(n, _)| n.as_str());
+            let view = shared.topology.view();
+            let writer = |id| {
+                view.cluster(id)
+                    .writer()
+                    .map(|n| n.addr.clone())
+                    .unwrap_or_else(|| "(none writable)".into())
+            };
+            let (main, ci) = (writer(ClusterId::Main), writer(ClusterId::Ci));
             for (name, db) in names {
                 t.row(vec![
                     s(name),
                     s(&db.dbname),
                     db.db_config.map(|g| g.label().to_string()),
-                    s(&snap.main.primary),
-                    s(&snap.ci.primary),
+                    s(&main),
+                    s(&ci),
                 ]);
+            }
+        }
+        "TOPOLOGY" => {
+            t = Table::new(&[
+                "cluster",
+                "server",
+                "role",
+                "state",
+                "writable",
+                "in_rotation",
+                "lsn",
+                "lag_bytes",
+                "lag_seconds",
+                "patroni",
+                "error",
+            ]);
+            let view = shared.topology.view();
+            for id in ClusterId::ALL {
+                for n in &view.cluster(id).nodes {
+                    let p = n.probe();
+                    t.row(vec![
+                        s(id.label()),
+                        s(&n.addr),
+                        s(n.role_label()),
+                        s(n.state().label()),
+                        s(n.writable()),
+                        s(n.readable()),
+                        p.map(|p| p.lsn.to_string()),
+                        p.map(|p| p.lag_bytes.to_string()),
+                        p.map(|p| format!("{:.3}", p.lag_seconds)),
+                        n.patroni
+                            .as_ref()
+                            .map(|m| format!("{} {} {}", m.name, m.role, m.state)),
+                        match &n.health {
+                            crate::topology::Health::Down(e) => Some(e.clone()),
+                            _ => None,
+                        },
+                    ]);
+                }
             }
         }
         "SCHEMAS" => {

@@ -27,6 +27,8 @@ pub struct RawConfig {
     pub clusters: RawClusters,
     #[serde(default)]
     pub classify: RawClassify,
+    #[serde(default)]
+    pub health: RawHealth,
     /// Reload when the config, phase or auth file changes on disk (polled every second).
     #[serde(default)]
     pub watch_files: bool,
@@ -100,9 +102,50 @@ pub struct RawClusters {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawCluster {
-    pub primary: String,
+    /// Required unless `patroni` lists endpoints (then it only seeds the first check).
+    pub primary: Option<String>,
     #[serde(default)]
     pub replicas: Vec<String>,
+    /// Patroni REST endpoints (host:port) polled for the cluster's members and roles.
+    #[serde(default)]
+    pub patroni: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawHealth {
+    /// Seconds between checks of every server (and Patroni polls); 0 turns checking off.
+    pub interval: f64,
+    pub statement_timeout: f64,
+    pub max_lag_seconds: f64,
+    pub max_lag_bytes: u64,
+    /// Login for checks; defaults to `[server]`.
+    pub user: Option<String>,
+    pub password: Option<String>,
+    /// Database the checks connect to; defaults to the first configured database's dbname.
+    pub dbname: Option<String>,
+    /// Seconds a write waits for a writable primary (switchover, failover) before it fails.
+    pub primary_wait: f64,
+    pub read_your_writes: bool,
+    /// Seconds after a write during which the client's reads need a caught-up replica.
+    pub read_your_writes_timeout: f64,
+}
+
+impl Default for RawHealth {
+    fn default() -> Self {
+        Self {
+            interval: 2.0,
+            statement_timeout: 1.0,
+            max_lag_seconds: 60.0,
+            max_lag_bytes: 8 * 1024 * 1024,
+            user: None,
+            password: None,
+            dbname: None,
+            primary_wait: 10.0,
+            read_your_writes: true,
+            read_your_writes_timeout: 30.0,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

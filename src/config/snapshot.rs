@@ -7,12 +7,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::raw::{RawClassify, RawCluster, RawConfig};
+use super::raw::{RawClassify, RawCluster, RawConfig, RawHealth};
 use super::{read, ConfigError};
 use crate::auth::UserList;
 use crate::classify::{Classifier, Dictionary, SchemaRules};
 use crate::pool::{ConnLimits, PoolSettings};
 use crate::route::{Group, Phase};
+use crate::server::{ServerCredential, ServerSpec};
+use crate::topology::HealthSettings;
 
 /// How long a client keeps a server connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,11 +39,13 @@ pub struct Database {
     pub db_config: Option<Group>,
 }
 
-/// A primary and its replicas, as host:port.
+/// A primary and its replicas, as host:port, and the Patroni endpoints that say which is which.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Cluster {
-    pub primary: String,
+    /// Optional with Patroni: discovery names the leader.
+    pub primary: Option<String>,
     pub replicas: Vec<String>,
+    pub patroni: Vec<String>,
 }
 
 /// Everything a running pgdecomp needs, validated.
@@ -61,6 +65,7 @@ pub struct Snapshot {
     pub databases: HashMap<String, Database>,
     pub main: Cluster,
     pub ci: Cluster,
+    pub health: HealthSettings,
     pub classifier: Classifier,
     pub cache_size: usize,
     pub phase_file: PathBuf,
@@ -103,13 +108,73 @@ fn host_port(path: &Path, key: &str, v: &str) -> Result<String, ConfigError> {
 }
 
 fn cluster(path: &Path, name: &str, raw: &RawCluster) -> Result<Cluster, ConfigError> {
-    let primary = host_port(path, &format!("clusters.{name}.primary"), &raw.primary)?;
-    let replicas = raw
-        .replicas
-        .iter()
-        .map(|r| host_port(path, &format!("clusters.{name}.replicas"), r))
-        .collect::<Result<_, _>>()?;
-    Ok(Cluster { primary, replicas })
+    let primary = raw
+        .primary
+        .as_deref()
+        .map(|p| host_port(path, &format!("clusters.{name}.primary"), p))
+        .transpose()?;
+    if primary.is_none() && raw.patroni.is_empty() {
+        return Err(invalid(
+            path,
+            &format!("clusters.{name}.primary"),
+            "is required unless `patroni` lists the cluster's REST endpoints",
+        ));
+    }
+    let list = |key: &str, v: &[String]| {
+        v.iter()
+            .map(|r| host_port(path, &format!("clusters.{name}.{key}"), r))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    Ok(Cluster {
+        primary,
+        replicas: list("replicas", &raw.replicas)?,
+        patroni: list("patroni", &raw.patroni)?,
+    })
+}
+
+/// `[health]`: checks log in with their own credentials, else `[server]`'s.
+fn health(
+    path: &Path,
+    raw: &RawConfig,
+    databases: &HashMap<String, Database>,
+) -> Result<HealthSettings, ConfigError> {
+    let h: &RawHealth = &raw.health;
+    let user = h.user.clone().or_else(|| raw.server.user.clone());
+    let password = h.password.clone().or_else(|| raw.server.password.clone());
+    let dbname = h.dbname.clone().or_else(|| {
+        raw.databases
+            .keys()
+            .next()
+            .and_then(|k| databases.get(k))
+            .map(|d| d.dbname.clone())
+    });
+    let login = match (user, dbname) {
+        (Some(user), Some(dbname)) => Some(ServerSpec {
+            addr: String::new(),
+            dbname,
+            user,
+            credential: password.map_or(ServerCredential::None, ServerCredential::Plain),
+        }),
+        _ => None,
+    };
+    let timeout = secs(path, "health.statement_timeout", h.statement_timeout)?;
+    if timeout.is_zero() {
+        return Err(invalid(path, "health.statement_timeout", "must be above 0"));
+    }
+    Ok(HealthSettings {
+        interval: secs(path, "health.interval", h.interval)?,
+        statement_timeout: timeout,
+        max_lag_seconds: secs(path, "health.max_lag_seconds", h.max_lag_seconds)?,
+        max_lag_bytes: h.max_lag_bytes,
+        login,
+        primary_wait: secs(path, "health.primary_wait", h.primary_wait)?,
+        read_your_writes: h.read_your_writes,
+        read_your_writes_timeout: secs(
+            path,
+            "health.read_your_writes_timeout",
+            h.read_your_writes_timeout,
+        )?,
+    })
 }
 
 /// Builds the classifier of a `[classify]` table; file names are relative to `dir`.
@@ -220,6 +285,20 @@ impl Snapshot {
         let classifier = classifier_from(&raw.classify, dir)?;
         let phase_file = rel(&raw.phase_file);
         let phase = Arc::new(load_phase(&phase_file)?);
+        let health = health(path, &raw, &databases)?;
+        let (main, ci) = (
+            cluster(path, "main", &raw.clusters.main)?,
+            cluster(path, "ci", &raw.clusters.ci)?,
+        );
+        for (name, c) in [("main", &main), ("ci", &ci)] {
+            if !c.patroni.is_empty() && !health.checks_enabled() {
+                return Err(invalid(
+                    path,
+                    &format!("clusters.{name}.patroni"),
+                    "needs health checks: health.interval above 0 and a login ([health] or [server] user)",
+                ));
+            }
+        }
         Ok(Snapshot {
             source: path.to_path_buf(),
             listen,
@@ -234,8 +313,9 @@ impl Snapshot {
             server_user: raw.server.user.clone(),
             server_password: raw.server.password.clone(),
             databases,
-            main: cluster(path, "main", &raw.clusters.main)?,
-            ci: cluster(path, "ci", &raw.clusters.ci)?,
+            main,
+            ci,
+            health,
             classifier,
             cache_size: raw.classify.cache_size,
             phase_file: phase_file.clone(),
@@ -250,7 +330,8 @@ impl Snapshot {
     pub fn summary(&self) -> String {
         format!(
             "config {} is valid\n  listen {} metrics {}\n  pool_mode {:?}, pool_size {}, max_client_conn {}\n  \
-             main primary {} replicas {:?}\n  ci primary {} replicas {:?}\n  databases {:?}\n  \
+             main primary {:?} replicas {:?} patroni {:?}\n  ci primary {:?} replicas {:?} patroni {:?}\n  \
+             health checks {}\n  databases {:?}\n  \
              users in auth file {}, admin users {:?}\n  phase file {} (phase {} {:?})",
             self.source.display(),
             self.listen,
@@ -260,8 +341,21 @@ impl Snapshot {
             self.max_client_conn,
             self.main.primary,
             self.main.replicas,
+            self.main.patroni,
             self.ci.primary,
             self.ci.replicas,
+            self.ci.patroni,
+            if self.health.checks_enabled() {
+                format!(
+                    "every {:?}, max lag {:?} and {} bytes, read_your_writes {}",
+                    self.health.interval,
+                    self.health.max_lag_seconds,
+                    self.health.max_lag_bytes,
+                    self.health.read_your_writes
+                )
+            } else {
+                "off".to_string()
+            },
             {
                 let mut d: Vec<_> = self.databases.keys().collect();
                 d.sort();

@@ -2,8 +2,10 @@
 //! metric names and labels are visible in one place. Sessions record what the pure steps return.
 
 mod http;
+mod topology;
 
 pub use http::serve;
+pub use topology::TopologyMetrics;
 
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -71,6 +73,7 @@ pub struct Metrics {
     pub build_info: IntGaugeVec,
     /// Per target, in `Target::ALL` order.
     pub targets: Vec<TargetMetrics>,
+    pub topology: TopologyMetrics,
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -252,6 +255,7 @@ impl Metrics {
                 &["db_config_name", "server", "state"],
             ),
             build_info: gauge_vec(&r, "pgdecomp_build_info", "Build information", &["version"]),
+            topology: TopologyMetrics::new(&r),
             registry: r,
             targets: Vec::new(),
         };

@@ -19,6 +19,9 @@ pub struct ConnLimits {
 pub struct ServerManager {
     pub spec: ServerSpec,
     pub limits: ConnLimits,
+    /// For write targets: refuse a server in recovery. The health checker's view can be a round
+    /// old; this check on every new connection keeps writes off a node just demoted.
+    pub require_primary: bool,
 }
 
 impl deadpool::managed::Manager for ServerManager {
@@ -26,7 +29,21 @@ impl deadpool::managed::Manager for ServerManager {
     type Error = ServerError;
 
     async fn create(&self) -> Result<ServerConn, ServerError> {
-        let conn = ServerConn::connect(&self.spec, self.limits.connect_timeout).await;
+        let mut conn = ServerConn::connect(&self.spec, self.limits.connect_timeout).await;
+        if self.require_primary {
+            if let Ok(c) = &mut conn {
+                let check = tokio::time::timeout(
+                    self.limits.connect_timeout,
+                    c.query_row("SELECT pg_is_in_recovery()"),
+                );
+                conn = match check.await {
+                    Ok(Ok(row)) if row.first().cloned().flatten().as_deref() == Some("f") => conn,
+                    Ok(Ok(_)) => Err(ServerError::InRecovery(self.spec.addr.clone())),
+                    Ok(Err(e)) => Err(e),
+                    Err(_) => Err(ServerError::ConnectTimeout(self.spec.addr.clone())),
+                };
+            }
+        }
         match &conn {
             Ok(c) => {
                 tracing::debug!(server = %c.addr, pid = c.backend_pid, "server connection opened")

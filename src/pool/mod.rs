@@ -79,6 +79,7 @@ impl Pools {
         let manager = ServerManager {
             spec: key.spec.clone(),
             limits: self.settings.limits.clone(),
+            require_primary: !key.target.is_replica(),
         };
         let pool = Pool::builder(manager)
             .max_size(self.settings.pool_size.max(1))

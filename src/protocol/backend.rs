@@ -117,6 +117,26 @@ pub fn parse_parameter_status(body: &[u8]) -> Option<(String, String)> {
     ))
 }
 
+/// Reads the text values of a DataRow body (`None` for NULL); used by health checks only.
+pub fn parse_data_row(body: &[u8]) -> Option<Vec<Option<String>>> {
+    let (n, mut b) = body.split_first_chunk::<2>()?;
+    let mut values = Vec::with_capacity(usize::from(u16::from_be_bytes(*n)));
+    for _ in 0..u16::from_be_bytes(*n) {
+        let (len, rest) = b.split_first_chunk::<4>()?;
+        let len = i32::from_be_bytes(*len);
+        if len < 0 {
+            values.push(None);
+            b = rest;
+            continue;
+        }
+        let len = usize::try_from(len).ok()?;
+        let value = rest.get(..len)?;
+        values.push(Some(String::from_utf8_lossy(value).into_owned()));
+        b = &rest[len..];
+    }
+    Some(values)
+}
+
 /// Reads the SQLSTATE and message of an ErrorResponse body, for logs.
 pub fn parse_error_fields(body: &[u8]) -> (String, String) {
     let (mut code, mut message) = (String::new(), String::new());
@@ -152,6 +172,20 @@ mod tests {
         let (code, msg) = parse_error_fields(f.body());
         assert_eq!(code, "28P01");
         assert!(msg.contains("password authentication failed"));
+    }
+
+    #[test]
+    fn data_row_values() {
+        let mut body = vec![0, 3];
+        body.extend_from_slice(&1i32.to_be_bytes());
+        body.push(b't');
+        body.extend_from_slice(&(-1i32).to_be_bytes());
+        body.extend_from_slice(&0i32.to_be_bytes());
+        assert_eq!(
+            parse_data_row(&body),
+            Some(vec![Some("t".into()), None, Some(String::new())])
+        );
+        assert_eq!(parse_data_row(&body[..5]), None, "truncated");
     }
 
     #[test]

@@ -77,6 +77,25 @@ pub enum ServerError {
         code: String,
         message: String,
     },
+    #[error("server {0} is in recovery (a standby), not a primary")]
+    InRecovery(String),
+}
+
+impl ServerError {
+    /// Failures a switchover or restart causes, worth retrying elsewhere or a moment later;
+    /// a wrong password or a missing database is not.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Connect { .. }
+            | Self::ConnectTimeout(_)
+            | Self::Io { .. }
+            | Self::Closed(_)
+            | Self::InRecovery(_) => true,
+            // 57P01-57P03: shutting down, crash recovery, starting up; 08xxx: connection errors.
+            Self::Rejected { code, .. } => code.starts_with("57P") || code.starts_with("08"),
+            Self::Auth { .. } | Self::Protocol { .. } | Self::Query { .. } => false,
+        }
+    }
 }
 
 /// What a CancelRequest for this connection needs; shared so attaching costs no allocation.
@@ -362,6 +381,36 @@ impl ServerConn {
                 message,
             }),
             None => Ok(()),
+        }
+    }
+
+    /// Runs `sql` and returns its first row's text values (empty when it returned no row).
+    pub async fn query_row(&mut self, sql: &str) -> Result<Vec<Option<String>>, ServerError> {
+        let mut out = BytesMut::new();
+        write_query(sql, &mut out);
+        self.write(&out).await?;
+        let (mut failure, mut row) = (None, None);
+        loop {
+            let f = self.read_frame().await?;
+            match f.tag {
+                b'E' => failure = Some(parse_error_fields(f.body())),
+                b'D' if row.is_none() => {
+                    row = Some(
+                        crate::protocol::backend::parse_data_row(f.body())
+                            .ok_or_else(|| self.protocol("malformed DataRow"))?,
+                    )
+                }
+                b'Z' => break,
+                _ => {}
+            }
+        }
+        match failure {
+            Some((code, message)) => Err(ServerError::Query {
+                addr: self.addr.clone(),
+                code,
+                message,
+            }),
+            None => Ok(row.unwrap_or_default()),
         }
     }
 

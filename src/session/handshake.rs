@@ -107,8 +107,22 @@ pub async fn handshake(
     }
     super::auth::authenticate(io, &snap.users, snap.auth_type, &user).await?;
     let (server_user, credential) = server_credential(snap, &user);
+    // Any main server gives the same parameter list; prefer the primary.
+    let view = shared.topology.view();
+    let main = view.cluster(crate::topology::ClusterId::Main);
+    let Some(addr) = main
+        .writer()
+        .or_else(|| main.leader())
+        .or(main.nodes.first())
+        .map(|n| n.addr.clone())
+    else {
+        return Err(fatal(
+            "08006",
+            "pgdecomp knows no server of the main cluster yet",
+        ));
+    };
     let spec = ServerSpec {
-        addr: snap.main.primary.clone(),
+        addr,
         dbname: db.dbname.clone(),
         user: server_user,
         credential,

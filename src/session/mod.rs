@@ -6,7 +6,9 @@ mod cancel;
 pub mod control;
 mod handshake;
 mod io;
+mod local;
 mod params;
+mod placement;
 mod prepared;
 mod pump;
 mod relay;
@@ -59,6 +61,8 @@ pub struct Shared {
     pub control: control::Control,
     /// Set by SHUTDOWN on the admin console; the process stops when it changes.
     pub shutdown: tokio::sync::watch::Sender<bool>,
+    /// Which server plays which role, from the config and the health checker.
+    pub topology: crate::topology::Topology,
 }
 
 /// One violation as SHOW VIOLATIONS lists it.
@@ -83,6 +87,8 @@ impl Shared {
         ));
         let metrics = Metrics::new();
         metrics.phase.set(i64::from(snapshot.phase.number()));
+        let topology =
+            crate::topology::Topology::new(crate::topology::checker::static_view(&snapshot));
         Arc::new(Self {
             config: ArcSwap::from_pointee(snapshot),
             pools,
@@ -98,6 +104,7 @@ impl Shared {
             recent_violations: Mutex::default(),
             control: control::Control::default(),
             shutdown: tokio::sync::watch::Sender::new(false),
+            topology,
         })
     }
 }
@@ -119,7 +126,10 @@ impl Shared {
                     new.classifier.clone(),
                     new.cache_size,
                 )));
+                // Servers added or removed take effect now, not at the next health round.
+                let view = crate::topology::checker::rebase(&new, &self.topology.view());
                 self.config.store(Arc::new(new));
+                self.topology.publish(view);
                 self.metrics.phase.set(i64::from(phase));
                 self.metrics.reloads.with_label_values(&["ok"]).inc();
                 tracing::info!(config = %path.display(), phase, "configuration reloaded");

@@ -3,23 +3,25 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
 use super::cancel::CancelSlot;
 use super::io::ClientIo;
 use super::params::ClientParams;
+use super::placement::{place, PlaceError};
 use super::prepared::Statement;
 use super::pump::{pump, PumpEnd};
 use super::routing::Routing;
 use super::{SessionError, Shared};
 use crate::config::{Database, PoolMode, Snapshot};
-use crate::pool::{checkout, CheckoutError, PoolKey};
+use crate::pool::CheckoutError;
 use crate::protocol::backend::{self, PgError};
 use crate::protocol::frame::Frame;
-use crate::route::{Reason, Target};
+use crate::route::Reason;
 use crate::server::ServerSpec;
+use crate::topology::select::write_cluster;
+use crate::topology::ReadYourWrites;
 
 /// Buffered bytes in either direction beyond which the proxy stops reading the other side, so
 /// a slow reader pushes back on a fast writer instead of growing memory.
@@ -45,6 +47,8 @@ pub struct Client {
     pub skip_until_sync: bool,
     /// The client → server buffer, kept between transactions to avoid an allocation each.
     pub to_server: bytes::BytesMut,
+    /// Positions the client's reads must see (its own writes, or `pgdecomp.min_lsn`).
+    pub ryw: ReadYourWrites,
 }
 
 /// What the handshake established about a client.
@@ -74,9 +78,13 @@ impl Client {
             cancel_key: l.cancel_key,
             cancel_slot: l.cancel_slot,
             pool_mode: l.snap.pool_mode,
-            routing: Routing::new(&l.db, l.snap),
+            routing: Routing::new(&l.db, l.snap.clone()),
             skip_until_sync: false,
             to_server: bytes::BytesMut::with_capacity(8 * 1024),
+            ryw: ReadYourWrites::new(
+                l.snap.health.read_your_writes,
+                l.snap.health.read_your_writes_timeout,
+            ),
         }
     }
 
@@ -113,6 +121,9 @@ pub async fn run(
             _ if c.skip_until_sync => continue,
             _ => {}
         }
+        if first.tag == b'Q' && super::local::answer(c, &first) {
+            continue;
+        }
         c.routing.refresh(shared);
         let unit = collect_unit(c, first).await?;
         let carried = c.routing.unit(&unit, &c.stmts, shared);
@@ -140,19 +151,10 @@ pub async fn run(
         }
         entry.set(1, Some(target));
         shared.control.wait_unpaused(target).await;
-        let spec = spec_for(&c.spec, &c.routing.snap, target, shared);
-        let pool = shared.pools.load().pool(&PoolKey { target, spec });
         let waited = Instant::now();
-        let conn = match checkout(&pool, target).await {
+        let conn = match place(c, target, shared).await {
             Ok(conn) => conn,
             Err(e) => {
-                if !matches!(e, CheckoutError::WaitTimeout { .. }) {
-                    shared
-                        .metrics
-                        .server_connect_errors
-                        .with_label_values(&[target.label()])
-                        .inc();
-                }
                 reject(c, &unit, &e);
                 entry.set(0, Some(target));
                 continue;
@@ -170,6 +172,11 @@ pub async fn run(
         entry.set(0, Some(target));
         let end = end?;
         tm.transaction_seconds.observe(held.elapsed().as_secs_f64());
+        if c.routing.take_wrote() && !target.is_replica() {
+            // Committed (or ended) now: reads need a replica that has replayed it.
+            let cluster = write_cluster(target, c.routing.snap.phase.ci_write_host());
+            c.ryw.wrote(cluster, Instant::now());
+        }
         if end == PumpEnd::ClientGone {
             return Ok(());
         }
@@ -201,41 +208,13 @@ async fn collect_unit(c: &mut Client, first: Frame) -> Result<Vec<Frame>, Sessio
     Ok(unit)
 }
 
-/// The server address for `target`, with the client's login. A group without replicas reads
-/// from its primary (counted).
-fn spec_for(base: &ServerSpec, snap: &Snapshot, target: Target, shared: &Shared) -> ServerSpec {
-    let pick = |replicas: &[String], primary: &str| -> String {
-        if replicas.is_empty() {
-            shared
-                .metrics
-                .replica_fallback
-                .with_label_values(&[target.label()])
-                .inc();
-            return primary.to_string();
-        }
-        let i = shared.replica_rr.fetch_add(1, Ordering::Relaxed) % replicas.len();
-        replicas[i].clone()
-    };
-    let addr = match target {
-        Target::Main => snap.main.primary.clone(),
-        Target::Ci => match snap.phase.ci_write_host() {
-            crate::route::CiWriteHost::MainPrimary => snap.main.primary.clone(),
-            crate::route::CiWriteHost::CiPrimary => snap.ci.primary.clone(),
-        },
-        Target::MainReplica => pick(&snap.main.replicas, &snap.main.primary),
-        Target::CiReplica => pick(&snap.ci.replicas, &snap.ci.primary),
-    };
-    ServerSpec {
-        addr,
-        ..base.clone()
-    }
-}
-
 /// Answers a request that could not get a server; the session stays usable.
-fn reject(c: &mut Client, unit: &[Frame], e: &CheckoutError) {
+fn reject(c: &mut Client, unit: &[Frame], e: &PlaceError) {
     tracing::warn!(client = c.id, peer = %c.peer, user = %c.user, database = %c.database, error = %e, "no server connection for client");
     let code = match e {
-        CheckoutError::WaitTimeout { .. } => "53300",
+        PlaceError::Checkout(CheckoutError::WaitTimeout { .. }) => "53300",
+        // PostgreSQL's own code for a server that is starting or stopping: clients retry it.
+        PlaceError::NoWriter { .. } => "57P03",
         _ => "08006",
     };
     PgError::error(code, e.to_string()).encode(&mut c.io.wbuf);

@@ -34,6 +34,8 @@ pub struct Routing {
     named: HashMap<Box<[u8]>, Arc<Classification>>,
     /// A BEGIN answered by the proxy, sent to the server the first statement picks.
     pub held_begin: Option<Bytes>,
+    /// Since the last `take_wrote`: a statement that may have written was sent.
+    wrote: bool,
 }
 
 /// A statement carried by one client message.
@@ -88,6 +90,7 @@ impl Routing {
             empty: Arc::new(empty_class()),
             named: HashMap::new(),
             held_begin: None,
+            wrote: false,
         }
     }
 
@@ -230,6 +233,13 @@ impl Routing {
     /// Applies a handled statement to the session's routing state.
     pub fn after(&mut self, carried: &Carried, d: &Decision) {
         self.state.after_statement(&carried.class, d);
+        // Functions that write are classified as writes; a plain read or SET cannot write.
+        self.wrote |= carried.class.kind.strictness() >= StatementKind::LockingRead.strictness();
+    }
+
+    /// Whether a possibly-writing statement was sent since the last call.
+    pub fn take_wrote(&mut self) -> bool {
+        std::mem::take(&mut self.wrote)
     }
 
     /// In session pooling one server serves the whole session: the group's write target.

@@ -62,6 +62,11 @@ pub struct ProxyConfig {
     main_replicas: Vec<u16>,
     ci_primary: u16,
     ci_replicas: Vec<u16>,
+    /// The body of `[health]`. Tests of routing tables turn read-your-writes off: it sends a
+    /// client's reads after its writes to the primary, which `tests/topology.rs` covers.
+    pub health: String,
+    /// Patroni REST endpoints of main and ci; when set, the clusters list no hosts.
+    pub patroni: Option<(Vec<String>, Vec<String>)>,
     /// Raw TOML appended at the end (extra tables such as `[classify]`).
     pub extra: String,
 }
@@ -89,8 +94,36 @@ impl ProxyConfig {
             main_replicas,
             ci_primary,
             ci_replicas,
+            health: "interval = 0.5\nread_your_writes = false".into(),
+            patroni: None,
             extra: String::new(),
         }
+    }
+
+    /// A config for servers the harness did not start (a Patroni lab): clusters by Patroni
+    /// endpoints only.
+    pub fn for_patroni(main: Vec<String>, ci: Vec<String>) -> ProxyConfig {
+        ProxyConfig {
+            listen: free_port(),
+            metrics_listen: free_port(),
+            pool: PoolSettings::default(),
+            auth_type: "scram-sha-256".into(),
+            server: Some((GITLAB.0.into(), GITLAB.1.into())),
+            phase: 1,
+            main_primary: 0,
+            main_replicas: vec![],
+            ci_primary: 0,
+            ci_replicas: vec![],
+            health: "interval = 0.5".into(),
+            patroni: Some((main, ci)),
+            extra: String::new(),
+        }
+    }
+
+    /// Replaces the body of `[health]`.
+    pub fn health(mut self, toml: &str) -> Self {
+        self.health = toml.into();
+        self
     }
 
     pub fn pool_mode(mut self, mode: &str) -> Self {
@@ -166,20 +199,28 @@ impl ProxyConfig {
                 let _ = writeln!(s, "db_config = \"{db_config}\"");
             }
         }
-        for (name, primary, replicas) in [
-            ("main", self.main_primary, &self.main_replicas),
-            ("ci", self.ci_primary, &self.ci_replicas),
-        ] {
-            let replicas: Vec<String> = replicas
-                .iter()
-                .map(|p| format!("\"127.0.0.1:{p}\""))
-                .collect();
-            let _ = writeln!(
-                s,
-                "\n[clusters.{name}]\nprimary = \"127.0.0.1:{primary}\"\nreplicas = [{}]",
-                replicas.join(", ")
-            );
+        if let Some((main, ci)) = &self.patroni {
+            for (name, endpoints) in [("main", main), ("ci", ci)] {
+                let list: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
+                let _ = writeln!(s, "\n[clusters.{name}]\npatroni = [{}]", list.join(", "));
+            }
+        } else {
+            for (name, primary, replicas) in [
+                ("main", self.main_primary, &self.main_replicas),
+                ("ci", self.ci_primary, &self.ci_replicas),
+            ] {
+                let replicas: Vec<String> = replicas
+                    .iter()
+                    .map(|p| format!("\"127.0.0.1:{p}\""))
+                    .collect();
+                let _ = writeln!(
+                    s,
+                    "\n[clusters.{name}]\nprimary = \"127.0.0.1:{primary}\"\nreplicas = [{}]",
+                    replicas.join(", ")
+                );
+            }
         }
+        let _ = writeln!(s, "\n[health]\n{}", self.health);
         s.push_str(&self.extra);
         s
     }

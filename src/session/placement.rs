@@ -1,0 +1,120 @@
+//! Pipeline steps route → topology → pool for one request: turn the routed target into a
+//! server with `topology::pick` (replica rotation, lag, read-your-writes, the Patroni fence) and
+//! check out a connection. Writes wait, bounded, for a writable primary during a switchover;
+//! a replica that refuses connections is skipped once in favour of another server.
+
+use std::time::{Duration, Instant};
+
+use super::relay::Client;
+use super::Shared;
+use crate::config::PoolMode;
+use crate::pool::{checkout, CheckoutError, PoolKey, PooledConn};
+use crate::route::Target;
+use crate::server::ServerSpec;
+use crate::topology::select::read_cluster;
+use crate::topology::{pick, Need, Pick, Via};
+
+/// How long one wait for a topology change lasts before the view is looked at again.
+const RECHECK: Duration = Duration::from_millis(100);
+
+/// Why no connection could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum PlaceError {
+    #[error("{0}")]
+    Checkout(#[from] CheckoutError),
+    #[error("pgdecomp: {why}; waited {waited:.1} s (health.primary_wait). The statement was not run; retry it")]
+    NoWriter { why: String, waited: f64 },
+}
+
+/// A server connection for `target`.
+pub async fn place(
+    c: &mut Client,
+    target: Target,
+    shared: &Shared,
+) -> Result<PooledConn, PlaceError> {
+    let snap = c.routing.snap.clone();
+    let tm = &shared.metrics.topology;
+    let started = Instant::now();
+    let deadline = started + snap.health.primary_wait;
+    let mut changes = shared.topology.subscribe();
+    let mut skip: Option<String> = None;
+    let mut waited = false;
+    loop {
+        let view = shared.topology.view();
+        let need = if !target.is_replica() || c.pool_mode == PoolMode::Session {
+            Need::Any
+        } else {
+            c.ryw.need(&view, read_cluster(target), Instant::now())
+        };
+        let rr = shared
+            .replica_rr
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let ci_host = snap.phase.ci_write_host();
+        let err = match pick(&view, target, ci_host, need, rr, skip.as_deref()) {
+            Pick::Server { addr, via } => {
+                let key = PoolKey {
+                    target,
+                    spec: ServerSpec {
+                        addr: addr.clone(),
+                        ..c.spec.clone()
+                    },
+                };
+                let pool = shared.pools.load().pool(&key);
+                match checkout(&pool, target).await {
+                    Ok(conn) => {
+                        if waited {
+                            tm.primary_wait.observe(started.elapsed().as_secs_f64());
+                        }
+                        tm.placed(target, via).inc();
+                        if via == Via::NoReplica {
+                            shared
+                                .metrics
+                                .replica_fallback
+                                .with_label_values(&[target.label()])
+                                .inc();
+                        }
+                        return Ok(conn);
+                    }
+                    Err(CheckoutError::Server(e)) if e.is_transient() => {
+                        shared
+                            .metrics
+                            .server_connect_errors
+                            .with_label_values(&[target.label()])
+                            .inc();
+                        if target.is_replica() && skip.is_none() {
+                            // Try another server right away; the checker takes it out soon.
+                            tracing::warn!(server = %addr, error = %e, "replica unreachable; trying another server");
+                            skip = Some(addr);
+                            continue;
+                        }
+                        PlaceError::Checkout(CheckoutError::Server(e))
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Pick::NoWriter(why) => PlaceError::NoWriter {
+                why,
+                waited: started.elapsed().as_secs_f64(),
+            },
+        };
+        // Only a write target waits: a switchover leaves no primary for a second or two.
+        let now = Instant::now();
+        if target.is_replica() || now >= deadline {
+            if !target.is_replica() {
+                tm.primary_unavailable
+                    .with_label_values(&[target.label()])
+                    .inc();
+            }
+            return Err(match err {
+                PlaceError::NoWriter { why, .. } => PlaceError::NoWriter {
+                    why,
+                    waited: started.elapsed().as_secs_f64(),
+                },
+                other => other,
+            });
+        }
+        waited = true;
+        let wait = RECHECK.min(deadline - now);
+        let _ = tokio::time::timeout(wait, changes.changed()).await;
+    }
+}

@@ -1,0 +1,322 @@
+//! Health checks beside the pipeline: each round learns the members (config or Patroni), asks
+//! every server for its recovery state and WAL position over a kept connection, and computes
+//! replay lag against the primary its cluster follows. Produces a new `View`; publishing and
+//! metrics are the caller's.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use super::lsn::Lsn;
+use super::patroni;
+use super::view::{ClusterId, ClusterView, Health, Node, Probe, Role, View};
+use super::HealthSettings;
+use crate::config::{Cluster, Snapshot};
+use crate::server::{ServerConn, ServerError, ServerSpec};
+
+/// One query answers everything a round needs from a server. `now()` minus the last replayed
+/// commit's timestamp is GitLab's lag-in-time measure; it is NULL before any replay.
+const CHECK_SQL: &str = "SELECT pg_is_in_recovery(), \
+     CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_insert_lsn() END, \
+     EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp())";
+
+const TIMED_OUT: &str = "check timed out";
+
+/// Kept between rounds: check connections and Patroni's last answers.
+pub struct Checker {
+    conns: HashMap<String, ServerConn>,
+    http: reqwest::Client,
+    /// Members from the last Patroni answer, kept while no endpoint answers.
+    discovered: [Option<Vec<Node>>; 2],
+    /// Errors logged once per change, not once per round.
+    last_error: HashMap<String, String>,
+    /// Health from the previous round, so one slow check does not take a server out.
+    previous: HashMap<String, Health>,
+}
+
+impl Default for Checker {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The members a static cluster config names.
+pub fn static_nodes(c: &Cluster) -> Vec<Node> {
+    c.primary
+        .iter()
+        .map(|p| Node::new(p.clone(), Role::Leader))
+        .chain(
+            c.replicas
+                .iter()
+                .map(|r| Node::new(r.clone(), Role::Replica)),
+        )
+        .collect()
+}
+
+/// The view from the config alone, before (or without) health checks.
+pub fn static_view(snap: &Snapshot) -> View {
+    View {
+        clusters: [
+            ClusterView {
+                nodes: static_nodes(&snap.main),
+                discovered: false,
+            },
+            ClusterView {
+                nodes: static_nodes(&snap.ci),
+                discovered: false,
+            },
+        ],
+    }
+}
+
+/// After a reload: the new config's static members at once, keeping what the last round
+/// learned about servers that stay (Patroni-discovered clusters are kept as they are).
+pub fn rebase(snap: &Snapshot, prev: &View) -> View {
+    let mut next = static_view(snap);
+    for id in ClusterId::ALL {
+        let old = prev.cluster(id);
+        let c = &mut next.clusters[id.index()];
+        let patroni = match id {
+            ClusterId::Main => !snap.main.patroni.is_empty(),
+            ClusterId::Ci => !snap.ci.patroni.is_empty(),
+        };
+        if patroni && old.discovered {
+            *c = old.clone();
+            continue;
+        }
+        for n in &mut c.nodes {
+            if let Some(o) = old
+                .nodes
+                .iter()
+                .find(|o| o.addr == n.addr && o.role == n.role)
+            {
+                n.health = o.health.clone();
+                n.lagging = o.lagging;
+            }
+        }
+    }
+    next
+}
+
+impl Checker {
+    pub fn new() -> Self {
+        Self {
+            conns: HashMap::new(),
+            http: reqwest::Client::new(),
+            discovered: [None, None],
+            last_error: HashMap::new(),
+            previous: HashMap::new(),
+        }
+    }
+
+    /// One round: members, probes, lag. Never fails; what went wrong is in the view.
+    pub async fn round(&mut self, snap: &Snapshot) -> View {
+        let h = &snap.health;
+        let mut view = View::default();
+        for id in ClusterId::ALL {
+            let cluster = match id {
+                ClusterId::Main => &snap.main,
+                ClusterId::Ci => &snap.ci,
+            };
+            view.clusters[id.index()] = self.members(id, cluster, h).await;
+        }
+        let Some(login) = &h.login else {
+            return view;
+        };
+        let mut probes = Vec::new();
+        for c in &view.clusters {
+            for n in &c.nodes {
+                probes.push(n.addr.clone());
+            }
+        }
+        probes.sort();
+        probes.dedup();
+        let mut jobs = Vec::new();
+        for addr in probes {
+            let conn = self.conns.remove(&addr);
+            let spec = ServerSpec {
+                addr: addr.clone(),
+                ..login.clone()
+            };
+            jobs.push(tokio::spawn(probe(spec, conn, h.statement_timeout)));
+        }
+        let mut results = HashMap::new();
+        for job in jobs {
+            let Ok((addr, conn, health)) = job.await else {
+                continue;
+            };
+            if let Some(c) = conn {
+                self.conns.insert(addr.clone(), c);
+            }
+            // A single timeout on a busy machine keeps the last result; two in a row count.
+            let health = match (health, self.previous.get(&addr).cloned()) {
+                (Health::Down(e), Some(Health::Up(p))) if e == TIMED_OUT => {
+                    self.previous.insert(addr.clone(), Health::Down(e));
+                    Health::Up(p)
+                }
+                (h, _) => {
+                    self.previous.insert(addr.clone(), h.clone());
+                    h
+                }
+            };
+            self.note(&addr, &health);
+            results.insert(addr, health);
+        }
+        for c in &mut view.clusters {
+            for n in &mut c.nodes {
+                if let Some(health) = results.get(&n.addr) {
+                    n.health = health.clone();
+                }
+            }
+        }
+        apply_lag(&mut view, h);
+        // Forget connections to servers that left the topology.
+        let known: Vec<String> = view
+            .clusters
+            .iter()
+            .flat_map(|c| c.nodes.iter().map(|n| n.addr.clone()))
+            .collect();
+        self.conns.retain(|a, _| known.contains(a));
+        self.previous.retain(|a, _| known.contains(a));
+        view
+    }
+
+    async fn members(&mut self, id: ClusterId, c: &Cluster, h: &HealthSettings) -> ClusterView {
+        if c.patroni.is_empty() {
+            return ClusterView {
+                nodes: static_nodes(c),
+                discovered: false,
+            };
+        }
+        let timeout = h.statement_timeout.max(Duration::from_millis(500));
+        let slot = &mut self.discovered[id.index()];
+        match patroni::discover(&self.http, &c.patroni, timeout).await {
+            Ok(nodes) => {
+                self.last_error.remove(id.label());
+                *slot = Some(nodes);
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                if self.last_error.get(id.label()) != Some(&msg) {
+                    tracing::warn!(cluster = id.label(), error = %msg, "Patroni discovery failed; keeping the last known members");
+                    self.last_error.insert(id.label().to_string(), msg);
+                }
+            }
+        }
+        ClusterView {
+            nodes: slot.clone().unwrap_or_else(|| static_nodes(c)),
+            discovered: slot.is_some(),
+        }
+    }
+
+    fn note(&mut self, addr: &str, health: &Health) {
+        match health {
+            Health::Down(e) => {
+                if self.last_error.get(addr) != Some(e) {
+                    tracing::warn!(server = addr, error = %e, "health check failed");
+                    self.last_error.insert(addr.to_string(), e.clone());
+                }
+            }
+            _ => {
+                if self.last_error.remove(addr).is_some() {
+                    tracing::info!(server = addr, "health check succeeds again");
+                }
+            }
+        }
+    }
+}
+
+/// Checks one server, reusing its connection; returns the connection when it is still good.
+async fn probe(
+    spec: ServerSpec,
+    conn: Option<ServerConn>,
+    timeout: Duration,
+) -> (String, Option<ServerConn>, Health) {
+    let addr = spec.addr.clone();
+    let result = tokio::time::timeout(timeout * 2, async {
+        let mut conn = match conn {
+            Some(c) => c,
+            None => {
+                let mut c = ServerConn::connect(&spec, timeout).await?;
+                let ms = timeout.as_millis().max(1);
+                c.simple_query(&format!("SET statement_timeout = {ms}"))
+                    .await?;
+                c
+            }
+        };
+        let sent = Instant::now();
+        let row = conn.query_row(CHECK_SQL).await?;
+        Ok::<_, ServerError>((conn, sent, row))
+    })
+    .await;
+    match result {
+        Err(_) => (addr, None, Health::Down(TIMED_OUT.into())),
+        Ok(Err(e)) => {
+            let health = match &e {
+                // The checker's own login is wrong: that says nothing about the server.
+                ServerError::Auth { .. } => Health::Unknown,
+                ServerError::Rejected { code, .. } if code.starts_with("28") => Health::Unknown,
+                _ => Health::Down(e.to_string()),
+            };
+            if matches!(health, Health::Unknown) {
+                tracing::warn!(server = %addr, error = %e, "health check cannot log in; check [health] user/password");
+            }
+            (addr, None, health)
+        }
+        Ok(Ok((conn, sent, row))) => {
+            let get = |i: usize| row.get(i).cloned().flatten();
+            let in_recovery = get(0).as_deref() == Some("t");
+            let lsn = get(1)
+                .and_then(|l| l.parse::<Lsn>().ok())
+                .unwrap_or_default();
+            let replay_age = get(2).and_then(|s| s.parse::<f64>().ok());
+            let probe = Probe {
+                in_recovery,
+                lsn,
+                lag_bytes: 0,
+                // Filled in by `apply_lag` once the primary's position is known.
+                lag_seconds: replay_age.unwrap_or(f64::INFINITY),
+                sent,
+            };
+            (addr, Some(conn), Health::Up(probe))
+        }
+    }
+}
+
+/// Lag of every standby against the primary whose WAL it replays, and GitLab's rule: a server
+/// lags when it is behind by more than `max_lag_bytes` AND `max_lag_seconds`.
+pub fn apply_lag(view: &mut View, h: &HealthSettings) {
+    let reference: Vec<Option<Lsn>> = ClusterId::ALL
+        .iter()
+        .map(|&id| {
+            let src = view.wal_source(id);
+            view.cluster(src).writer_probe().map(|p| p.lsn)
+        })
+        .collect();
+    for id in ClusterId::ALL {
+        let primary = reference[id.index()];
+        for n in &mut view.clusters[id.index()].nodes {
+            let Health::Up(p) = &mut n.health else {
+                n.lagging = false;
+                continue;
+            };
+            if !p.in_recovery {
+                p.lag_bytes = 0;
+                p.lag_seconds = 0.0;
+                n.lagging = false;
+                continue;
+            }
+            match primary {
+                Some(primary) => {
+                    p.lag_bytes = primary.ahead_of(p.lsn);
+                    if p.lag_bytes == 0 {
+                        p.lag_seconds = 0.0;
+                    }
+                }
+                // Without a primary to compare with, only the time measure is known.
+                None => p.lag_bytes = 0,
+            }
+            n.lagging =
+                p.lag_bytes > h.max_lag_bytes && p.lag_seconds > h.max_lag_seconds.as_secs_f64();
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! Between route and pool: which server plays which role right now. Route picks a target
+//! (main, ci, main_replica, ci_replica); `select` turns it into a server address using the
+//! current `View`, which the health checker (`checker`, with Patroni discovery in `patroni`)
+//! replaces every round. `ryw` keeps each client's reads behind its own writes.
+
+pub mod checker;
+pub mod lsn;
+pub mod patroni;
+pub mod ryw;
+pub mod select;
+#[cfg(test)]
+mod tests;
+pub mod view;
+pub mod watch;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+pub use lsn::Lsn;
+pub use ryw::ReadYourWrites;
+pub use select::{pick, Need, Pick, Via};
+pub use view::{ClusterId, Health, Node, NodeState, Role, View};
+
+use crate::server::ServerSpec;
+
+/// `[health]` from the config, validated.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HealthSettings {
+    /// Zero turns checking (and Patroni polling) off: the config's roles are trusted.
+    pub interval: Duration,
+    pub statement_timeout: Duration,
+    pub max_lag_seconds: Duration,
+    pub max_lag_bytes: u64,
+    /// Login and database for checks (the address is filled in per server); `None` when no
+    /// credentials are configured, which also turns checks off.
+    pub login: Option<ServerSpec>,
+    pub primary_wait: Duration,
+    pub read_your_writes: bool,
+    pub read_your_writes_timeout: Duration,
+}
+
+impl HealthSettings {
+    pub fn checks_enabled(&self) -> bool {
+        !self.interval.is_zero() && self.login.is_some()
+    }
+}
+
+/// The published view and a signal for sessions waiting for it to change.
+pub struct Topology {
+    view: ArcSwap<View>,
+    changed: tokio::sync::watch::Sender<u64>,
+}
+
+impl Topology {
+    pub fn new(initial: View) -> Self {
+        Self {
+            view: ArcSwap::from_pointee(initial),
+            changed: tokio::sync::watch::Sender::new(0),
+        }
+    }
+
+    pub fn view(&self) -> Arc<View> {
+        self.view.load_full()
+    }
+
+    /// Publishes `next`; returns the previous view when anything differs.
+    pub fn publish(&self, next: View) -> Option<Arc<View>> {
+        let prev = self.view.load_full();
+        if *prev == next {
+            return None;
+        }
+        self.view.store(Arc::new(next));
+        self.changed.send_modify(|g| *g += 1);
+        Some(prev)
+    }
+
+    /// A receiver that wakes on every publish that changed something.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+}
