@@ -4,6 +4,8 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod patroni;
+pub mod patroni_conf;
 pub mod proxy;
 pub mod raw;
 pub mod scrape;
