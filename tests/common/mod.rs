@@ -5,7 +5,6 @@
 
 pub mod cluster;
 pub mod patroni;
-pub mod patroni_conf;
 pub mod proxy;
 pub mod raw;
 pub mod scrape;

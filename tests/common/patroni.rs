@@ -4,16 +4,19 @@
 //! /work/shared/reference/patroni.md for the timings and gotchas this follows.
 //!
 //! Everything runs as `postgres` (when we are root) in its own session with a pid file under a
-//! temp root; `Drop` stops it, and a detached watchdog does when the test process dies.
+//! temp root (on /dev/shm when there is one); `Drop` stops it, and a detached watchdog does when
+//! the test process dies.
 
-use super::cluster::{free_port, run_bounded, running_as_root, DATABASE};
-use super::patroni_conf::{self as conf, MemberConf};
-use serde_json::Value;
+mod conf;
+mod internal;
+mod os;
+
+use super::cluster::free_port;
+use os::{alive, curl, signal, spawn_watchdog, stop_children};
 use std::collections::HashMap;
-use std::fs::File;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::path::PathBuf;
+use std::process::Child;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -22,9 +25,6 @@ pub const START_BOUND: Duration = Duration::from_secs(180);
 /// Bound for every other wait: a failover with ttl 10 takes ~10 s, a switchover ~2 s.
 pub const BOUND: Duration = Duration::from_secs(60);
 
-const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
-const ROLES_SQL: &str = include_str!("../fixtures/roles.sql");
-const GITLAB_SQL: &str = include_str!("../fixtures/gitlab.sql");
 const CLUSTERS: [(&str, [&str; 2]); 2] = [("main", ["main-1", "main-2"]), ("ci", ["ci-1", "ci-2"])];
 
 struct Member {
@@ -51,7 +51,7 @@ impl PatroniLab {
     pub fn start() -> PatroniLab {
         let started = Instant::now();
         let deadline = started + START_BOUND;
-        let root = new_root();
+        let root = os::new_root();
         let members = CLUSTERS
             .iter()
             .flat_map(|(cluster, names)| names.iter().map(move |name| (*cluster, *name)))
@@ -231,272 +231,6 @@ impl PatroniLab {
     }
 }
 
-/// One row of Patroni's GET /cluster.
-struct ClusterMember {
-    name: String,
-    role: String,
-    state: String,
-}
-
-impl PatroniLab {
-    fn start_etcd(&self, deadline: Instant) {
-        let peer_port = free_port();
-        let config = conf::etcd_config(&self.root.join("etcd"), self.etcd_port, peer_port);
-        let path = self.root.join("conf/etcd.yml");
-        std::fs::write(&path, config.to_string()).expect("write etcd config");
-        let mut cmd = as_postgres("/usr/bin/etcd");
-        cmd.arg("--config-file").arg(&path);
-        self.spawn("etcd", cmd);
-        let url = format!("http://127.0.0.1:{}/health", self.etcd_port);
-        self.bring_up_wait("etcd to be healthy", deadline, || {
-            curl("GET", &url, None, 2).filter(|(code, _)| *code == 200)
-        });
-    }
-
-    /// Writes `name`'s Patroni config and starts it; `standby_of` is main's leader port for ci.
-    fn start_member(&self, name: &str, standby_of: Option<u16>) {
-        let m = self.member(name);
-        let (data_dir, socket_dir) = (self.data_dir(name), self.root.join("sock").join(name));
-        let pgpass = self.root.join("run").join(format!("{name}.pgpass"));
-        let member = MemberConf {
-            cluster: m.cluster,
-            name,
-            pg_port: m.pg_port,
-            rest_port: m.rest_port,
-            data_dir: &data_dir,
-            socket_dir: &socket_dir,
-            pgpass: &pgpass,
-        };
-        let config = conf::patroni_config(&member, self.etcd_port, standby_of);
-        let path = self.root.join("conf").join(format!("{name}.yml"));
-        std::fs::write(&path, config.to_string()).expect("write Patroni config");
-        let mut cmd = as_postgres("/usr/bin/patroni");
-        cmd.arg(&path);
-        self.spawn(name, cmd);
-    }
-
-    /// Spawns `cmd` with its output in log/<name>.log and its pid in run/<name>.pid.
-    fn spawn(&self, name: &str, mut cmd: Command) {
-        let log = File::create(self.log_path(name)).expect("create log file");
-        let child = cmd
-            .current_dir(&self.root)
-            .env("HOME", &self.root)
-            // python3 on PATH may be a pyenv shim; /usr/bin/patroni's own python must win.
-            .env_remove("PYTHONPATH")
-            .env_remove("PYTHONHOME")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("clone log file"))
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
-        let pid_file = self.root.join("run").join(format!("{name}.pid"));
-        std::fs::write(pid_file, child.id().to_string()).expect("write pid file");
-        self.procs.lock().unwrap().insert(name.to_string(), child);
-    }
-
-    fn wait_writable_leader(&self, cluster: &str, deadline: Instant) -> String {
-        self.bring_up_wait(&format!("a writable leader in {cluster}"), deadline, || {
-            let leader = self
-                .cluster_state(cluster)
-                .into_iter()
-                .find(|m| is_leader_role(&m.role) && m.state == "running")?;
-            self.is_writable(&leader.name).then_some(leader.name)
-        })
-    }
-
-    fn load_fixtures(&self, member: &str) {
-        for (db, sql) in [("postgres", ROLES_SQL), (DATABASE, GITLAB_SQL)] {
-            let mut cmd = self.psql_command(member, db);
-            let out = run_bounded(cmd.args(["-q", "-f", "-"]), sql, BOUND);
-            assert!(
-                out.status.success(),
-                "loading a fixture into {member}/{db} failed:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-    }
-
-    /// Waits until every member streams from its upstream (pg_stat_replication, since /replica
-    /// 200 comes before the cascading slot exists) and has replayed main's current WAL.
-    fn wait_replicated(&self, main_leader: &str, ci_leader: &str, deadline: Instant) {
-        let lsn = self.psql(main_leader, "postgres", "select pg_current_wal_lsn()");
-        for m in self.members.iter().filter(|m| m.name != main_leader) {
-            let upstream = if m.cluster == "main" || m.name == ci_leader {
-                main_leader
-            } else {
-                ci_leader
-            };
-            let streaming = format!(
-                "select count(*) from pg_stat_replication \
-                 where application_name = '{}' and state = 'streaming'",
-                m.name
-            );
-            let replayed = format!("select pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn");
-            let what = format!("{} to stream from {upstream} and replay {lsn}", m.name);
-            self.bring_up_wait(&what, deadline, || {
-                let ok = self.try_psql(upstream, "postgres", &streaming).as_deref() == Ok("1")
-                    && self.try_psql(m.name, "postgres", &replayed).as_deref() == Ok("t");
-                ok.then_some(())
-            });
-        }
-    }
-
-    /// Points ci's standby leader at main's new leader and waits until it streams from there.
-    fn repoint_ci(&self, main_leader: &str) {
-        let port = self.pg_port(main_leader);
-        self.patch_config(
-            "ci",
-            &format!(r#"{{"standby_cluster": {{"port": {port}}}}}"#),
-        );
-        let check = format!(
-            "select count(*) from pg_stat_wal_receiver \
-             where status = 'streaming' and sender_port = {port}"
-        );
-        self.wait(&format!("ci to stream from {main_leader}"), || {
-            let leader = self
-                .cluster_state("ci")
-                .into_iter()
-                .find(|m| m.role == "standby_leader")?;
-            (self.try_psql(&leader.name, "postgres", &check).as_deref() == Ok("1")).then_some(())
-        });
-    }
-
-    /// PATCH /config with `body` on the first member of `cluster` that accepts it.
-    fn patch_config(&self, cluster: &str, body: &str) {
-        self.wait(&format!("PATCH {cluster} /config {body}"), || {
-            self.rest_endpoints(cluster).iter().find_map(|addr| {
-                let url = format!("http://{addr}/config");
-                curl("PATCH", &url, Some(body), 2)
-                    .filter(|(code, _)| *code == 200)
-                    .map(|_| ())
-            })
-        });
-    }
-
-    /// GET /cluster from the first member that answers; empty when none does.
-    fn cluster_state(&self, cluster: &str) -> Vec<ClusterMember> {
-        let reply = self.rest_endpoints(cluster).iter().find_map(|addr| {
-            let (code, body) = curl("GET", &format!("http://{addr}/cluster"), None, 2)?;
-            (code == 200).then_some(body)
-        });
-        let Some(json) = reply.and_then(|body| serde_json::from_str::<Value>(&body).ok()) else {
-            return Vec::new();
-        };
-        let text = |m: &Value, key: &str| m[key].as_str().unwrap_or_default().to_string();
-        json["members"]
-            .as_array()
-            .map(|members| {
-                members
-                    .iter()
-                    .map(|m| ClusterMember {
-                        name: text(m, "name"),
-                        role: text(m, "role"),
-                        state: text(m, "state"),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    /// `/primary` 200 alone is not enough: a new leader answers it before it leaves recovery.
-    fn wait_writable(&self, member: &str) {
-        let url = format!("http://127.0.0.1:{}/primary", self.member(member).rest_port);
-        self.wait(&format!("{member} to be a writable primary"), || {
-            let primary = curl("GET", &url, None, 2).is_some_and(|(code, _)| code == 200);
-            (primary && self.is_writable(member)).then_some(())
-        });
-    }
-
-    fn is_writable(&self, member: &str) -> bool {
-        self.try_psql(member, "postgres", "select pg_is_in_recovery()")
-            .as_deref()
-            == Ok("f")
-    }
-
-    /// The running postmaster of `member`, if its pid file names one that is ours.
-    fn postmaster_pid(&self, member: &str) -> Option<u32> {
-        let pid_file = self.data_dir(member).join("postmaster.pid");
-        let text = std::fs::read_to_string(pid_file).ok()?;
-        let pid: u32 = text.lines().next()?.trim().parse().ok()?;
-        (alive(pid) && cmdline(pid).contains(self.root.to_str()?)).then_some(pid)
-    }
-
-    fn psql_command(&self, member: &str, db: &str) -> Command {
-        // timeout bounds psql even when a server hangs after accepting the connection.
-        let mut cmd = Command::new("timeout");
-        cmd.args(["-k", "2", "15", &format!("{PG_BIN}/psql")])
-            .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-h"])
-            .arg(self.root.join("sock").join(member))
-            .arg("-p")
-            .arg(self.pg_port(member).to_string())
-            .args(["-U", conf::SUPERUSER, "-d", db])
-            .env("PGCONNECT_TIMEOUT", "5")
-            .env("PGAPPNAME", "patroni-lab")
-            .stdin(Stdio::null());
-        cmd
-    }
-
-    /// Polls `f` every 100 ms until it returns a value; panics with the logs after [`BOUND`].
-    fn wait<T>(&self, what: &str, f: impl FnMut() -> Option<T>) -> T {
-        self.bring_up_wait(what, Instant::now() + BOUND, f)
-    }
-
-    fn bring_up_wait<T>(
-        &self,
-        what: &str,
-        deadline: Instant,
-        mut f: impl FnMut() -> Option<T>,
-    ) -> T {
-        loop {
-            if let Some(value) = f() {
-                return value;
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "[patroni-lab] timed out waiting for {what}\n{}",
-                    self.logs_tail()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// The last lines of every log, so a timeout explains itself.
-    fn logs_tail(&self) -> String {
-        let mut out = String::new();
-        for name in std::iter::once("etcd").chain(self.members.iter().map(|m| m.name)) {
-            let log = self.log(name);
-            let lines: Vec<&str> = log.lines().collect();
-            let tail = lines[lines.len().saturating_sub(30)..].join("\n");
-            out.push_str(&format!("--- {name} log (tail) ---\n{tail}\n"));
-        }
-        out
-    }
-
-    fn member(&self, name: &str) -> &Member {
-        self.members
-            .iter()
-            .find(|m| m.name == name)
-            .unwrap_or_else(|| panic!("the Patroni lab has no member {name}"))
-    }
-
-    fn cluster_members<'a>(&'a self, cluster: &'a str) -> impl Iterator<Item = &'a Member> + 'a {
-        assert!(
-            CLUSTERS.iter().any(|(c, _)| *c == cluster),
-            "the Patroni lab has no cluster {cluster}"
-        );
-        self.members.iter().filter(move |m| m.cluster == cluster)
-    }
-
-    fn data_dir(&self, member: &str) -> PathBuf {
-        self.root.join("data").join(member)
-    }
-
-    fn log_path(&self, name: &str) -> PathBuf {
-        self.root.join("log").join(format!("{name}.log"))
-    }
-}
-
 impl Drop for PatroniLab {
     fn drop(&mut self) {
         let mut procs = self.procs.lock().unwrap_or_else(|e| e.into_inner());
@@ -531,86 +265,6 @@ impl Drop for PatroniLab {
     }
 }
 
-/// Waits for the children to exit; SIGKILLs those still running after `limit`.
-fn stop_children(children: &mut [Child], limit: Duration) {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline
-        && !children
-            .iter_mut()
-            .all(|c| matches!(c.try_wait(), Ok(Some(_)) | Err(_)))
-    {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    for child in children.iter_mut() {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-}
-
-/// `program` in a session of its own (so a Ctrl-C to the test run does not hit it first) and,
-/// when we are root, as `postgres`. setsid and setpriv exec, so the child's pid is the program's.
-fn as_postgres(program: &str) -> Command {
-    let mut cmd = Command::new("setsid");
-    if running_as_root() {
-        cmd.args([
-            "setpriv",
-            "--reuid=postgres",
-            "--regid=postgres",
-            "--init-groups",
-        ]);
-        cmd.arg("--");
-    }
-    cmd.arg(program);
-    cmd
-}
-
-/// One HTTP request, bounded by curl's --max-time; `None` when there was no HTTP answer.
-fn curl(method: &str, url: &str, body: Option<&str>, max_secs: u32) -> Option<(u16, String)> {
-    let mut cmd = Command::new("curl");
-    cmd.args(["-sS", "--max-time", &max_secs.to_string(), "-X", method])
-        .args(["-o", "-", "-w", "\n%{http_code}"]);
-    if let Some(body) = body {
-        cmd.args([
-            "-H",
-            "Content-Type: application/json",
-            "--data-binary",
-            body,
-        ]);
-    }
-    let out = cmd.arg(url).stdin(Stdio::null()).output().ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    let (body, code) = text.rsplit_once('\n')?;
-    Some((code.trim().parse().ok()?, body.to_string()))
-}
-
-fn signal(sig: &str, pid: u32) {
-    let _ = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(pid.to_string())
-        .stderr(Stdio::null())
-        .status();
-}
-
-/// Whether `pid` runs (a zombie does not: orphaned postmasters are reaped by PID 1, maybe late).
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            stat.rsplit_once(')')
-                .map(|(_, rest)| rest.trim().to_string())
-        })
-        .is_some_and(|rest| !rest.starts_with('Z'))
-}
-
-fn cmdline(pid: u32) -> String {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|raw| String::from_utf8_lossy(&raw).replace('\0', " "))
-        .unwrap_or_default()
-}
-
 /// Patroni 3.0.2's /cluster says "leader"; its status endpoints say "master"; later releases
 /// say "primary". A standby cluster's leader is "standby_leader".
 fn is_leader_role(role: &str) -> bool {
@@ -620,45 +274,4 @@ fn is_leader_role(role: &str) -> bool {
 fn same_role(actual: &str, wanted: &str) -> bool {
     let primary = |r: &str| matches!(r, "leader" | "master" | "primary");
     actual == wanted || (primary(actual) && primary(wanted))
-}
-
-/// A temp root the `postgres` user owns, with the directories the lab writes into.
-fn new_root() -> PathBuf {
-    static COUNT: AtomicUsize = AtomicUsize::new(0);
-    let n = COUNT.fetch_add(1, Ordering::SeqCst);
-    let root = std::env::temp_dir().join(format!("pgdecomp-patroni-{}-{n}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
-    for dir in ["conf", "data", "log", "run", "etcd"] {
-        std::fs::create_dir_all(root.join(dir)).expect("create lab dir");
-    }
-    for (_, names) in CLUSTERS {
-        for name in names {
-            std::fs::create_dir_all(root.join("sock").join(name)).expect("create socket dir");
-        }
-    }
-    if running_as_root() {
-        let out = Command::new("chown")
-            .args(["-R", "postgres:postgres"])
-            .arg(&root)
-            .output()
-            .expect("run chown");
-        assert!(out.status.success(), "chown lab root: {out:?}");
-    }
-    root
-}
-
-/// The watchdog (see [`conf::WATCHDOG`]), in its own process group so a Ctrl-C to the test run
-/// does not kill the cleanup too.
-fn spawn_watchdog(root: &Path) -> Child {
-    use std::os::unix::process::CommandExt;
-    Command::new("sh")
-        .args(["-c", conf::WATCHDOG, "pgdecomp-patroni-watchdog"])
-        .arg(std::process::id().to_string())
-        .arg(root)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .expect("spawn watchdog")
 }

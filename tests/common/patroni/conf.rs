@@ -1,4 +1,4 @@
-//! Configuration files and the watchdog script of the Patroni lab (`patroni.rs`).
+//! Configuration files of the Patroni lab: etcd's and one per Patroni member.
 //!
 //! Configs are written as JSON: YAML is a superset of JSON, and both Patroni (PyYAML) and etcd
 //! (ghodss/yaml) read them, so no hand-rolled YAML quoting is needed.
@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use std::path::Path;
 
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
-const HBA: &str = include_str!("../fixtures/pg_hba.conf");
+const HBA: &str = include_str!("../../fixtures/pg_hba.conf");
 
 pub const SUPERUSER: &str = "postgres";
 pub const SUPERUSER_PASSWORD: &str = "lab-super";
@@ -150,23 +150,3 @@ fn pg_hba() -> Value {
     rules.push("host replication all 127.0.0.1/32 scram-sha-256".to_string());
     json!(rules)
 }
-
-/// A detached `sh` that waits for the test process ($1) to die, then kills what the lab under
-/// $2 started: Patroni and etcd (pid files in run/) get SIGKILL, postmasters SIGQUIT. A pid is
-/// only signalled while its command line still names the lab root, so a reused pid is safe.
-pub const WATCHDOG: &str = r#"
-    owned() { tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | grep -qF "$2"; }
-    while kill -0 "$1" 2>/dev/null; do sleep 0.5; done
-    for f in "$2"/run/*.pid; do
-        [ -f "$f" ] || continue
-        pid=$(cat "$f")
-        owned "$pid" "$2" && kill -KILL "$pid" 2>/dev/null
-    done
-    for f in "$2"/data/*/postmaster.pid; do
-        [ -f "$f" ] || continue
-        pid=$(head -n 1 "$f")
-        owned "$pid" "$2" && kill -QUIT "$pid" 2>/dev/null
-    done
-    sleep 2
-    rm -rf "$2"
-"#;
