@@ -161,7 +161,8 @@ impl PatroniLab {
     }
 
     /// Switches main over to `candidate` and waits until it is writable, then re-points ci's
-    /// standby leader at it: a standby cluster does not follow its source on its own.
+    /// standby leader at it: a standby cluster does not follow its source on its own. The old
+    /// leader rejoins as a replica a few seconds later: `wait_role(old, "replica")`.
     pub fn switchover_main(&self, candidate: &str) {
         let current = self.leader("main");
         assert_ne!(current, candidate, "{candidate} already leads main");
@@ -170,14 +171,31 @@ impl PatroniLab {
             "http://127.0.0.1:{}/switchover",
             self.member(&current).rest_port
         );
-        // The call returns only once the switchover is done (~2 s), hence its own time limit.
-        let (code, reply) = curl("POST", &url, Some(&body), 30)
-            .unwrap_or_else(|| panic!("POST {url} got no answer within 30 s"));
-        assert_eq!(code, 200, "POST /switchover to {candidate}: {reply}");
+        // Patroni refuses (412/503) a candidate that is not a running replica yet, e.g. right
+        // after a previous switchover, so wait for that and retry a refusal within the bound.
+        self.wait_role(candidate, "replica");
+        let deadline = Instant::now() + BOUND;
+        loop {
+            // The call returns only once the switchover is done (~2 s): its own time limit.
+            let reply = curl("POST", &url, Some(&body), 30);
+            if reply.as_ref().is_some_and(|(code, _)| *code == 200) || self.leads(candidate) {
+                break;
+            }
+            if Instant::now() > deadline {
+                panic!("POST {url} {body}: {reply:?}\n{}", self.logs_tail());
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
         self.wait_writable(candidate);
         if !self.ci_promoted.load(Ordering::SeqCst) {
-            self.repoint_ci(candidate);
+            self.repoint_ci_to(candidate);
         }
+    }
+
+    /// Points ci's standby leader at main's current leader (after a failover in main, which ci
+    /// does not follow on its own) and waits until it streams from there.
+    pub fn repoint_ci(&self) {
+        self.repoint_ci_to(&self.leader("main"));
     }
 
     /// Promotes the ci standby cluster and waits until its leader is writable; then drops ci's

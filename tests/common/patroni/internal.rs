@@ -125,7 +125,7 @@ impl PatroniLab {
     }
 
     /// Points ci's standby leader at main's new leader and waits until it streams from there.
-    pub(super) fn repoint_ci(&self, main_leader: &str) {
+    pub(super) fn repoint_ci_to(&self, main_leader: &str) {
         let port = self.pg_port(main_leader);
         self.patch_config(
             "ci",
@@ -179,6 +179,13 @@ impl PatroniLab {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// Whether /cluster names `member` as its cluster's leader right now.
+    pub(super) fn leads(&self, member: &str) -> bool {
+        self.cluster_state(self.member(member).cluster)
+            .iter()
+            .any(|m| m.name == member && is_leader_role(&m.role))
     }
 
     /// `/primary` 200 alone is not enough: a new leader answers it before it leaves recovery.
