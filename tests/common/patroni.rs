@@ -218,6 +218,7 @@ impl PatroniLab {
 
     /// Crashes `member`: SIGKILL to its Patroni, SIGQUIT (immediate shutdown) to its postmaster.
     pub fn kill_member(&self, member: &str) {
+        self.member(member); // panics on a name that is not a member, such as "etcd"
         if let Some(mut child) = self.procs.lock().unwrap().remove(member) {
             let _ = child.kill();
             let _ = child.wait();
