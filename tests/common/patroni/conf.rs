@@ -96,6 +96,8 @@ pub fn patroni_config(m: &MemberConf<'_>, etcd_port: u16, standby_of: Option<u16
         "name": m.name,
         "namespace": "/pgdecomp/",
         "log": { "level": "INFO" },
+        // No /dev/watchdog here; asking for it only adds a warning per start.
+        "watchdog": { "mode": "off" },
         "restapi": { "listen": rest_addr, "connect_address": rest_addr },
         "etcd3": { "host": format!("127.0.0.1:{etcd_port}") },
         "bootstrap": {

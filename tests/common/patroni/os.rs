@@ -126,7 +126,8 @@ pub(super) fn new_root() -> PathBuf {
     };
     let root = parent.join(format!("pgdecomp-patroni-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
-    for dir in ["conf", "data", "log", "run", "etcd"] {
+    // etcd creates its own data dir, with the 0700 it insists on.
+    for dir in ["conf", "data", "log", "run"] {
         std::fs::create_dir_all(root.join(dir)).expect("create lab dir");
     }
     for (_, names) in CLUSTERS {
