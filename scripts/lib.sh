@@ -27,7 +27,11 @@ ensure_packages() {
         "${sudo[@]}" apt-get update -qq
         APT_UPDATED=1
     fi
-    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${missing[@]}"
+    # Retried once: the first install on a fresh machine once failed with a transient
+    # "dpkg: error: cannot stat pathname '/tmp/apt-dpkg-install-...'", and a retry succeeded.
+    local install=(env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends)
+    "${sudo[@]}" "${install[@]}" "${missing[@]}" \
+        || { log "apt-get install failed; retrying once"; "${sudo[@]}" "${install[@]}" "${missing[@]}"; }
 }
 
 # PostgreSQL refuses to run as root, so server commands run as postgres when we are root.
