@@ -104,20 +104,6 @@ PROXY_PID=$!
 wait_for "pgdecomp on port $PROXY_PORT (log: $ROOT/pgdecomp.log)" \
     bash -c "kill -0 $PROXY_PID && exec 3<>/dev/tcp/127.0.0.1/$PROXY_PORT"
 
-# run_pgbench PORT ARGS... -> prints "tps latency_ms" or "fail fail"
-run_pgbench() {
-    local port=$1 out
-    shift
-    if out=$(PGPASSWORD=gitlab timeout $((DURATION + 60)) "$PG_BIN/pgbench" -h 127.0.0.1 -p "$port" \
-        -U gitlab -n -c "$CLIENTS" -j 2 -T "$DURATION" "$@" gitlabhq_production 2>&1) \
-        && grep -q 'number of failed transactions: 0 ' <<<"$out"; then
-        awk '/^tps = / { tps = $3 } /^latency average = / { lat = $4 } END { printf "%.0f %.3f\n", tps, lat }' <<<"$out"
-    else
-        printf '%s\n' "$out" >>"$ROOT/pgbench-failures.log"
-        echo "fail fail"
-    fi
-}
-
 WORKLOADS=("select-simple:-S -M simple" "select-extended:-S -M extended"
     "select-prepared:-S -M prepared" "tpcb:")
 declare -A TPS LAT
@@ -138,7 +124,7 @@ for workload in "${WORKLOADS[@]}"; do
             continue
         fi
         log "$name via $target (${DURATION}s, $CLIENTS clients)"
-        read -r tps lat < <(run_pgbench "$port" "${args[@]}")
+        read -r tps lat < <(run_pgbench "$ROOT" "$port" "${args[@]}")
         TPS[$name,$target]=$tps LAT[$name,$target]=$lat
     done
     i=$((i + 1))

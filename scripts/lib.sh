@@ -219,3 +219,18 @@ phase_file_for() {
         echo "$2/phase-$1.toml"
     fi
 }
+
+# run_pgbench LOGDIR PORT ARGS...: pgbench as gitlab for $DURATION s with $CLIENTS clients;
+# prints "tps latency_ms", or "fail fail" (output appended to LOGDIR/pgbench-failures.log).
+run_pgbench() {
+    local dir=$1 port=$2 out
+    shift 2
+    if out=$(PGPASSWORD=gitlab timeout $((DURATION + 60)) "$PG_BIN/pgbench" -h 127.0.0.1 -p "$port" \
+        -U gitlab -n -c "$CLIENTS" -j 2 -T "$DURATION" "$@" gitlabhq_production 2>&1) \
+        && grep -q 'number of failed transactions: 0 ' <<<"$out"; then
+        awk '/^tps = / { tps = $3 } /^latency average = / { lat = $4 } END { printf "%.0f %.3f\n", tps, lat }' <<<"$out"
+    else
+        printf '%s\n' "$out" >>"$dir/pgbench-failures.log"
+        echo "fail fail"
+    fi
+}

@@ -107,18 +107,23 @@ pub async fn handshake(
     }
     super::auth::authenticate(io, &snap.users, snap.auth_type, &user).await?;
     let (server_user, credential) = server_credential(snap, &user);
-    // Any main server gives the same parameter list; prefer the primary.
+    // Any main server gives the same parameter list: the primary, or during a switchover a
+    // replica (through a replica pool, which does not insist on a primary).
     let view = shared.topology.view();
     let main = view.cluster(crate::topology::ClusterId::Main);
-    let Some(addr) = main
+    let Some((addr, target)) = main
         .writer()
-        .or_else(|| main.leader())
-        .or(main.nodes.first())
-        .map(|n| n.addr.clone())
+        .map(|n| (n.addr.clone(), Target::Main))
+        .or_else(|| {
+            main.nodes
+                .iter()
+                .find(|n| n.readable())
+                .map(|n| (n.addr.clone(), Target::MainReplica))
+        })
     else {
         return Err(fatal(
             "08006",
-            "pgdecomp knows no server of the main cluster yet",
+            "pgdecomp knows no reachable server of the main cluster",
         ));
     };
     let spec = ServerSpec {
@@ -127,7 +132,7 @@ pub async fn handshake(
         user: server_user,
         credential,
     };
-    let welcome = welcome(shared, &spec).await?;
+    let welcome = welcome(shared, &spec, target).await?;
     let params =
         ClientParams::from_startup(startup.params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     backend::auth(Authentication::Ok, &mut io.wbuf);
@@ -181,15 +186,19 @@ fn fatal(code: &'static str, message: impl Into<String>) -> SessionError {
 }
 
 /// The server's ParameterStatus list for this pool, learned from its first connection.
-async fn welcome(shared: &Shared, spec: &ServerSpec) -> Result<Welcome, SessionError> {
+async fn welcome(
+    shared: &Shared,
+    spec: &ServerSpec,
+    target: Target,
+) -> Result<Welcome, SessionError> {
     if let Some(w) = shared.pools.load().welcome(spec) {
         return Ok(w);
     }
     let pool = shared.pools.load().pool(&PoolKey {
-        target: Target::Main,
+        target,
         spec: spec.clone(),
     });
-    let conn = checkout(&pool, Target::Main).await?;
+    let conn = checkout(&pool, target).await?;
     let w = conn.welcome.clone();
     shared.pools.load().set_welcome(spec, w.clone());
     Ok(w)

@@ -36,7 +36,8 @@ pub async fn place(
     let tm = &shared.metrics.topology;
     let started = Instant::now();
     let deadline = started + snap.health.primary_wait;
-    let mut changes = shared.topology.subscribe();
+    // Subscribed only once a write has to wait: most checkouts never do.
+    let mut changes = None;
     let mut skip: Option<String> = None;
     let mut waited = false;
     loop {
@@ -115,6 +116,7 @@ pub async fn place(
         }
         waited = true;
         let wait = RECHECK.min(deadline - now);
-        let _ = tokio::time::timeout(wait, changes.changed()).await;
+        let rx = changes.get_or_insert_with(|| shared.topology.subscribe());
+        let _ = tokio::time::timeout(wait, rx.changed()).await;
     }
 }
