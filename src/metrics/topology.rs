@@ -63,6 +63,15 @@ impl TopologyMetrics {
             "Checkouts by target and how the server was chosen (primary, replica, no_replica, read_your_writes)",
             &["db_config_name", "via"],
         );
+        let primary_unavailable = ic(
+            "pgdecomp_primary_unavailable_total",
+            "Requests refused because no writable primary appeared in time",
+            &["db_config_name"],
+        );
+        // Zero series from the start, so a dashboard and alerts see the family before an outage.
+        for t in Target::ALL.iter().filter(|t| !t.is_replica()) {
+            let _ = primary_unavailable.with_label_values(&[t.label()]);
+        }
         let placed = Target::ALL
             .iter()
             .map(|t| VIAS.map(|v| placements.with_label_values(&[t.label(), v.label()])))
@@ -99,11 +108,7 @@ impl TopologyMetrics {
                 )
                 .expect("valid metric literal"),
             ),
-            primary_unavailable: ic(
-                "pgdecomp_primary_unavailable_total",
-                "Requests refused because no writable primary appeared in time",
-                &["db_config_name"],
-            ),
+            primary_unavailable,
         }
     }
 
