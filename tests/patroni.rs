@@ -286,3 +286,61 @@ async fn patroni_discovery_switchover_failover_and_ci_promotion() {
         lab.pg_port(&ci_leader)
     );
 }
+
+/// A crash of main's leader: Patroni promotes the replica once the leader key expires (about
+/// ttl = 10 s here). A write sent right after the crash waits for it instead of failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_during_failover_waits_for_the_new_primary() {
+    let lab = Arc::new(
+        tokio::task::spawn_blocking(PatroniLab::start)
+            .await
+            .expect("lab start"),
+    );
+    let leader = lab.leader("main");
+    let replica = other(&lab.members("main"), &leader).to_string();
+    let proxy = proxy_for(&lab, 1, 40.0);
+    wait_until("pgdecomp to learn main's roles", || {
+        role_is(&proxy, "main", &server(&lab, &leader), "primary")
+            && role_is(&proxy, "main", &server(&lab, &replica), "replica")
+    });
+    let client = proxy.connect().await;
+    let write = "insert into projects (name) values ('failover') returning inet_server_port()";
+    assert_eq!(
+        port(&client, write).await.expect("write"),
+        lab.pg_port(&leader)
+    );
+    // Replication is asynchronous: let the replica have everything before the crash.
+    let lsn = lab.psql(&leader, "postgres", "select pg_current_wal_insert_lsn()");
+    wait_until("the replica to replay the leader's WAL", || {
+        lab.try_psql(
+            &replica,
+            "postgres",
+            &format!("select pg_last_wal_replay_lsn() >= '{lsn}'"),
+        )
+        .as_deref()
+            == Ok("t")
+    });
+
+    lab.kill_member(&leader);
+    let crashed = Instant::now();
+    let landed = port(&client, write)
+        .await
+        .expect("the write waits for the new primary");
+    eprintln!("write after the crash landed after {:?}", crashed.elapsed());
+    assert_eq!(
+        landed,
+        lab.pg_port(&replica),
+        "the promoted replica took it"
+    );
+    let text = metrics(&proxy);
+    assert!(metric(&text, "pgdecomp_primary_wait_seconds_count", &[]) >= 1.0);
+    assert!(
+        gauge(
+            &proxy,
+            "pgdecomp_server_up",
+            "main",
+            &server(&lab, &leader),
+            None
+        ) == 0.0
+    );
+}

@@ -355,36 +355,13 @@ impl ServerConn {
         }
     }
 
-    /// Runs `sql` and waits for ReadyForQuery; used for health checks and resets.
+    /// Runs `sql` and waits for ReadyForQuery; used for pings and resets.
     pub async fn simple_query(&mut self, sql: &str) -> Result<(), ServerError> {
-        let mut out = BytesMut::new();
-        write_query(sql, &mut out);
-        self.write(&out).await?;
-        let mut failure = None;
-        loop {
-            let f = self.read_frame().await?;
-            match f.tag {
-                b'E' => failure = Some(parse_error_fields(f.body())),
-                b'S' => {
-                    if let Some((k, v)) = parse_parameter_status(f.body()) {
-                        self.params.insert(k.to_ascii_lowercase(), v);
-                    }
-                }
-                b'Z' => break,
-                _ => {}
-            }
-        }
-        match failure {
-            Some((code, message)) => Err(ServerError::Query {
-                addr: self.addr.clone(),
-                code,
-                message,
-            }),
-            None => Ok(()),
-        }
+        self.query_row(sql).await.map(drop)
     }
 
-    /// Runs `sql` and returns its first row's text values (empty when it returned no row).
+    /// Runs `sql` and returns its first row's text values (empty when it returned no row);
+    /// ParameterStatus changes it causes are tracked.
     pub async fn query_row(&mut self, sql: &str) -> Result<Vec<Option<String>>, ServerError> {
         let mut out = BytesMut::new();
         write_query(sql, &mut out);
@@ -394,6 +371,11 @@ impl ServerConn {
             let f = self.read_frame().await?;
             match f.tag {
                 b'E' => failure = Some(parse_error_fields(f.body())),
+                b'S' => {
+                    if let Some((k, v)) = parse_parameter_status(f.body()) {
+                        self.params.insert(k.to_ascii_lowercase(), v);
+                    }
+                }
                 b'D' if row.is_none() => {
                     row = Some(
                         crate::protocol::backend::parse_data_row(f.body())

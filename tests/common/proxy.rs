@@ -84,25 +84,17 @@ impl ProxyConfig {
             Kind::MainOnly => (vec![], main_primary, vec![]),
         };
         ProxyConfig {
-            listen: free_port(),
-            metrics_listen: free_port(),
-            pool: PoolSettings::default(),
-            auth_type: "scram-sha-256".into(),
-            server: Some((GITLAB.0.into(), GITLAB.1.into())),
-            phase: 1,
             main_primary,
             main_replicas,
             ci_primary,
             ci_replicas,
             health: "interval = 0.5\nread_your_writes = false".into(),
-            patroni: None,
-            extra: String::new(),
+            ..ProxyConfig::base()
         }
     }
 
-    /// A config for servers the harness did not start (a Patroni lab): clusters by Patroni
-    /// endpoints only.
-    pub fn for_patroni(main: Vec<String>, ci: Vec<String>) -> ProxyConfig {
+    /// Ports and settings every config shares; clusters empty.
+    fn base() -> ProxyConfig {
         ProxyConfig {
             listen: free_port(),
             metrics_listen: free_port(),
@@ -115,8 +107,17 @@ impl ProxyConfig {
             ci_primary: 0,
             ci_replicas: vec![],
             health: "interval = 0.5".into(),
-            patroni: Some((main, ci)),
+            patroni: None,
             extra: String::new(),
+        }
+    }
+
+    /// A config for servers the harness did not start (a Patroni lab): clusters by Patroni
+    /// endpoints only.
+    pub fn for_patroni(main: Vec<String>, ci: Vec<String>) -> ProxyConfig {
+        ProxyConfig {
+            patroni: Some((main, ci)),
+            ..ProxyConfig::base()
         }
     }
 
