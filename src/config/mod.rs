@@ -3,6 +3,8 @@
 
 mod raw;
 mod snapshot;
+#[cfg(test)]
+mod tests;
 
 pub use raw::RawConfig;
 pub use snapshot::*;
