@@ -91,7 +91,7 @@ impl Classifier {
             Err(message) => return (vec![unknown()], Some(message)),
         };
         lex::repair(&mut tokens);
-        if let Err(message) = lex::check_depth(&tokens) {
+        if let Err(message) = lex::check_depth(&tokens).and(lex::check_identifiers(&tokens)) {
             return (vec![unknown()], Some(message));
         }
         let pieces = match parse(tokens) {
@@ -197,6 +197,18 @@ fn sort_unique(schemas: &mut Vec<GitlabSchema>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_empty_quoted_identifier_is_unparsable_as_on_postgres() {
+        let c = Classifier::gitlab_default()
+            .classify(r#"SELECT 1 AS one FROM "" WHERE "ci_builds"."project_id" = 1013 LIMIT 1"#);
+        assert_eq!(c.kind, StatementKind::Unknown);
+        assert!(c.tables.is_empty());
+        assert!(c
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("zero-length")));
+    }
     use crate::classify::TxnCommand;
 
     #[test]

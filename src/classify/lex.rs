@@ -157,6 +157,18 @@ fn significant(tokens: &[TokenWithSpan], start: usize, n: usize) -> Vec<(usize, 
         .collect()
 }
 
+/// PostgreSQL refuses `""` ("zero-length delimited identifier"); sqlparser accepts it as a
+/// table with an empty name. Refusing it here keeps the statement unparsable, as on the server.
+pub(super) fn check_identifiers(tokens: &[TokenWithSpan]) -> Result<(), String> {
+    let empty = tokens.iter().any(
+        |t| matches!(&t.token, Token::Word(w) if w.quote_style == Some('"') && w.value.is_empty()),
+    );
+    if empty {
+        return Err("zero-length delimited identifier".into());
+    }
+    Ok(())
+}
+
 /// Longest run of operators (or of UNION/EXCEPT/INTERSECT) allowed at one parenthesis level.
 /// sqlparser builds such runs as left-deep trees without touching its recursion limit, and
 /// dropping a tree tens of thousands of levels deep overflows the stack. A run this long is
