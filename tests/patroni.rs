@@ -107,6 +107,10 @@ fn start_writers(
                                 .unwrap()
                                 .push(code.unwrap_or_else(|| e.to_string()));
                             if c.is_closed() {
+                                errors
+                                    .lock()
+                                    .unwrap()
+                                    .push("client connection closed".into());
                                 client = None;
                             }
                             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -318,12 +318,15 @@ async fn finish(
             tracing::warn!(client = c.id, server = %conn.addr, %reason, "server connection lost");
             conn.broken = true;
             discard_if_broken(conn);
-            // Keep the client usable: report the loss, then answer every request still waiting.
-            PgError::error(
-                "08006",
-                format!("server connection lost ({reason}); the transaction was aborted"),
-            )
-            .encode(&mut c.io.wbuf);
+            // Keep the client usable: report the loss (unless the server's own error, downgraded
+            // from FATAL, already did), then answer every request still waiting.
+            if !t.server_fatal {
+                PgError::error(
+                    "08006",
+                    format!("server connection lost ({reason}); the transaction was aborted"),
+                )
+                .encode(&mut c.io.wbuf);
+            }
             for _ in 0..t.client_waiting() {
                 backend::ready_for_query(b'I', &mut c.io.wbuf);
             }

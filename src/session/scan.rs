@@ -80,6 +80,8 @@ pub struct Tracker {
     pending: Option<(Action, usize)>,
     /// The server is in COPY FROM STDIN (CopyInResponse seen, CopyDone/CopyFail not yet sent).
     copy_in: bool,
+    /// The server sent a FATAL error (it is closing); the client got it as an ERROR.
+    pub server_fatal: bool,
 }
 
 impl Default for Tracker {
@@ -89,6 +91,7 @@ impl Default for Tracker {
             status: b'I',
             pending: None,
             copy_in: false,
+            server_fatal: false,
         }
     }
 }
@@ -232,6 +235,14 @@ impl Tracker {
             if matches!(tag, b'Z' | b'S' | b'E') && !complete {
                 break;
             }
+            // Only an answer to a waiting request: an unsolicited FATAL (idle-in-transaction
+            // timeout) must still end the client's session as the server meant.
+            if tag == b'E'
+                && self.client_waiting() > 0
+                && downgrade_fatal(&mut input[pos + 5..pos + total])
+            {
+                self.server_fatal = true;
+            }
             let body = &input[pos + 5..(pos + total).min(input.len())];
             let action = self.classify_reply(tag, body, prepared, server_params, &mut ev);
             self.pending = Some((action, total));
@@ -330,4 +341,25 @@ impl Tracker {
             _ => default,
         }
     }
+}
+
+/// A server's FATAL means its connection ends, not the client's: the proxy keeps the client and
+/// reports the loss itself. Rewrites the severity fields (`S`, `V`) from FATAL to ERROR in place
+/// (same length); returns whether it did. Client libraries close their connection on FATAL.
+fn downgrade_fatal(body: &mut [u8]) -> bool {
+    let mut i = 0;
+    let mut found = false;
+    while i < body.len() && body[i] != 0 {
+        let field = body[i];
+        let start = i + 1;
+        let Some(len) = body[start..].iter().position(|b| *b == 0) else {
+            return found;
+        };
+        if matches!(field, b'S' | b'V') && &body[start..start + len] == b"FATAL" {
+            body[start..start + len].copy_from_slice(b"ERROR");
+            found = true;
+        }
+        i = start + len + 1;
+    }
+    found
 }

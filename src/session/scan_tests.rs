@@ -128,3 +128,46 @@ fn syncs_sent_during_copy_in_are_merged_into_one_segment() {
         "one ReadyForQuery must end the merged copy segment"
     );
 }
+
+#[test]
+fn a_fatal_answer_reaches_the_client_as_an_error() {
+    let mut t = Tracker::default();
+    t.client_message();
+    t.close(SegmentOwner::Client);
+    let mut input = BytesMut::new();
+    PgError::fatal(
+        "57P01",
+        "terminating connection due to administrator command",
+    )
+    .encode(&mut input);
+    let mut out = BytesMut::new();
+    let mut prepared = HashSet::new();
+    let mut params = HashMap::new();
+    t.scan(&mut input, &mut out, &mut prepared, &mut params)
+        .unwrap();
+    assert!(t.server_fatal);
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.contains("ERROR") && !text.contains("FATAL"), "{text}");
+    assert!(text.contains("57P01"));
+}
+
+#[test]
+fn an_unsolicited_fatal_stays_fatal() {
+    let mut t = Tracker::default();
+    let mut input = BytesMut::new();
+    PgError::fatal(
+        "25P03",
+        "terminating connection due to idle-in-transaction timeout",
+    )
+    .encode(&mut input);
+    let mut out = BytesMut::new();
+    t.scan(
+        &mut input,
+        &mut out,
+        &mut HashSet::new(),
+        &mut HashMap::new(),
+    )
+    .unwrap();
+    assert!(!t.server_fatal);
+    assert!(String::from_utf8_lossy(&out).contains("FATAL"));
+}
