@@ -14,10 +14,14 @@ use crate::config::{Cluster, Snapshot};
 use crate::server::{ServerConn, ServerError, ServerSpec};
 
 /// One query answers everything a round needs from a server. `now()` minus the last replayed
-/// commit's timestamp is GitLab's lag-in-time measure; it is NULL before any replay.
+/// commit's timestamp is GitLab's lag-in-time measure; it is NULL before any replay. A primary
+/// reports two positions: insert (at least every commit acknowledged so far, for
+/// read-your-writes) and flush (what replicas can have, for lag: the insert position runs a page
+/// header ahead on an idle server).
 const CHECK_SQL: &str = "SELECT pg_is_in_recovery(), \
      CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_insert_lsn() END, \
-     EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp())";
+     EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()), \
+     CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_flush_lsn() END";
 
 const TIMED_OUT: &str = "check timed out";
 
@@ -265,13 +269,17 @@ async fn probe(
         Ok(Ok((conn, sent, row))) => {
             let get = |i: usize| row.get(i).cloned().flatten();
             let in_recovery = get(0).as_deref() == Some("t");
-            let lsn = get(1)
-                .and_then(|l| l.parse::<Lsn>().ok())
-                .unwrap_or_default();
+            let lsn_at = |i| {
+                get(i)
+                    .and_then(|l| l.parse::<Lsn>().ok())
+                    .unwrap_or_default()
+            };
+            let (lsn, flushed) = (lsn_at(1), lsn_at(3));
             let replay_age = get(2).and_then(|s| s.parse::<f64>().ok());
             let probe = Probe {
                 in_recovery,
                 lsn,
+                flushed,
                 lag_bytes: 0,
                 // Filled in by `apply_lag` once the primary's position is known.
                 lag_seconds: replay_age.unwrap_or(f64::INFINITY),
@@ -289,7 +297,7 @@ pub fn apply_lag(view: &mut View, h: &HealthSettings) {
         .iter()
         .map(|&id| {
             let src = view.wal_source(id);
-            view.cluster(src).writer_probe().map(|p| p.lsn)
+            view.cluster(src).writer_probe().map(|p| p.flushed)
         })
         .collect();
     for id in ClusterId::ALL {

@@ -13,6 +13,7 @@ fn up(in_recovery: bool, lsn: u64) -> Health {
     Health::Up(Probe {
         in_recovery,
         lsn: Lsn(lsn),
+        flushed: Lsn(lsn),
         lag_bytes: 0,
         // Seconds since the last replayed commit, as the check reports it.
         lag_seconds: 5.0,
@@ -269,4 +270,19 @@ fn a_promoted_ci_cluster_is_its_own_wal_source() {
         None,
     ));
     assert_eq!((a.as_str(), via), ("s", Via::Primary));
+}
+
+#[test]
+fn an_idle_caught_up_replica_has_no_lag_though_the_insert_position_runs_ahead() {
+    let mut v = standby_view();
+    // Idle primary: insert position a page header past what was flushed and shipped.
+    if let Health::Up(p) = &mut v.clusters[0].nodes[0].health {
+        p.lsn = Lsn(1040);
+        p.flushed = Lsn(1000);
+    }
+    apply_lag(&mut v, &settings(0, 0.0));
+    let r1 = &v.cluster(ClusterId::Main).nodes[1];
+    assert_eq!(r1.probe().unwrap().lag_bytes, 0);
+    assert_eq!(r1.probe().unwrap().lag_seconds, 0.0);
+    assert!(!r1.lagging);
 }

@@ -64,6 +64,8 @@ pub struct Probe {
     pub in_recovery: bool,
     /// Insert position on a primary, replay position on a standby.
     pub lsn: Lsn,
+    /// Flush position on a primary (what replicas can have replayed), replay on a standby.
+    pub flushed: Lsn,
     pub lag_bytes: u64,
     pub lag_seconds: f64,
     /// When the check query was sent: a primary's LSN is at least that of every commit
