@@ -42,6 +42,7 @@ pub struct TargetMetrics {
     pub statement_seconds: Histogram,
     pub statements: [IntCounter; 8],
     pub routes: [IntCounter; 8],
+    pub replica_fallback: IntCounter,
 }
 
 /// All collectors of one running proxy.
@@ -270,6 +271,7 @@ impl Metrics {
                     statement_seconds: m.statement_seconds.with_label_values(&[l]),
                     statements: KINDS.map(|k| m.statements.with_label_values(&[l, k])),
                     routes: REASONS.map(|r| m.routed.with_label_values(&[l, r])),
+                    replica_fallback: m.replica_fallback.with_label_values(&[l]),
                 }
             })
             .collect();

@@ -68,11 +68,7 @@ pub async fn place(
                         }
                         tm.placed(target, via).inc();
                         if via == Via::NoReplica {
-                            shared
-                                .metrics
-                                .replica_fallback
-                                .with_label_values(&[target.label()])
-                                .inc();
+                            shared.metrics.target(target).replica_fallback.inc();
                         }
                         return Ok(conn);
                     }
