@@ -43,6 +43,18 @@ fn err(code: &'static str, message: String) -> Option<Result<Local, LocalError>>
 /// Recognises a whole simple-protocol query that is one `pgdecomp.*` command. `None` for
 /// anything else, which goes to classify as usual.
 pub fn parse(sql: &str) -> Option<Result<Local, LocalError>> {
+    // Every simple query passes here: rule most out by their first word, without allocating.
+    let start = sql.trim_start();
+    let verb = start
+        .split(|c: char| c.is_whitespace())
+        .next()
+        .unwrap_or_default();
+    if !["set", "reset", "show"]
+        .iter()
+        .any(|v| verb.eq_ignore_ascii_case(v))
+    {
+        return None;
+    }
     let sql = sql.trim().trim_end_matches(';').trim_end();
     let words: Vec<&str> = sql.split_whitespace().collect();
     let (verb, rest) = words.split_first()?;

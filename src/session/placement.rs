@@ -26,15 +26,15 @@ pub enum PlaceError {
     NoWriter { why: String, waited: f64 },
 }
 
-/// A server connection for `target`.
+/// A server connection for `target`; `started` is when the request began waiting for one.
 pub async fn place(
     c: &mut Client,
     target: Target,
     shared: &Shared,
+    started: Instant,
 ) -> Result<PooledConn, PlaceError> {
     let snap = c.routing.snap.clone();
     let tm = &shared.metrics.topology;
-    let started = Instant::now();
     let deadline = started + snap.health.primary_wait;
     // Subscribed only once a write has to wait: most checkouts never do.
     let mut changes = None;
@@ -42,7 +42,7 @@ pub async fn place(
     let mut waited = false;
     loop {
         let view = shared.topology.view();
-        let need = if !target.is_replica() || c.pool_mode == PoolMode::Session {
+        let need = if !target.is_replica() || c.pool_mode == PoolMode::Session || c.ryw.is_idle() {
             Need::Any
         } else {
             c.ryw.need(&view, read_cluster(target), Instant::now())

@@ -152,7 +152,7 @@ pub async fn run(
         entry.set(1, Some(target));
         shared.control.wait_unpaused(target).await;
         let waited = Instant::now();
-        let conn = match place(c, target, shared).await {
+        let conn = match place(c, target, shared, waited).await {
             Ok(conn) => conn,
             Err(e) => {
                 reject(c, &unit, &e);

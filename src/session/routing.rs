@@ -182,12 +182,9 @@ impl Routing {
         let c = &carried.class;
         let d = route(c, phase, &self.state);
         let m = &shared.metrics;
-        m.statements
-            .with_label_values(&[d.target.label(), c.kind.label()])
-            .inc();
-        m.routed
-            .with_label_values(&[d.target.label(), d.reason.label()])
-            .inc();
+        let tm = m.target(d.target);
+        tm.statements[usize::from(c.kind.strictness())].inc();
+        tm.routes[d.reason.index()].inc();
         if c.kind == StatementKind::Unknown {
             m.unparsable.inc();
             tracing::warn!(client, error = ?c.error, sql = %truncate(&carried.sql), "unparsable statement sent to the main primary");

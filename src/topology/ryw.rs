@@ -62,6 +62,11 @@ impl ReadYourWrites {
         }
     }
 
+    /// Nothing pending: reads may go anywhere (checked first, so most reads skip the clock).
+    pub fn is_idle(&self) -> bool {
+        self.pending.iter().all(|p| *p == Pending::None)
+    }
+
     pub fn clear(&mut self) {
         self.pending = [Pending::None; 2];
     }
