@@ -22,6 +22,11 @@ fn health(interval: f64, max_lag_bytes: u64, max_lag_seconds: f64) -> String {
     )
 }
 
+/// Another pgdecomp instance in front of the same servers, as behind a load balancer.
+fn proxy_for_same_servers(topo: &Topology) -> Proxy {
+    proxy(topo, &health(0.5, u64::MAX / 2, 1e9))
+}
+
 fn proxy(topo: &Topology, health_toml: &str) -> Proxy {
     Proxy::with(topo, |c: ProxyConfig| c.phase(1).health(health_toml))
 }
@@ -183,6 +188,46 @@ async fn clients_read_their_own_writes_while_replicas_lag() {
                 ("via", "read_your_writes")
             ]
         ) >= 1000.0
+    );
+
+    // The position to hand to another pgdecomp instance (GitLab kept it per user in Redis):
+    // at or past the last write, so a second proxy's reads with it avoid the paused replica.
+    let before = topo.psql(primary, "postgres", "select pg_current_wal_insert_lsn()");
+    writer
+        .query_one(&insert, &[&"handoff"])
+        .await
+        .expect("insert");
+    let shown = writer
+        .simple_query("SHOW pgdecomp.write_lsn")
+        .await
+        .expect("SHOW pgdecomp.write_lsn");
+    let written = match &shown[1] {
+        SimpleQueryMessage::Row(r) => r.get(0).expect("a position").to_string(),
+        other => panic!("no row: {other:?}"),
+    };
+    let newer = topo.psql(
+        primary,
+        "postgres",
+        &format!("select '{written}'::pg_lsn > '{before}'::pg_lsn"),
+    );
+    assert_eq!(
+        newer, "t",
+        "write_lsn {written} is past the position before the write {before}"
+    );
+    let second = proxy_for_same_servers(&topo);
+    let elsewhere = second.connect().await;
+    elsewhere
+        .batch_execute(&format!("SET pgdecomp.min_lsn = '{written}'"))
+        .await
+        .expect("SET pgdecomp.min_lsn on a second proxy");
+    let rows = elsewhere
+        .query("select name from projects where name = 'handoff'", &[])
+        .await
+        .expect("read on the second proxy");
+    assert_eq!(
+        rows.len(),
+        1,
+        "the second proxy's read sees the first proxy's write"
     );
 
     // Opting out: the same pattern reads the stale replica.

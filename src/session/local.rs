@@ -18,6 +18,9 @@ pub enum Local {
 pub enum Param {
     ReadYourWrites,
     MinLsn,
+    /// Read-only: a WAL position at or past the client's last write, to hand to another
+    /// pgdecomp instance as its `pgdecomp.min_lsn`.
+    WriteLsn,
 }
 
 impl Param {
@@ -25,6 +28,7 @@ impl Param {
         match self {
             Self::ReadYourWrites => "pgdecomp.read_your_writes",
             Self::MinLsn => "pgdecomp.min_lsn",
+            Self::WriteLsn => "pgdecomp.write_lsn",
         }
     }
 }
@@ -77,6 +81,7 @@ pub fn parse(sql: &str) -> Option<Result<Local, LocalError>> {
     let param = match lower.as_str() {
         "pgdecomp.read_your_writes" => Param::ReadYourWrites,
         "pgdecomp.min_lsn" => Param::MinLsn,
+        "pgdecomp.write_lsn" => Param::WriteLsn,
         _ => {
             return err(
                 "42704",
@@ -86,6 +91,10 @@ pub fn parse(sql: &str) -> Option<Result<Local, LocalError>> {
     };
     match verb.as_str() {
         "SHOW" if value.is_none() => Some(Ok(Local::Show(param))),
+        "SET" | "RESET" if param == Param::WriteLsn => err(
+            "55P02",
+            format!("parameter \"{name}\" cannot be changed: it reports the client's writes"),
+        ),
         "RESET" if value.is_none() => Some(Ok(Local::Reset(param))),
         "SET" => {
             let value = value.unwrap_or_default();
@@ -106,6 +115,7 @@ pub fn parse(sql: &str) -> Option<Result<Local, LocalError>> {
                         format!("parameter \"{name}\" requires a Boolean value"),
                     ),
                 },
+                Param::WriteLsn => None,
                 Param::MinLsn => match value.parse::<Lsn>() {
                     Ok(l) => Some(Ok(Local::SetMinLsn(l))),
                     Err(e) => err(
@@ -122,7 +132,11 @@ pub fn parse(sql: &str) -> Option<Result<Local, LocalError>> {
 /// Answers `first` when it is a `pgdecomp.*` command; returns false (and does nothing) when it
 /// is not. Inside a transaction the command is answered the same way: it changes proxy state
 /// only, which a ROLLBACK does not undo (documented).
-pub fn answer(c: &mut super::relay::Client, first: &crate::protocol::frame::Frame) -> bool {
+pub async fn answer(
+    c: &mut super::relay::Client,
+    first: &crate::protocol::frame::Frame,
+    shared: &super::Shared,
+) -> bool {
     use crate::protocol::backend::{self, PgError};
     let Some(sql) = crate::protocol::frontend::query_sql(first) else {
         return false;
@@ -130,45 +144,73 @@ pub fn answer(c: &mut super::relay::Client, first: &crate::protocol::frame::Fram
     let Some(cmd) = parse(sql) else {
         return false;
     };
-    let out = &mut c.io.wbuf;
     match cmd {
         Ok(Local::SetReadYourWrites(on)) => {
             c.ryw.enabled = on;
             if !on {
                 c.ryw.clear();
             }
-            backend::command_complete("SET", out);
+            backend::command_complete("SET", &mut c.io.wbuf);
         }
         Ok(Local::SetMinLsn(lsn)) => {
             c.ryw.require(lsn, std::time::Instant::now());
-            backend::command_complete("SET", out);
+            backend::command_complete("SET", &mut c.io.wbuf);
         }
         Ok(Local::Reset(Param::ReadYourWrites)) => {
             c.ryw.enabled = c.routing.snap.health.read_your_writes;
-            backend::command_complete("RESET", out);
+            backend::command_complete("RESET", &mut c.io.wbuf);
         }
-        Ok(Local::Reset(Param::MinLsn)) => {
+        Ok(Local::Reset(_)) => {
             c.ryw.clear();
-            backend::command_complete("RESET", out);
+            backend::command_complete("RESET", &mut c.io.wbuf);
+        }
+        Ok(Local::Show(Param::WriteLsn)) => {
+            let value = write_lsn(c, shared).await;
+            let mut t = crate::admin::Table::new(&[Param::WriteLsn.name()]);
+            t.row(vec![Some(value)]);
+            t.encode(&mut c.io.wbuf);
         }
         Ok(Local::Show(p)) => {
             let value = match p {
                 Param::ReadYourWrites => if c.ryw.enabled { "on" } else { "off" }.to_string(),
-                Param::MinLsn => c.ryw.required().map(|l| l.to_string()).unwrap_or_default(),
+                Param::MinLsn | Param::WriteLsn => {
+                    c.ryw.required().map(|l| l.to_string()).unwrap_or_default()
+                }
             };
             let mut t = crate::admin::Table::new(&[p.name()]);
             t.row(vec![Some(value)]);
-            t.encode(out);
+            t.encode(&mut c.io.wbuf);
         }
-        Err(e) => PgError::error(e.code, e.message).encode(out),
+        Err(e) => PgError::error(e.code, e.message).encode(&mut c.io.wbuf),
     }
     let status = if c.routing.held_begin.is_some() {
         b'T'
     } else {
         b'I'
     };
-    backend::ready_for_query(status, out);
+    backend::ready_for_query(status, &mut c.io.wbuf);
     true
+}
+
+/// The client's write position: waits (bounded by two health rounds) for the checker's first
+/// primary sample after the client's last commit, which bounds that commit's position.
+async fn write_lsn(c: &mut super::relay::Client, shared: &super::Shared) -> String {
+    use crate::topology::ClusterId;
+    let h = &c.routing.snap.health;
+    let deadline = std::time::Instant::now() + (h.interval + h.statement_timeout) * 2;
+    let mut changes = shared.topology.subscribe();
+    loop {
+        let view = shared.topology.view();
+        let now = std::time::Instant::now();
+        for cluster in ClusterId::ALL {
+            c.ryw.need(&view, cluster, now);
+        }
+        if !c.ryw.unresolved() || now >= deadline {
+            break;
+        }
+        let _ = tokio::time::timeout(deadline - now, changes.changed()).await;
+    }
+    c.ryw.required().map(|l| l.to_string()).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -202,6 +244,11 @@ mod tests {
     #[test]
     fn show_and_reset() {
         assert_eq!(ok("SHOW pgdecomp.min_lsn"), Local::Show(Param::MinLsn));
+        assert_eq!(ok("show pgdecomp.write_lsn;"), Local::Show(Param::WriteLsn));
+        let e = parse("SET pgdecomp.write_lsn = '0/1'")
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(e.code, "55P02");
         assert_eq!(
             ok("reset pgdecomp.read_your_writes"),
             Local::Reset(Param::ReadYourWrites)

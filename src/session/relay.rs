@@ -121,7 +121,7 @@ pub async fn run(
             _ if c.skip_until_sync => continue,
             _ => {}
         }
-        if first.tag == b'Q' && super::local::answer(c, &first) {
+        if first.tag == b'Q' && super::local::answer(c, &first, shared).await {
             continue;
         }
         c.routing.refresh(shared);

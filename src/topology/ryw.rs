@@ -67,6 +67,13 @@ impl ReadYourWrites {
         self.pending.iter().all(|p| *p == Pending::None)
     }
 
+    /// A commit whose position is not known yet.
+    pub fn unresolved(&self) -> bool {
+        self.pending
+            .iter()
+            .any(|p| matches!(p, Pending::WroteAt { .. }))
+    }
+
     pub fn clear(&mut self) {
         self.pending = [Pending::None; 2];
     }
