@@ -62,6 +62,15 @@ fn other<'a>(members: &'a [String], one: &str) -> &'a str {
         .expect("a second member")
 }
 
+/// A lab of this test's own, started off the async workers (bring-up blocks for seconds).
+async fn start_lab() -> Arc<PatroniLab> {
+    Arc::new(
+        tokio::task::spawn_blocking(PatroniLab::start)
+            .await
+            .expect("lab start"),
+    )
+}
+
 /// An acknowledged insert: its id, the server that ran it, and when the client got the answer.
 struct Ack {
     id: i64,
@@ -124,11 +133,7 @@ fn start_writers(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn patroni_discovery_switchover_failover_and_ci_promotion() {
-    let lab = Arc::new(
-        tokio::task::spawn_blocking(PatroniLab::start)
-            .await
-            .expect("lab start"),
-    );
+    let lab = start_lab().await;
     let main_members = lab.members("main");
     let ci_members = lab.members("ci");
     let old_leader = lab.leader("main");
@@ -295,11 +300,7 @@ async fn patroni_discovery_switchover_failover_and_ci_promotion() {
 /// ttl = 10 s here). A write sent right after the crash waits for it instead of failing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_write_during_failover_waits_for_the_new_primary() {
-    let lab = Arc::new(
-        tokio::task::spawn_blocking(PatroniLab::start)
-            .await
-            .expect("lab start"),
-    );
+    let lab = start_lab().await;
     let leader = lab.leader("main");
     let replica = other(&lab.members("main"), &leader).to_string();
     let proxy = proxy_for(&lab, 1, 40.0);

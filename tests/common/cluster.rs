@@ -560,7 +560,6 @@ fn new_root() -> PathBuf {
 
 /// A detached shell that outlives a killed test process and then stops the servers.
 fn spawn_watchdog(root: &Path) -> Child {
-    use std::os::unix::process::CommandExt;
     let script = r#"
         while kill -0 "$1" 2>/dev/null; do sleep 0.5; done
         for pid_file in "$2"/*/postmaster.pid; do
@@ -574,19 +573,31 @@ fn spawn_watchdog(root: &Path) -> Child {
     } else {
         ""
     };
+    detached_shell(
+        script,
+        "pgdecomp-watchdog",
+        &[
+            std::process::id().to_string(),
+            root.display().to_string(),
+            format!("{PG_BIN}/pg_ctl"),
+            run_as.to_string(),
+        ],
+    )
+}
+
+/// Runs `script` in `sh` with `args` as $1…, detached: no stdio, and its own process group, so
+/// a Ctrl-C to the test run does not kill a cleanup that must outlive the test process.
+pub fn detached_shell(script: &str, name: &str, args: &[String]) -> Child {
+    use std::os::unix::process::CommandExt;
     Command::new("sh")
-        .args(["-c", script, "pgdecomp-watchdog"])
-        .arg(std::process::id().to_string())
-        .arg(root)
-        .arg(format!("{PG_BIN}/pg_ctl"))
-        .arg(run_as)
+        .args(["-c", script, name])
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        // Its own process group: a Ctrl-C to the test run must not kill the cleanup too.
         .process_group(0)
         .spawn()
-        .expect("spawn watchdog")
+        .expect("spawn a detached shell")
 }
 
 /// Runs `cmd` with `stdin` fed in, killing it and panicking if it outlives `limit`.

@@ -149,15 +149,9 @@ pub(super) fn new_root() -> PathBuf {
 /// The watchdog (see [`WATCHDOG`]), in its own process group so a Ctrl-C to the test run
 /// does not kill the cleanup too.
 pub(super) fn spawn_watchdog(root: &Path) -> Child {
-    use std::os::unix::process::CommandExt;
-    Command::new("sh")
-        .args(["-c", WATCHDOG, "pgdecomp-patroni-watchdog"])
-        .arg(std::process::id().to_string())
-        .arg(root)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .expect("spawn watchdog")
+    crate::common::cluster::detached_shell(
+        WATCHDOG,
+        "pgdecomp-patroni-watchdog",
+        &[std::process::id().to_string(), root.display().to_string()],
+    )
 }
