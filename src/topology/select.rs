@@ -132,14 +132,15 @@ fn read(
             .filter(|n| n.role == Role::Replica)
             .filter(usable)
     };
-    let in_rotation = replicas().count();
-    let eligible: Vec<&Node> = replicas().filter(fits).collect();
-    if !eligible.is_empty() {
+    // Counted, then walked again, rather than collected: this runs on every read.
+    let eligible = replicas().filter(fits).count();
+    if let Some(n) = replicas().filter(fits).nth(rr % eligible.max(1)) {
         return Pick::Server {
-            addr: eligible[rr % eligible.len()].addr.clone(),
+            addr: n.addr.clone(),
             via: Via::Replica,
         };
     }
+    let in_rotation = replicas().count();
     let via = if in_rotation > 0 {
         Via::ReadYourWrites
     } else {
