@@ -229,6 +229,12 @@ async fn patroni_discovery_switchover_failover_and_ci_promotion() {
         outage < Duration::from_secs(5),
         "writes resumed within 5 s: {outage:?}"
     );
+    // The proxy keeps clients through the switchover: a statement caught by the old primary's
+    // shutdown fails (SQLSTATE 57P01, downgraded from FATAL), and the connection stays usable.
+    assert!(
+        !errors.iter().any(|e| e == "client connection closed"),
+        "no client connection was closed: {errors:?}"
+    );
     let ids: Vec<String> = acks.iter().map(|a| a.id.to_string()).collect();
     let found = lab.psql(
         &candidate,
@@ -243,6 +249,13 @@ async fn patroni_discovery_switchover_failover_and_ci_promotion() {
         acks.len().to_string(),
         "every acknowledged write is on the new primary"
     );
+    for line in proxy
+        .log()
+        .lines()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+    {
+        eprintln!("DEBUG {line}");
+    }
     let text = metrics(&proxy);
     assert_eq!(
         metric(&text, "pgdecomp_primary_unavailable_total", &[]),

@@ -156,6 +156,7 @@ pub async fn pump(
         to_server: BytesMut::with_capacity(8 * 1024),
         discarding: false,
     };
+    r.t.drop_idle_fatal = c.pool_mode == PoolMode::Transaction;
     if sc.params_fingerprint != c.params.fingerprint() {
         let defaults = sc.defaults.clone();
         if let Some(sql) = c.params.sync_sql(&sc.params, &defaults) {
@@ -320,7 +321,10 @@ async fn finish(
             discard_if_broken(conn);
             // Keep the client usable: report the loss (unless the server's own error, downgraded
             // from FATAL, already did), then answer every request still waiting.
-            if !t.server_fatal {
+            // Between transactions in transaction pooling nobody asked: the loss is invisible.
+            let unnoticed =
+                c.pool_mode == PoolMode::Transaction && t.client_waiting() == 0 && t.status == b'I';
+            if !t.server_fatal && !unnoticed {
                 PgError::error(
                     "08006",
                     format!("server connection lost ({reason}); the transaction was aborted"),

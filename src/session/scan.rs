@@ -80,8 +80,12 @@ pub struct Tracker {
     pending: Option<(Action, usize)>,
     /// The server is in COPY FROM STDIN (CopyInResponse seen, CopyDone/CopyFail not yet sent).
     copy_in: bool,
-    /// The server sent a FATAL error (it is closing); the client got it as an ERROR.
+    /// The server sent a FATAL error (it is closing); the client got it as an ERROR, or not at
+    /// all when it arrived between the client's transactions.
     pub server_fatal: bool,
+    /// Transaction pooling: between transactions the client does not own the server, so a
+    /// FATAL then (a shutdown racing the release) is not the client's to see.
+    pub drop_idle_fatal: bool,
 }
 
 impl Default for Tracker {
@@ -92,6 +96,7 @@ impl Default for Tracker {
             pending: None,
             copy_in: false,
             server_fatal: false,
+            drop_idle_fatal: false,
         }
     }
 }
@@ -235,16 +240,24 @@ impl Tracker {
             if matches!(tag, b'Z' | b'S' | b'E') && !complete {
                 break;
             }
-            // Only an answer to a waiting request: an unsolicited FATAL (idle-in-transaction
-            // timeout) must still end the client's session as the server meant.
-            if tag == b'E'
-                && self.client_waiting() > 0
-                && downgrade_fatal(&mut input[pos + 5..pos + total])
-            {
-                self.server_fatal = true;
+            // Only an answer to a waiting request is downgraded: an unsolicited FATAL inside a
+            // transaction (idle-in-transaction timeout) must still end the client's session.
+            let mut idle_fatal = false;
+            if tag == b'E' {
+                let body = &mut input[pos + 5..pos + total];
+                if self.client_waiting() > 0 {
+                    self.server_fatal |= fatal_severity(body, true);
+                } else if self.drop_idle_fatal && self.status == b'I' {
+                    idle_fatal = fatal_severity(body, false);
+                    self.server_fatal |= idle_fatal;
+                }
             }
             let body = &input[pos + 5..(pos + total).min(input.len())];
-            let action = self.classify_reply(tag, body, prepared, server_params, &mut ev);
+            let action = if idle_fatal {
+                Action::Drop
+            } else {
+                self.classify_reply(tag, body, prepared, server_params, &mut ev)
+            };
             self.pending = Some((action, total));
         }
         flush(out, input, &mut fwd_from, pos);
@@ -344,9 +357,10 @@ impl Tracker {
 }
 
 /// A server's FATAL means its connection ends, not the client's: the proxy keeps the client and
-/// reports the loss itself. Rewrites the severity fields (`S`, `V`) from FATAL to ERROR in place
-/// (same length); returns whether it did. Client libraries close their connection on FATAL.
-fn downgrade_fatal(body: &mut [u8]) -> bool {
+/// reports the loss itself. Finds the severity fields (`S`, `V`) saying FATAL and, with
+/// `downgrade`, rewrites them to ERROR in place (same length). Client libraries close their
+/// connection on FATAL.
+fn fatal_severity(body: &mut [u8], downgrade: bool) -> bool {
     let mut i = 0;
     let mut found = false;
     while i < body.len() && body[i] != 0 {
@@ -356,7 +370,9 @@ fn downgrade_fatal(body: &mut [u8]) -> bool {
             return found;
         };
         if matches!(field, b'S' | b'V') && &body[start..start + len] == b"FATAL" {
-            body[start..start + len].copy_from_slice(b"ERROR");
+            if downgrade {
+                body[start..start + len].copy_from_slice(b"ERROR");
+            }
             found = true;
         }
         i = start + len + 1;

@@ -171,3 +171,33 @@ fn an_unsolicited_fatal_stays_fatal() {
     assert!(!t.server_fatal);
     assert!(String::from_utf8_lossy(&out).contains("FATAL"));
 }
+
+#[test]
+fn a_fatal_after_the_answer_is_dropped_in_transaction_pooling() {
+    // A shutdown racing the release: ReadyForQuery, then the FATAL, in one read.
+    let mut t = Tracker::default();
+    t.drop_idle_fatal = true;
+    t.client_message();
+    t.close(SegmentOwner::Client);
+    let mut input = BytesMut::new();
+    ready_for_query(b'I', &mut input);
+    PgError::fatal(
+        "57P01",
+        "terminating connection due to administrator command",
+    )
+    .encode(&mut input);
+    let mut out = BytesMut::new();
+    t.scan(
+        &mut input,
+        &mut out,
+        &mut HashSet::new(),
+        &mut HashMap::new(),
+    )
+    .unwrap();
+    assert!(t.server_fatal);
+    assert!(
+        !String::from_utf8_lossy(&out).contains("57P01"),
+        "not forwarded"
+    );
+    assert_eq!(out.first(), Some(&b'Z'), "the answer itself still is");
+}
