@@ -129,22 +129,37 @@ fn syncs_sent_during_copy_in_are_merged_into_one_segment() {
     );
 }
 
-#[test]
-fn a_fatal_answer_reaches_the_client_as_an_error() {
+/// Scans one server read with a fresh client-params map; returns what reaches the client.
+fn scan_read(t: &mut Tracker, mut input: BytesMut) -> BytesMut {
+    let mut out = BytesMut::new();
+    t.scan(
+        &mut input,
+        &mut out,
+        &mut HashSet::new(),
+        &mut HashMap::new(),
+    )
+    .unwrap();
+    out
+}
+
+fn fatal(code: &'static str) -> BytesMut {
+    let mut b = BytesMut::new();
+    PgError::fatal(code, "terminating connection").encode(&mut b);
+    b
+}
+
+/// A tracker with one client request waiting for its answer.
+fn waiting() -> Tracker {
     let mut t = Tracker::default();
     t.client_message();
     t.close(SegmentOwner::Client);
-    let mut input = BytesMut::new();
-    PgError::fatal(
-        "57P01",
-        "terminating connection due to administrator command",
-    )
-    .encode(&mut input);
-    let mut out = BytesMut::new();
-    let mut prepared = HashSet::new();
-    let mut params = HashMap::new();
-    t.scan(&mut input, &mut out, &mut prepared, &mut params)
-        .unwrap();
+    t
+}
+
+#[test]
+fn a_fatal_answer_reaches_the_client_as_an_error() {
+    let mut t = waiting();
+    let out = scan_read(&mut t, fatal("57P01"));
     assert!(t.server_fatal);
     let text = String::from_utf8_lossy(&out);
     assert!(text.contains("ERROR") && !text.contains("FATAL"), "{text}");
@@ -153,21 +168,9 @@ fn a_fatal_answer_reaches_the_client_as_an_error() {
 
 #[test]
 fn an_unsolicited_fatal_stays_fatal() {
+    // Idle in a transaction (session pooling, or an idle-in-transaction timeout).
     let mut t = Tracker::default();
-    let mut input = BytesMut::new();
-    PgError::fatal(
-        "25P03",
-        "terminating connection due to idle-in-transaction timeout",
-    )
-    .encode(&mut input);
-    let mut out = BytesMut::new();
-    t.scan(
-        &mut input,
-        &mut out,
-        &mut HashSet::new(),
-        &mut HashMap::new(),
-    )
-    .unwrap();
+    let out = scan_read(&mut t, fatal("25P03"));
     assert!(!t.server_fatal);
     assert!(String::from_utf8_lossy(&out).contains("FATAL"));
 }
@@ -175,25 +178,12 @@ fn an_unsolicited_fatal_stays_fatal() {
 #[test]
 fn a_fatal_after_the_answer_is_dropped_in_transaction_pooling() {
     // A shutdown racing the release: ReadyForQuery, then the FATAL, in one read.
-    let mut t = Tracker::default();
+    let mut t = waiting();
     t.drop_idle_fatal = true;
-    t.client_message();
-    t.close(SegmentOwner::Client);
     let mut input = BytesMut::new();
     ready_for_query(b'I', &mut input);
-    PgError::fatal(
-        "57P01",
-        "terminating connection due to administrator command",
-    )
-    .encode(&mut input);
-    let mut out = BytesMut::new();
-    t.scan(
-        &mut input,
-        &mut out,
-        &mut HashSet::new(),
-        &mut HashMap::new(),
-    )
-    .unwrap();
+    input.extend_from_slice(&fatal("57P01"));
+    let out = scan_read(&mut t, input);
     assert!(t.server_fatal);
     assert!(
         !String::from_utf8_lossy(&out).contains("57P01"),
