@@ -102,13 +102,7 @@ pub async fn place(
                     .with_label_values(&[target.label()])
                     .inc();
             }
-            return Err(match err {
-                PlaceError::NoWriter { why, .. } => PlaceError::NoWriter {
-                    why,
-                    waited: started.elapsed().as_secs_f64(),
-                },
-                other => other,
-            });
+            return Err(err);
         }
         waited = true;
         let wait = RECHECK.min(deadline - now);

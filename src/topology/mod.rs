@@ -65,15 +65,14 @@ impl Topology {
         self.view.load_full()
     }
 
-    /// Publishes `next`; returns the previous view when anything differs.
-    pub fn publish(&self, next: View) -> Option<Arc<View>> {
-        let prev = self.view.load_full();
-        if *prev == next {
-            return None;
+    /// Publishes `next`; returns whether anything differed (waiting sessions are woken then).
+    pub fn publish(&self, next: View) -> bool {
+        if **self.view.load() == next {
+            return false;
         }
         self.view.store(Arc::new(next));
         self.changed.send_modify(|g| *g += 1);
-        Some(prev)
+        true
     }
 
     /// A receiver that wakes on every publish that changed something.

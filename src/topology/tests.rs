@@ -73,6 +73,11 @@ fn addr(p: Pick) -> (String, Via) {
 
 const MAIN_HOST: CiWriteHost = CiWriteHost::MainPrimary;
 
+/// A main read before phase 7: the server and why it was chosen.
+fn main_read(v: &View, need: Need, rr: usize, skip: Option<&str>) -> (String, Via) {
+    addr(pick(v, Target::MainReplica, MAIN_HOST, need, rr, skip))
+}
+
 #[test]
 fn writes_go_to_the_primary_and_ci_writes_follow_the_phase() {
     let v = standby_view();
@@ -95,27 +100,10 @@ fn writes_go_to_the_primary_and_ci_writes_follow_the_phase() {
 fn reads_rotate_over_replicas_and_skip_a_failed_one() {
     let v = standby_view();
     let picks: Vec<String> = (0..4)
-        .map(|rr| {
-            addr(pick(
-                &v,
-                Target::MainReplica,
-                MAIN_HOST,
-                Need::Any,
-                rr,
-                None,
-            ))
-            .0
-        })
+        .map(|rr| main_read(&v, Need::Any, rr, None).0)
         .collect();
     assert_eq!(picks, ["r1", "r2", "r1", "r2"]);
-    let (a, via) = addr(pick(
-        &v,
-        Target::MainReplica,
-        MAIN_HOST,
-        Need::Any,
-        0,
-        Some("r1"),
-    ));
+    let (a, via) = main_read(&v, Need::Any, 0, Some("r1"));
     assert_eq!((a.as_str(), via), ("r2", Via::Replica));
 }
 
@@ -127,21 +115,10 @@ fn a_lagging_replica_leaves_the_rotation_and_the_primary_serves_when_none_is_lef
     assert!(main.nodes[2].lagging, "r2 is 500 bytes behind");
     assert!(!main.nodes[1].lagging);
     for rr in 0..3 {
-        assert_eq!(
-            addr(pick(
-                &v,
-                Target::MainReplica,
-                MAIN_HOST,
-                Need::Any,
-                rr,
-                None
-            ))
-            .0,
-            "r1"
-        );
+        assert_eq!(main_read(&v, Need::Any, rr, None).0, "r1");
     }
     v.clusters[0].nodes[1].health = Health::Down("refused".into());
-    let (a, via) = addr(pick(&v, Target::MainReplica, MAIN_HOST, Need::Any, 0, None));
+    let (a, via) = main_read(&v, Need::Any, 0, None);
     assert_eq!((a.as_str(), via), ("p", Via::NoReplica));
 }
 
@@ -209,24 +186,14 @@ fn read_your_writes_goes_to_the_primary_until_the_position_is_known() {
         ryw.need(&v0, ClusterId::Main, Instant::now()),
         Need::Primary
     );
-    let (a, via) = addr(pick(
-        &v0,
-        Target::MainReplica,
-        MAIN_HOST,
-        Need::Primary,
-        0,
-        None,
-    ));
+    let (a, via) = main_read(&v0, Need::Primary, 0, None);
     assert_eq!((a.as_str(), via), ("p", Via::ReadYourWrites));
     // A later sample bounds the commit's position; r1 has replayed it, r2 has not.
     let v1 = standby_view();
     let need = ryw.need(&v1, ClusterId::Main, Instant::now());
     assert_eq!(need, Need::AtLeast(Lsn(1000)));
     for rr in 0..3 {
-        assert_eq!(
-            addr(pick(&v1, Target::MainReplica, MAIN_HOST, need, rr, None)).0,
-            "r1"
-        );
+        assert_eq!(main_read(&v1, need, rr, None).0, "r1");
     }
     // CI standby servers replay main's WAL, so the same position applies to ci reads.
     assert_eq!(

@@ -30,7 +30,7 @@ pub async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             |v: &View| ClusterId::ALL.map(|id| v.cluster(id).writer().map(|n| n.addr.clone()));
         let moved = writers(&prev) != writers(&next);
         // Most rounds only move WAL positions; pools change only when a writer does.
-        if shared.topology.publish(next).is_some() && moved {
+        if shared.topology.publish(next) && moved {
             close_unwritable(&shared);
         }
         let pause = if h.checks_enabled() {
