@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod drivers;
 pub mod patroni;
 pub mod proxy;
 pub mod raw;
