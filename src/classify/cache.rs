@@ -17,6 +17,8 @@ const AVERAGE_KEY: u64 = 256;
 /// Bounded, sharded cache of classifications keyed by statement text (literals normalised).
 pub struct ClassifyCache {
     classifier: Classifier,
+    /// Which dictionary this is: statements classified under an older one are redone.
+    generation: u64,
     // quick_cache shards behind per-shard locks: no global lock on the hot path.
     entries: Cache<Box<str>, Arc<Classification>, EntryWeight>,
 }
@@ -33,12 +35,22 @@ impl Weighter<Box<str>, Arc<Classification>> for EntryWeight {
 impl ClassifyCache {
     /// `capacity` is the number of entries of typical size that fit.
     pub fn new(classifier: Classifier, capacity: usize) -> Self {
+        Self::with_generation(classifier, capacity, 0)
+    }
+
+    /// A cache for the `generation`-th dictionary of this process (reloads count up).
+    pub fn with_generation(classifier: Classifier, capacity: usize, generation: u64) -> Self {
         let capacity = capacity.max(1);
         let weight = capacity as u64 * (ENTRY_OVERHEAD + AVERAGE_KEY);
         Self {
             classifier,
+            generation,
             entries: Cache::with_weighter(capacity, weight, EntryWeight),
         }
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     pub fn classifier(&self) -> &Classifier {

@@ -60,6 +60,10 @@ pub struct RawPool {
     pub max_client_conn: usize,
     /// Idle seconds after which a server connection is pinged before reuse.
     pub server_check_delay: f64,
+    /// Statements kept prepared per server connection; the least recently used is closed.
+    pub max_prepared_statements: usize,
+    /// Named statements one client may hold; a Parse beyond it is refused (53400).
+    pub max_client_prepared_statements: usize,
 }
 
 impl Default for RawPool {
@@ -74,6 +78,8 @@ impl Default for RawPool {
             server_lifetime: 3600.0,
             max_client_conn: 1000,
             server_check_delay: 30.0,
+            max_prepared_statements: 200,
+            max_client_prepared_statements: 5000,
         }
     }
 }

@@ -71,6 +71,10 @@ pub struct Snapshot {
     pub phase_file: PathBuf,
     pub phase: Arc<Phase>,
     pub max_message_size: usize,
+    /// Statements kept prepared per server connection (least recently used closed first).
+    pub max_prepared_statements: usize,
+    /// Named statements one client may hold.
+    pub max_client_prepared_statements: usize,
     pub watch_files: bool,
     /// Files whose change triggers a reload when `watch_files` is on.
     pub watched: Vec<PathBuf>,
@@ -321,6 +325,8 @@ impl Snapshot {
             phase_file: phase_file.clone(),
             phase,
             max_message_size: raw.max_message_size.max(1024),
+            max_prepared_statements: p.max_prepared_statements.max(1),
+            max_client_prepared_statements: p.max_client_prepared_statements.max(1),
             watch_files: raw.watch_files,
             watched: vec![path.to_path_buf(), phase_file.clone(), rel(&raw.auth_file)],
         })

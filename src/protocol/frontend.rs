@@ -96,6 +96,18 @@ pub fn write_bind_unnamed(out: &mut BytesMut) {
     out.put_slice(&[0, 0, 0, 0, 0, 0, 0, 0]);
 }
 
+/// Writes a Bind of statement `name` to the unnamed portal, without parameters.
+pub fn write_bind_of(name: &str, out: &mut BytesMut) {
+    let start = out.len();
+    out.put_u8(b'B');
+    out.put_i32(0);
+    out.put_u8(0);
+    out.put_slice(name.as_bytes());
+    out.put_u8(0);
+    out.put_slice(&[0, 0, 0, 0, 0, 0]);
+    finish(out, start);
+}
+
 /// Writes an Execute of the unnamed portal with no row limit.
 pub fn write_execute_unnamed(out: &mut BytesMut) {
     out.put_u8(b'E');

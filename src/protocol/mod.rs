@@ -6,5 +6,7 @@ pub mod backend;
 pub mod frame;
 pub mod frontend;
 pub mod startup;
+pub mod tag;
 
 pub use frame::{decode_frame, Frame, FrameError};
+pub use tag::{Front, TxnStatus};

@@ -101,6 +101,13 @@ pub fn route(c: &Classification, phase: &Phase, state: &RouteState) -> Decision 
     route_pinned(c, phase, state, state.pinned())
 }
 
+/// `route` for a statement that runs on a server connection already attached (the rest of an
+/// extended batch, which PostgreSQL runs as one implicit transaction, or session pooling): an
+/// open transaction's pin wins, then `on`. Violations are judged where it really runs.
+pub fn route_on(c: &Classification, phase: &Phase, state: &RouteState, on: Pinned) -> Decision {
+    route_pinned(c, phase, state, Some(state.pinned().unwrap_or(on)))
+}
+
 /// `route` with the transaction's pin given separately, so the shadow can re-map it without
 /// cloning the state.
 fn route_pinned(

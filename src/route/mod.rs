@@ -18,7 +18,7 @@ mod target;
 mod txn;
 mod violation;
 
-pub use decision::{route, route_shadow, Decision, Reason};
+pub use decision::{route, route_on, route_shadow, Decision, Reason};
 pub use phase::{CiWriteHost, GroupTargets, Phase, PhaseError, Rollout, RolloutMode};
 pub use schemas::SchemaMask;
 pub use state::{ConnectionKind, Pinned, RouteState, TxnState};

@@ -1,7 +1,7 @@
 //! Opening and logging in to a server connection (SCRAM, md5, password, trust), plus the small
 //! synchronous helpers the pool uses to check and reset a connection.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,6 +11,7 @@ use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::prepared::ServerStatements;
 use crate::protocol::backend::{parse_error_fields, parse_parameter_status};
 use crate::protocol::frame::{decode_frame, Frame};
 use crate::protocol::frontend::write_query;
@@ -125,7 +126,7 @@ pub struct ServerConn {
     /// ParameterStatus messages at login, in order, as the welcome for clients.
     pub welcome: Arc<Vec<(String, String)>>,
     /// Server-side names of statements prepared on this connection.
-    pub prepared: HashSet<Arc<str>>,
+    pub prepared: ServerStatements,
     pub created: Instant,
     pub last_used: Instant,
     /// Set when the connection may be in an unknown state; the pool then drops it.
@@ -170,7 +171,7 @@ impl ServerConn {
             params_fingerprint: 0,
             defaults: Arc::default(),
             welcome: Arc::default(),
-            prepared: HashSet::new(),
+            prepared: ServerStatements::default(),
             created: Instant::now(),
             last_used: Instant::now(),
             broken: false,

@@ -2,5 +2,7 @@
 //! connection to a PostgreSQL server, with what the proxy tracks about it.
 
 mod conn;
+mod prepared;
 
 pub use conn::{ServerConn, ServerCredential, ServerError, ServerKey, ServerSpec};
+pub use prepared::{ServerStatements, DEFAULT_CAP as DEFAULT_SERVER_STATEMENTS};

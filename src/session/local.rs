@@ -157,7 +157,7 @@ pub async fn answer(
             backend::command_complete("SET", &mut c.io.wbuf);
         }
         Ok(Local::Reset(Param::ReadYourWrites)) => {
-            c.ryw.enabled = c.routing.snap.health.read_your_writes;
+            c.ryw.enabled = c.session.snap.health.read_your_writes;
             backend::command_complete("RESET", &mut c.io.wbuf);
         }
         Ok(Local::Reset(_)) => {
@@ -183,12 +183,7 @@ pub async fn answer(
         }
         Err(e) => PgError::error(e.code, e.message).encode(&mut c.io.wbuf),
     }
-    let status = if c.routing.held_begin.is_some() {
-        b'T'
-    } else {
-        b'I'
-    };
-    backend::ready_for_query(status, &mut c.io.wbuf);
+    backend::ready_for_query(c.session.status().byte(), &mut c.io.wbuf);
     true
 }
 
@@ -196,7 +191,7 @@ pub async fn answer(
 /// primary sample after the client's last commit, which bounds that commit's position.
 async fn write_lsn(c: &mut super::relay::Client, shared: &super::Shared) -> String {
     use crate::topology::ClusterId;
-    let h = &c.routing.snap.health;
+    let h = &c.session.snap.health;
     let deadline = std::time::Instant::now() + (h.interval + h.statement_timeout) * 2;
     let mut changes = shared.topology.subscribe();
     loop {

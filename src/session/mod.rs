@@ -7,12 +7,13 @@ pub mod control;
 mod handshake;
 mod io;
 mod local;
+mod machine;
 mod params;
 mod placement;
 mod prepared;
 mod pump;
+mod record;
 mod relay;
-mod routing;
 mod scan;
 #[cfg(test)]
 mod scan_tests;
@@ -122,9 +123,11 @@ impl Shared {
                     tracing::info!("pool settings changed: new pools; the old ones drain");
                     self.pools.store(Pools::new(new.pool.clone()));
                 }
-                self.cache.store(Arc::new(ClassifyCache::new(
+                let generation = self.cache.load().generation() + 1;
+                self.cache.store(Arc::new(ClassifyCache::with_generation(
                     new.classifier.clone(),
                     new.cache_size,
+                    generation,
                 )));
                 // Servers added or removed take effect now, not at the next health round.
                 let view = crate::topology::checker::rebase(&new, &self.topology.view());
@@ -156,7 +159,7 @@ impl Shared {
         if seen.contains(&label) {
             return label;
         }
-        if seen.len() < routing::undefined_label_cap() {
+        if seen.len() < record::UNDEFINED_LABEL_CAP {
             seen.insert(label.clone());
             return label;
         }
@@ -212,7 +215,7 @@ impl Shared {
             kind: v.kind.label(),
             mode: v.mode.label(),
             message: v.message.clone(),
-            sql: routing::truncate(sql).to_string(),
+            sql: record::truncate(sql).to_string(),
         });
     }
 

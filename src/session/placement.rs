@@ -33,7 +33,7 @@ pub async fn place(
     shared: &Shared,
     started: Instant,
 ) -> Result<PooledConn, PlaceError> {
-    let snap = c.routing.snap.clone();
+    let snap = c.session.snap.clone();
     let tm = &shared.metrics.topology;
     let deadline = started + snap.health.primary_wait;
     // Subscribed only once a write has to wait: most checkouts never do.
@@ -42,7 +42,10 @@ pub async fn place(
     let mut waited = false;
     loop {
         let view = shared.topology.view();
-        let need = if !target.is_replica() || c.pool_mode == PoolMode::Session || c.ryw.is_idle() {
+        let need = if !target.is_replica()
+            || c.session.pool_mode() == PoolMode::Session
+            || c.ryw.is_idle()
+        {
             Need::Any
         } else {
             c.ryw.need(&view, read_cluster(target), Instant::now())

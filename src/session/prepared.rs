@@ -1,20 +1,21 @@
-//! Named prepared statements in transaction pooling: client statement names are mapped to
-//! proxy-wide server names, and a statement is prepared on demand on whichever server connection
-//! runs the client's next transaction (as PgBouncer >= 1.21 does).
+//! Session state (client → framing → **session** → classify → route → …): the one owner of a
+//! client's prepared statements. Client names map to proxy-wide server names, so a statement
+//! is prepared on demand on whichever server connection runs the client's next transaction
+//! (as PgBouncer >= 1.21 does); each statement carries its classification, so executing it
+//! costs no parse and no cache lookup.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
-use super::scan::Tracker;
-use crate::protocol::frame::Frame;
-use crate::protocol::frontend::{
-    bind_statement, parse_view, target_of, write_bind_renamed, write_parse, write_target,
-};
+use crate::classify::{Classification, ClassifyCache};
 
-/// A statement as the server knows it.
+/// A statement as the server knows it: one per distinct (SQL, parameter types), shared by
+/// every client that prepares the same text.
 #[derive(Debug)]
 pub struct Statement {
     pub server_name: Arc<str>,
@@ -22,36 +23,63 @@ pub struct Statement {
     pub param_types: Bytes,
 }
 
-/// SQL text and raw parameter types of a Parse.
-type StatementKey = (Arc<str>, Bytes);
-
-/// Proxy-wide map from (SQL, parameter types) to one server statement name, so clients that
-/// prepare the same text share one server-side statement per connection.
+/// Proxy-wide interning of statements. Entries are weak: a statement no client holds any more
+/// is forgotten, so the registry is bounded by what clients hold.
 #[derive(Default)]
 pub struct StatementRegistry {
-    names: Mutex<HashMap<StatementKey, Arc<Statement>>>,
+    buckets: Mutex<HashMap<u64, Vec<Weak<Statement>>>>,
     next: AtomicU64,
+    inserts: AtomicU64,
+}
+
+/// Inserts between sweeps of dead entries.
+const SWEEP_EVERY: u64 = 1024;
+
+fn key_hash(sql: &str, param_types: &[u8]) -> u64 {
+    let mut h = DefaultHasher::new();
+    sql.hash(&mut h);
+    param_types.hash(&mut h);
+    h.finish()
 }
 
 impl StatementRegistry {
+    /// The shared statement for this text and parameter types; the lookup allocates nothing.
     pub fn intern(&self, sql: &str, param_types: &[u8]) -> Arc<Statement> {
-        let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
-        let key = (Arc::<str>::from(sql), Bytes::copy_from_slice(param_types));
-        if let Some(s) = names.get(&key) {
-            return s.clone();
+        let hash = key_hash(sql, param_types);
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let bucket = buckets.entry(hash).or_default();
+        for weak in bucket.iter() {
+            if let Some(s) = weak.upgrade() {
+                if &*s.sql == sql && s.param_types == param_types {
+                    return s;
+                }
+            }
         }
+        bucket.retain(|w| w.strong_count() > 0);
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let stmt = Arc::new(Statement {
             server_name: Arc::from(format!("pgdecomp_{id}")),
-            sql: key.0.clone(),
-            param_types: key.1.clone(),
+            sql: Arc::from(sql),
+            param_types: Bytes::copy_from_slice(param_types),
         });
-        names.insert(key, stmt.clone());
+        bucket.push(Arc::downgrade(&stmt));
+        if self.inserts.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
+            buckets.retain(|_, b| {
+                b.retain(|w| w.strong_count() > 0);
+                !b.is_empty()
+            });
+        }
         stmt
     }
 
+    /// Statements some client still holds.
     pub fn len(&self) -> usize {
-        self.names.lock().map(|n| n.len()).unwrap_or(0)
+        let buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        buckets
+            .values()
+            .flatten()
+            .filter(|w| w.strong_count() > 0)
+            .count()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -59,99 +87,155 @@ impl StatementRegistry {
     }
 }
 
-/// The portal name the proxy closes in place of a client's Close of a named statement: closing
-/// a portal that does not exist is not an error, and yields the CloseComplete the client expects
-/// in exactly the right place while the shared server statement stays prepared.
-const NOOP_PORTAL: &str = "pgdecomp_noop";
+/// One statement of one client, with its classification under the dictionary generation it
+/// was made with.
+#[derive(Clone, Debug)]
+pub struct ClientStatement {
+    pub stmt: Arc<Statement>,
+    pub class: Arc<Classification>,
+    generation: u64,
+}
 
-/// Writes client frame `f` to `out` for the server, renaming statements and injecting Parse /
-/// Close as needed. Returns false for messages the caller must handle itself.
-pub fn forward_frame(
-    f: &Frame,
-    stmts: &mut HashMap<Box<[u8]>, Arc<Statement>>,
-    registry: &StatementRegistry,
-    prepared: &mut HashSet<Arc<str>>,
-    tracker: &mut Tracker,
-    out: &mut BytesMut,
-) {
-    match f.tag {
-        b'P' => match parse_view(f) {
-            Some(p) if !p.name.is_empty() => {
-                let stmt = registry.intern(p.sql, p.param_types);
-                if prepared.remove(&stmt.server_name) {
-                    // The client re-prepares: re-plan on the server rather than fail with
-                    // "already exists".
-                    write_target(b'C', b'S', &stmt.server_name, out);
-                    tracker.injected_close();
-                }
-                write_parse(&stmt.server_name, &stmt.sql, &stmt.param_types, out);
-                prepared.insert(stmt.server_name.clone());
-                tracker.parse_sent(Some(stmt.server_name.clone()), false);
-                stmts.insert(p.name.into(), stmt);
-            }
-            _ => {
-                out.extend_from_slice(&f.raw);
-                tracker.parse_sent(None, false);
-            }
-        },
-        b'B' => match bind_statement(f).and_then(|n| stmts.get(n)) {
-            Some(stmt) => {
-                ensure_prepared(stmt, prepared, tracker, out);
-                if write_bind_renamed(f, &stmt.server_name, out).is_none() {
-                    out.extend_from_slice(&f.raw);
-                }
-                tracker.client_message();
-            }
-            None => pass(f, tracker, out),
-        },
-        b'D' | b'C' => match target_of(f) {
-            Some((b'S', name)) if !name.is_empty() => {
-                if f.tag == b'C' {
-                    stmts.remove(name);
-                    write_target(b'C', b'P', NOOP_PORTAL, out);
-                    tracker.client_message();
-                } else if let Some(stmt) = stmts.get(name) {
-                    ensure_prepared(stmt, prepared, tracker, out);
-                    write_target(b'D', b'S', &stmt.server_name, out);
-                    tracker.client_message();
-                } else {
-                    pass(f, tracker, out);
-                }
-            }
-            _ => pass(f, tracker, out),
-        },
-        b'S' => {
-            out.extend_from_slice(&f.raw);
-            tracker.sync();
+impl ClientStatement {
+    pub fn new(stmt: Arc<Statement>, cache: &ClassifyCache) -> Self {
+        Self {
+            class: cache.get(&stmt.sql),
+            generation: cache.generation(),
+            stmt,
         }
-        b'Q' | b'F' => {
-            out.extend_from_slice(&f.raw);
-            tracker.close(super::scan::SegmentOwner::Client);
+    }
+
+    /// The classification, redone once after a reload replaced the dictionary.
+    pub fn class(&mut self, cache: &ClassifyCache) -> &Arc<Classification> {
+        if self.generation != cache.generation() {
+            self.class = cache.get(&self.stmt.sql);
+            self.generation = cache.generation();
         }
-        b'c' | b'f' => {
-            out.extend_from_slice(&f.raw);
-            tracker.copy_done();
-        }
-        // CopyData and Flush belong to requests already counted.
-        b'd' | b'H' => out.extend_from_slice(&f.raw),
-        _ => pass(f, tracker, out),
+        &self.class
     }
 }
 
-fn pass(f: &Frame, tracker: &mut Tracker, out: &mut BytesMut) {
-    out.extend_from_slice(&f.raw);
-    tracker.client_message();
+/// The unnamed statement: text kept in reused buffers, so drivers that Parse before every
+/// execution cost no allocation per statement.
+#[derive(Debug, Default)]
+pub struct Unnamed {
+    pub sql: String,
+    pub param_types: Vec<u8>,
+    pub class: Option<Arc<Classification>>,
+    generation: u64,
 }
 
-fn ensure_prepared(
-    stmt: &Statement,
-    prepared: &mut HashSet<Arc<str>>,
-    tracker: &mut Tracker,
-    out: &mut BytesMut,
-) {
-    if !prepared.contains(&stmt.server_name) {
-        write_parse(&stmt.server_name, &stmt.sql, &stmt.param_types, out);
-        prepared.insert(stmt.server_name.clone());
-        tracker.parse_sent(Some(stmt.server_name.clone()), true);
+impl Unnamed {
+    pub fn set(&mut self, sql: &str, param_types: &[u8], cache: &ClassifyCache) {
+        self.sql.clear();
+        self.sql.push_str(sql);
+        self.param_types.clear();
+        self.param_types.extend_from_slice(param_types);
+        self.class = Some(cache.get(sql));
+        self.generation = cache.generation();
+    }
+
+    pub fn class(&mut self, cache: &ClassifyCache) -> Option<&Arc<Classification>> {
+        if self.class.is_some() && self.generation != cache.generation() {
+            self.class = Some(cache.get(&self.sql));
+            self.generation = cache.generation();
+        }
+        self.class.as_ref()
+    }
+}
+
+/// Why a statement could not be kept.
+#[derive(Debug, PartialEq, Eq)]
+pub struct TooMany {
+    pub limit: usize,
+}
+
+/// A client's statements: named ones bounded by `cap`, and the unnamed one.
+#[derive(Debug)]
+pub struct ClientStatements {
+    named: HashMap<Box<[u8]>, ClientStatement>,
+    pub unnamed: Unnamed,
+    cap: usize,
+}
+
+impl ClientStatements {
+    pub fn new(cap: usize) -> Self {
+        Self {
+            named: HashMap::new(),
+            unnamed: Unnamed::default(),
+            cap: cap.max(1),
+        }
+    }
+
+    /// Records a named statement; replacing one keeps the count. Past the cap the statement is
+    /// refused: the client must close some (silently dropping one would break it later).
+    pub fn insert(&mut self, name: &[u8], s: ClientStatement) -> Result<(), TooMany> {
+        if let Some(slot) = self.named.get_mut(name) {
+            *slot = s;
+            return Ok(());
+        }
+        if self.named.len() >= self.cap {
+            return Err(TooMany { limit: self.cap });
+        }
+        self.named.insert(name.into(), s);
+        Ok(())
+    }
+
+    pub fn get(&self, name: &[u8]) -> Option<&ClientStatement> {
+        self.named.get(name)
+    }
+
+    pub fn get_mut(&mut self, name: &[u8]) -> Option<&mut ClientStatement> {
+        self.named.get_mut(name)
+    }
+
+    pub fn remove(&mut self, name: &[u8]) -> Option<ClientStatement> {
+        self.named.remove(name)
+    }
+
+    /// DISCARD ALL / DEALLOCATE ALL.
+    pub fn clear(&mut self) {
+        self.named.clear();
+        self.unnamed = Unnamed::default();
+    }
+
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.named.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_shares_and_forgets() {
+        let r = StatementRegistry::default();
+        let a = r.intern("select 1", &[0, 0]);
+        let b = r.intern("select 1", &[0, 0]);
+        assert!(Arc::ptr_eq(&a, &b));
+        let c = r.intern("select 1", &[0, 1, 0, 0, 0, 23]);
+        assert!(!Arc::ptr_eq(&a, &c));
+        assert_eq!(r.len(), 2);
+        drop((a, b, c));
+        assert_eq!(r.len(), 0);
+        let d = r.intern("select 1", &[0, 0]);
+        assert_ne!(&*d.server_name, "pgdecomp_0");
+    }
+
+    #[test]
+    fn client_statements_are_bounded() {
+        let cache = ClassifyCache::new(crate::classify::Classifier::gitlab_default(), 10);
+        let r = StatementRegistry::default();
+        let mut s = ClientStatements::new(2);
+        let st = |sql: &str| ClientStatement::new(r.intern(sql, &[0, 0]), &cache);
+        s.insert(b"a", st("select 1")).unwrap();
+        s.insert(b"b", st("select 2")).unwrap();
+        s.insert(b"a", st("select 3")).unwrap();
+        assert_eq!(s.insert(b"c", st("select 4")), Err(TooMany { limit: 2 }));
+        s.remove(b"a");
+        s.insert(b"c", st("select 4")).unwrap();
+        assert_eq!(s.len(), 2);
     }
 }

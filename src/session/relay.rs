@@ -1,24 +1,24 @@
-//! The per-client loop: wait for a request, classify and route it, check out a connection to
-//! the chosen target, hand over to the pump until the transaction (or session) ends.
+//! The per-client loop (client → framing → **session** → …): read a request, let the session
+//! machine plan it, check out a connection to the planned target, hand over to the pump until
+//! the transaction (or session) ends.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Instant;
 
 use super::cancel::CancelSlot;
 use super::io::ClientIo;
+use super::machine::{Ctx, Plan, Session};
 use super::params::ClientParams;
 use super::placement::{place, PlaceError};
-use super::prepared::Statement;
 use super::pump::{pump, PumpEnd};
-use super::routing::Routing;
+use super::record::Recorder;
 use super::{SessionError, Shared};
-use crate::config::{Database, PoolMode, Snapshot};
+use crate::config::{Database, Snapshot};
 use crate::pool::CheckoutError;
-use crate::protocol::backend::{self, PgError};
+use crate::protocol::backend::PgError;
 use crate::protocol::frame::Frame;
-use crate::route::Reason;
+use crate::protocol::Front;
+use crate::route::ConnectionKind;
 use crate::server::ServerSpec;
 use crate::topology::select::write_cluster;
 use crate::topology::ReadYourWrites;
@@ -35,17 +35,13 @@ pub struct Client {
     pub user: String,
     pub database: String,
     pub params: ClientParams,
-    /// The client's named statements.
-    pub stmts: HashMap<Box<[u8]>, Arc<Statement>>,
     /// Server login for this client; the address is filled in per target.
     pub spec: ServerSpec,
     pub cancel_key: (u32, u32),
     pub cancel_slot: CancelSlot,
-    pub pool_mode: PoolMode,
-    pub routing: Routing,
-    /// After an error answered by the proxy, extended messages are skipped until Sync.
-    pub skip_until_sync: bool,
-    /// The client → server buffer, kept between transactions to avoid an allocation each.
+    /// All protocol and routing state of the session.
+    pub session: Session,
+    /// The client → server buffer, reused by every attachment.
     pub to_server: bytes::BytesMut,
     /// Positions the client's reads must see (its own writes, or `pgdecomp.min_lsn`).
     pub ryw: ReadYourWrites,
@@ -61,11 +57,14 @@ pub struct Login {
     pub spec: ServerSpec,
     pub cancel_key: (u32, u32),
     pub cancel_slot: CancelSlot,
-    pub snap: Arc<Snapshot>,
+    pub snap: std::sync::Arc<Snapshot>,
 }
 
 impl Client {
     pub fn new(io: ClientIo, peer: SocketAddr, l: Login) -> Self {
+        let connection =
+            l.db.db_config
+                .map_or(ConnectionKind::Transparent, ConnectionKind::DbConfig);
         Self {
             io,
             id: l.id,
@@ -73,27 +72,15 @@ impl Client {
             user: l.user,
             database: l.database,
             params: l.params,
-            stmts: HashMap::new(),
             spec: l.spec,
             cancel_key: l.cancel_key,
             cancel_slot: l.cancel_slot,
-            pool_mode: l.snap.pool_mode,
-            routing: Routing::new(&l.db, l.snap.clone()),
-            skip_until_sync: false,
-            to_server: bytes::BytesMut::with_capacity(8 * 1024),
             ryw: ReadYourWrites::new(
                 l.snap.health.read_your_writes,
                 l.snap.health.read_your_writes_timeout,
             ),
-        }
-    }
-
-    /// Transaction status the client believes in, for replies the proxy makes itself.
-    fn status(&self) -> u8 {
-        if self.routing.held_begin.is_some() {
-            b'T'
-        } else {
-            b'I'
+            session: Session::new(connection, l.snap, rand::random::<f64>() * 100.0),
+            to_server: bytes::BytesMut::with_capacity(8 * 1024),
         }
     }
 }
@@ -109,46 +96,42 @@ pub async fn run(
         let Some(first) = c.io.read_frame().await? else {
             return Ok(());
         };
-        match first.tag {
-            b'X' => return Ok(()),
-            b'H' => continue,
-            b'S' => {
+        match first.front() {
+            Front::Terminate => return Ok(()),
+            Front::Flush => continue,
+            Front::Sync => {
                 // Nothing outstanding: answer the Sync ourselves rather than take a server.
-                c.skip_until_sync = false;
-                backend::ready_for_query(c.status(), &mut c.io.wbuf);
+                c.session.lone_sync(&mut c.io.wbuf);
                 continue;
             }
-            _ if c.skip_until_sync => continue,
+            _ if c.session.skipping() => continue,
+            Front::Query if super::local::answer(c, &first, shared).await => continue,
             _ => {}
         }
-        if first.tag == b'Q' && super::local::answer(c, &first, shared).await {
-            continue;
-        }
-        c.routing.refresh(shared);
+        c.session
+            .refresh(|| shared.config.load_full(), rand::random::<f64>() * 100.0);
         let unit = collect_unit(c, first).await?;
-        let carried = c.routing.unit(&unit, &c.stmts, shared);
-        let mut d = c.routing.decide(&carried, shared, c.id);
-        let rejection = d.rejected().map(|v| v.pg_error(&carried.sql));
-        if rejection.is_none() && d.reason == Reason::BeginDeferred {
-            if unit.len() == 1 && unit[0].tag == b'Q' && carried.class.statements.len() == 1 {
-                // Hold BEGIN until the transaction's first statement picks its server.
-                c.routing.held_begin = Some(unit[0].raw.clone());
-                c.routing.after(&carried, &d);
-                backend::command_complete("BEGIN", &mut c.io.wbuf);
-                backend::ready_for_query(b'T', &mut c.io.wbuf);
-                continue;
-            }
-            // An extended-protocol BEGIN, or BEGIN with more statements in one string, is sent
-            // at once and pins the hinted target.
-            d.reason = Reason::Write;
-        }
-        let target = match c.pool_mode {
-            PoolMode::Session => c.routing.session_target(&d),
-            PoolMode::Transaction => d.target,
+        let plan = {
+            let cache = shared.cache.load();
+            let mut recorder = Recorder {
+                shared,
+                client: c.id,
+            };
+            let mut ctx = Ctx {
+                cache: &cache,
+                registry: &shared.statements,
+                observer: &mut recorder,
+            };
+            c.session.plan(&unit, &mut ctx, &mut c.io.wbuf)
         };
-        if rejection.is_none() {
-            c.routing.after(&carried, &d);
-        }
+        let Plan::Attach {
+            target,
+            group,
+            hold_status,
+        } = plan
+        else {
+            continue;
+        };
         entry.set(1, Some(target));
         shared.control.wait_unpaused(target).await;
         let waited = Instant::now();
@@ -167,14 +150,15 @@ pub async fn run(
         let tm = m.target(target);
         tm.transactions.inc();
         let held = Instant::now();
-        let end = pump(c, conn, unit, rejection, shared, &tm.statement_seconds).await;
+        c.session.attach(target, group, hold_status);
+        let end = pump(c, conn, unit, shared, &tm.statement_seconds).await;
         drop(running);
         entry.set(0, Some(target));
         let end = end?;
         tm.transaction_seconds.observe(held.elapsed().as_secs_f64());
-        if c.routing.take_wrote() && !target.is_replica() {
+        if c.session.take_wrote() && !target.is_replica() {
             // Committed (or ended) now: reads need a replica that has replayed it.
-            let cluster = write_cluster(target, c.routing.snap.phase.ci_write_host());
+            let cluster = write_cluster(target, c.session.snap.phase.ci_write_host());
             c.ryw.wrote(cluster, Instant::now());
         }
         if end == PumpEnd::ClientGone {
@@ -183,16 +167,17 @@ pub async fn run(
     }
 }
 
-/// Reads the rest of an extended-protocol batch (up to Sync or Flush), which is routed as one.
+/// Reads the rest of an extended-protocol batch (up to Sync or Flush), which is planned as one.
 async fn collect_unit(c: &mut Client, first: Frame) -> Result<Vec<Frame>, SessionError> {
-    let single = matches!(first.tag, b'Q' | b'F' | b'd' | b'c' | b'f');
+    let single = first.front().is_single();
     let mut bytes = first.raw.len();
     let mut unit = vec![first];
-    while !single && !matches!(unit.last().map(|f| f.tag), Some(b'S' | b'H')) && bytes < HIGH_WATER
-    {
+    let ended =
+        |u: &[Frame]| matches!(u.last().map(Frame::front), Some(Front::Sync | Front::Flush));
+    while !single && !ended(&unit) && bytes < HIGH_WATER {
         // After an Execute the client may wait for a reply (COPY FROM STDIN): take only what is
         // already buffered rather than wait for a Sync that comes later.
-        let next = if unit.last().is_some_and(|f| f.tag == b'E') {
+        let next = if unit.last().is_some_and(|f| f.front() == Front::Execute) {
             c.io.buffered_frame()?
         } else {
             c.io.read_frame().await?
@@ -217,12 +202,10 @@ fn reject(c: &mut Client, unit: &[Frame], e: &PlaceError) {
         PlaceError::NoWriter { .. } => "57P03",
         _ => "08006",
     };
-    PgError::error(code, e.to_string()).encode(&mut c.io.wbuf);
-    let synced = matches!(unit.last().map(|f| f.tag), Some(b'Q' | b'F' | b'S'));
-    if synced {
-        let status = if c.status() == b'T' { b'E' } else { b'I' };
-        backend::ready_for_query(status, &mut c.io.wbuf);
-    } else {
-        c.skip_until_sync = true;
-    }
+    let synced = matches!(
+        unit.last().map(Frame::front),
+        Some(Front::Query | Front::FunctionCall | Front::Sync)
+    );
+    c.session
+        .refused_locally(PgError::error(code, e.to_string()), synced, &mut c.io.wbuf);
 }

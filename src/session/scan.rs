@@ -2,13 +2,14 @@
 //! server bytes, forwards them raw, and drops only the replies to messages the proxy injected
 //! (re-prepares, parameter syncs). Pure: buffers in, buffers out.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::{Buf, BytesMut};
 
 use crate::protocol::backend::{parse_error_fields, parse_parameter_status};
 use crate::protocol::frame::{peek_header, FrameError};
+use crate::server::ServerStatements;
 
 /// Who is waiting for a run of replies ending in ReadyForQuery.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,6 +87,10 @@ pub struct Tracker {
     /// Transaction pooling: between transactions the client does not own the server, so a
     /// FATAL then (a shutdown racing the release) is not the client's to see.
     pub drop_idle_fatal: bool,
+    /// The status the client must see in ReadyForQuery instead of the server's: set while a
+    /// transaction whose BEGIN the proxy holds uses a server only to prepare or describe
+    /// (the server is idle; the client is in its transaction). An error turns it to failed.
+    pub hold_status: Option<u8>,
 }
 
 impl Default for Tracker {
@@ -97,6 +102,7 @@ impl Default for Tracker {
             copy_in: false,
             server_fatal: false,
             drop_idle_fatal: false,
+            hold_status: None,
         }
     }
 }
@@ -203,7 +209,7 @@ impl Tracker {
         &mut self,
         input: &mut BytesMut,
         out: &mut BytesMut,
-        prepared: &mut HashSet<Arc<str>>,
+        prepared: &mut ServerStatements,
         server_params: &mut std::collections::HashMap<String, String>,
     ) -> Result<ScanEvents, FrameError> {
         let mut ev = ScanEvents::default();
@@ -253,11 +259,22 @@ impl Tracker {
                 }
             }
             let body = &input[pos + 5..(pos + total).min(input.len())];
+            let client_owned = self
+                .segments
+                .front()
+                .is_none_or(|s| s.owner == SegmentOwner::Client);
             let action = if idle_fatal {
                 Action::Drop
             } else {
                 self.classify_reply(tag, body, prepared, server_params, &mut ev)
             };
+            if let (Some(held), true) = (self.hold_status, client_owned) {
+                match tag {
+                    b'E' => self.hold_status = Some(b'E'),
+                    b'Z' if total > 5 => input[pos + 5] = held,
+                    _ => {}
+                }
+            }
             self.pending = Some((action, total));
         }
         flush(out, input, &mut fwd_from, pos);
@@ -269,7 +286,7 @@ impl Tracker {
         &mut self,
         tag: u8,
         body: &[u8],
-        prepared: &mut HashSet<Arc<str>>,
+        prepared: &mut ServerStatements,
         server_params: &mut std::collections::HashMap<String, String>,
         ev: &mut ScanEvents,
     ) -> Action {

@@ -2,8 +2,9 @@
 
 use super::scan::*;
 use crate::protocol::backend::{empty, ready_for_query, PgError};
+use crate::server::ServerStatements;
 use bytes::{BufMut, BytesMut};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 fn data_row(len: usize, out: &mut BytesMut) {
@@ -13,7 +14,7 @@ fn data_row(len: usize, out: &mut BytesMut) {
 }
 
 fn run(t: &mut Tracker, input: &[u8], chunk: usize) -> (BytesMut, Vec<ScanEvents>) {
-    let mut prepared = HashSet::new();
+    let mut prepared = ServerStatements::default();
     let mut params = HashMap::new();
     let mut out = BytesMut::new();
     let mut buf = BytesMut::new();
@@ -87,7 +88,8 @@ fn error_cancels_swallowing_and_unprepares() {
     t.parse_sent(Some(Arc::from("bad")), true);
     t.client_message();
     t.close(SegmentOwner::Client);
-    let mut prepared: HashSet<Arc<str>> = [Arc::from("bad")].into_iter().collect();
+    let mut prepared = ServerStatements::default();
+    prepared.insert(Arc::from("bad"));
     let mut input = BytesMut::new();
     PgError::error("42P01", "relation does not exist").encode(&mut input);
     ready_for_query(b'I', &mut input);
@@ -135,7 +137,7 @@ fn scan_read(t: &mut Tracker, mut input: BytesMut) -> BytesMut {
     t.scan(
         &mut input,
         &mut out,
-        &mut HashSet::new(),
+        &mut ServerStatements::default(),
         &mut HashMap::new(),
     )
     .unwrap();

@@ -1,0 +1,324 @@
+//! Session step, attached: each client message on its way to the attached server. Statements
+//! are renamed to the proxy-wide server names and prepared on demand; every execution (a
+//! Query, or a Bind) is routed, checked and counted once, and refused in place when enforced.
+
+use bytes::BytesMut;
+
+use super::local::{deallocate, too_many, Deallocate};
+use super::refuse::own_error;
+use super::{execute, Attachment, Ctx, Session};
+use crate::protocol::frame::Frame;
+use crate::protocol::frontend::{
+    bind_statement, parse_view, query_sql, target_of, write_bind_renamed, write_parse, write_query,
+    write_target,
+};
+use crate::protocol::Front;
+use crate::server::ServerStatements;
+
+use super::super::prepared::{ClientStatement, Statement};
+use super::super::scan::SegmentOwner;
+
+/// The portal name the proxy closes in place of a client's Close of a named statement: closing
+/// a portal that does not exist is not an error, and yields the CloseComplete the client expects
+/// in exactly the right place while the shared server statement stays prepared.
+const NOOP_PORTAL: &str = "pgdecomp_noop";
+
+impl Session {
+    /// Writes client message `f` for the attached server into `out`. Nothing is written when
+    /// no server is attached.
+    pub fn client_frame(
+        &mut self,
+        f: &Frame,
+        ctx: &mut Ctx,
+        server: &mut ServerStatements,
+        out: &mut BytesMut,
+    ) {
+        let Some(a) = self.link.as_mut() else {
+            return;
+        };
+        if self.skip {
+            if f.front() == Front::Sync {
+                self.skip = false;
+                out.extend_from_slice(&f.raw);
+                a.tracker.sync();
+            }
+            return;
+        }
+        match f.front() {
+            Front::Query => self.forward_query(f, ctx, server, out),
+            Front::Parse => self.forward_parse(f, ctx, server, out),
+            Front::Bind => self.forward_bind(f, ctx, server, out),
+            Front::Describe => self.forward_describe(f, server, out),
+            Front::Close => self.forward_close(f, out),
+            Front::Sync => {
+                out.extend_from_slice(&f.raw);
+                a.tracker.sync();
+            }
+            Front::FunctionCall => {
+                out.extend_from_slice(&f.raw);
+                a.tracker.close(SegmentOwner::Client);
+            }
+            Front::CopyDone | Front::CopyFail => {
+                out.extend_from_slice(&f.raw);
+                a.tracker.copy_done();
+            }
+            // CopyData and Flush belong to requests already sent.
+            Front::CopyData | Front::Flush => out.extend_from_slice(&f.raw),
+            Front::Execute | Front::Terminate | Front::Other(_) => {
+                out.extend_from_slice(&f.raw);
+                a.tracker.client_message();
+            }
+        }
+    }
+
+    fn forward_query(
+        &mut self,
+        f: &Frame,
+        ctx: &mut Ctx,
+        server: &mut ServerStatements,
+        out: &mut BytesMut,
+    ) {
+        let Session {
+            link: Some(a),
+            stmts,
+            route,
+            snap,
+            wrote,
+            ..
+        } = self
+        else {
+            return;
+        };
+        let sql = query_sql(f).unwrap_or_default();
+        let class = ctx.cache.get(sql);
+        let d = execute(route, snap, wrote, &class, sql, Some(a.pin), ctx.observer);
+        if let Some(v) = d.rejected() {
+            a.refuse_query(&v.pg_error(sql), out);
+            return;
+        }
+        a.unnamed_here = false;
+        match deallocate(sql) {
+            Some(Deallocate::Name(name)) => {
+                if let Some(s) = stmts.remove(name.as_bytes()) {
+                    // The server knows it by the proxy's name; others re-prepare on demand.
+                    ensure_prepared(&s.stmt, a, server, out);
+                    server.remove(&s.stmt.server_name);
+                    write_query(&format!("DEALLOCATE {}", s.stmt.server_name), out);
+                    a.tracker.close(SegmentOwner::Client);
+                    return;
+                }
+            }
+            Some(Deallocate::All) => {
+                stmts.clear();
+                server.clear();
+            }
+            None if is_discard_all(sql) => {
+                stmts.clear();
+                server.clear();
+            }
+            None => {}
+        }
+        out.extend_from_slice(&f.raw);
+        a.tracker.close(SegmentOwner::Client);
+    }
+
+    fn forward_parse(
+        &mut self,
+        f: &Frame,
+        ctx: &mut Ctx,
+        server: &mut ServerStatements,
+        out: &mut BytesMut,
+    ) {
+        let Session {
+            link: Some(a),
+            stmts,
+            skip,
+            ..
+        } = self
+        else {
+            return;
+        };
+        let Some(p) = parse_view(f) else {
+            out.extend_from_slice(&f.raw);
+            a.tracker.parse_sent(None, false);
+            return;
+        };
+        if p.name.is_empty() {
+            stmts.unnamed.set(p.sql, p.param_types, ctx.cache);
+            a.unnamed_here = true;
+            out.extend_from_slice(&f.raw);
+            a.tracker.parse_sent(None, false);
+            return;
+        }
+        let stmt = ctx.registry.intern(p.sql, p.param_types);
+        if let Err(e) = stmts.insert(p.name, ClientStatement::new(stmt.clone(), ctx.cache)) {
+            a.refuse_extended(&own_error("53400", too_many(e.limit)), out);
+            *skip = true;
+            return;
+        }
+        if server.remove(&stmt.server_name) {
+            // Prepared here already: re-plan on the server rather than fail with "already
+            // exists", so the client gets its ParseComplete in the right place.
+            write_target(b'C', b'S', &stmt.server_name, out);
+            a.tracker.injected_close();
+        }
+        if let Some(old) = server.insert(stmt.server_name.clone()) {
+            write_target(b'C', b'S', &old, out);
+            a.tracker.injected_close();
+        }
+        write_parse(&stmt.server_name, &stmt.sql, &stmt.param_types, out);
+        a.tracker.parse_sent(Some(stmt.server_name.clone()), false);
+    }
+
+    fn forward_bind(
+        &mut self,
+        f: &Frame,
+        ctx: &mut Ctx,
+        server: &mut ServerStatements,
+        out: &mut BytesMut,
+    ) {
+        let Session {
+            link: Some(a),
+            stmts,
+            route,
+            snap,
+            wrote,
+            skip,
+            ..
+        } = self
+        else {
+            return;
+        };
+        let name = bind_statement(f).unwrap_or_default();
+        let refuse = |a: &mut Attachment, skip: &mut bool, e, out: &mut BytesMut| {
+            a.refuse_extended(&e, out);
+            *skip = true;
+        };
+        if name.is_empty() {
+            let Some(class) = stmts.unnamed.class(ctx.cache).cloned() else {
+                let e = own_error("26000", "unnamed prepared statement does not exist".into());
+                return refuse(a, skip, e, out);
+            };
+            let sql = &stmts.unnamed.sql;
+            let d = execute(route, snap, wrote, &class, sql, Some(a.pin), ctx.observer);
+            if let Some(v) = d.rejected() {
+                return refuse(a, skip, v.pg_error(sql), out);
+            }
+            if !a.unnamed_here {
+                // Parsed in an earlier transaction, maybe on another server connection.
+                write_parse("", sql, &stmts.unnamed.param_types, out);
+                a.tracker.parse_sent(None, true);
+                a.unnamed_here = true;
+            }
+            out.extend_from_slice(&f.raw);
+            a.tracker.client_message();
+            return;
+        }
+        let Some(s) = stmts.get_mut(name) else {
+            let shown = String::from_utf8_lossy(name);
+            let e = own_error(
+                "26000",
+                format!("prepared statement \"{shown}\" does not exist"),
+            );
+            return refuse(a, skip, e, out);
+        };
+        let class = s.class(ctx.cache).clone();
+        let stmt = s.stmt.clone();
+        let d = execute(
+            route,
+            snap,
+            wrote,
+            &class,
+            &stmt.sql,
+            Some(a.pin),
+            ctx.observer,
+        );
+        if let Some(v) = d.rejected() {
+            return refuse(a, skip, v.pg_error(&stmt.sql), out);
+        }
+        ensure_prepared(&stmt, a, server, out);
+        if write_bind_renamed(f, &stmt.server_name, out).is_none() {
+            out.extend_from_slice(&f.raw);
+        }
+        a.tracker.client_message();
+    }
+
+    fn forward_describe(&mut self, f: &Frame, server: &mut ServerStatements, out: &mut BytesMut) {
+        let Session {
+            link: Some(a),
+            stmts,
+            ..
+        } = self
+        else {
+            return;
+        };
+        match target_of(f) {
+            Some((b'S', [])) => {
+                if !a.unnamed_here && stmts.unnamed.class.is_some() {
+                    write_parse("", &stmts.unnamed.sql, &stmts.unnamed.param_types, out);
+                    a.tracker.parse_sent(None, true);
+                    a.unnamed_here = true;
+                }
+                out.extend_from_slice(&f.raw);
+            }
+            Some((b'S', name)) => match stmts.get(name) {
+                Some(s) => {
+                    let stmt = s.stmt.clone();
+                    ensure_prepared(&stmt, a, server, out);
+                    write_target(b'D', b'S', &stmt.server_name, out);
+                }
+                None => out.extend_from_slice(&f.raw),
+            },
+            _ => out.extend_from_slice(&f.raw),
+        }
+        a.tracker.client_message();
+    }
+
+    fn forward_close(&mut self, f: &Frame, out: &mut BytesMut) {
+        let Session {
+            link: Some(a),
+            stmts,
+            ..
+        } = self
+        else {
+            return;
+        };
+        match target_of(f) {
+            Some((b'S', [])) => {
+                stmts.unnamed = Default::default();
+                out.extend_from_slice(&f.raw);
+            }
+            Some((b'S', name)) => {
+                stmts.remove(name);
+                write_target(b'C', b'P', NOOP_PORTAL, out);
+            }
+            _ => out.extend_from_slice(&f.raw),
+        }
+        a.tracker.client_message();
+    }
+}
+
+/// Prepares `stmt` on the attached server unless it is there; a full server set closes its
+/// least recently used statement first. The replies to both are dropped.
+fn ensure_prepared(
+    stmt: &Statement,
+    a: &mut Attachment,
+    server: &mut ServerStatements,
+    out: &mut BytesMut,
+) {
+    if server.touch(&stmt.server_name) {
+        return;
+    }
+    if let Some(old) = server.insert(stmt.server_name.clone()) {
+        write_target(b'C', b'S', &old, out);
+        a.tracker.injected_close();
+    }
+    write_parse(&stmt.server_name, &stmt.sql, &stmt.param_types, out);
+    a.tracker.parse_sent(Some(stmt.server_name.clone()), true);
+}
+
+fn is_discard_all(sql: &str) -> bool {
+    let mut w = sql.trim().trim_end_matches(';').split_whitespace();
+    matches!((w.next(), w.next(), w.next()), (Some(a), Some(b), None)
+        if a.eq_ignore_ascii_case("discard") && b.eq_ignore_ascii_case("all"))
+}

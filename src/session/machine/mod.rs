@@ -1,0 +1,339 @@
+//! Session step (client → framing → **session** → classify → route → pool → server): one
+//! client's protocol state as an I/O-free state machine. It takes client messages and server
+//! replies and answers with actions: replies written for the client, bytes written for the
+//! attached server, or a `Plan` to attach one. The async loops in `relay.rs` and `pump.rs` only
+//! carry these out. Every execution (a Query, or a Bind of a prepared statement) is
+//! classified, routed, checked and counted here, once.
+
+#[cfg(test)]
+mod fake_pg;
+mod forward;
+#[cfg(test)]
+mod harness;
+mod local;
+mod plan;
+mod refuse;
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+mod tests_props;
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+
+use super::prepared::{ClientStatements, StatementRegistry};
+use super::scan::{ScanEvents, SegmentOwner, Tracker};
+use crate::classify::{Classification, ClassifyCache, CrossJoin, StatementKind};
+use crate::config::{PoolMode, Snapshot};
+use crate::protocol::backend::{self, PgError};
+use crate::protocol::frame::FrameError;
+use crate::protocol::frontend::write_query;
+use crate::protocol::TxnStatus;
+use crate::route::{
+    route, route_on, ConnectionKind, Decision, Group, Pinned, Reason, RouteState, Target, TxnState,
+};
+use crate::server::ServerStatements;
+
+pub use plan::Plan;
+
+/// One routed execution, as the observer sees it before the session applies it.
+pub struct Execution<'a> {
+    pub class: &'a Classification,
+    pub decision: &'a Decision,
+    pub sql: &'a str,
+    pub snap: &'a Snapshot,
+    /// The routing state the decision was made in.
+    pub state: &'a RouteState,
+}
+
+/// Where executions are counted and logged (metrics in production, a tally in tests).
+pub trait Observer {
+    fn executed(&mut self, e: &Execution<'_>);
+}
+
+/// What the machine needs from the proxy for one step.
+pub struct Ctx<'a> {
+    pub cache: &'a ClassifyCache,
+    pub registry: &'a StatementRegistry,
+    pub observer: &'a mut (dyn Observer + Send),
+}
+
+/// A BEGIN the proxy answered itself; sent to the server the transaction's first statement
+/// picks. `failed` after an error the proxy answered inside it (PostgreSQL's aborted state).
+#[derive(Debug, PartialEq, Eq)]
+enum Held {
+    None,
+    Begin { failed: bool },
+}
+
+/// The server connection the session is attached to, and the reply tracking for it.
+#[derive(Debug)]
+struct Attachment {
+    pin: Pinned,
+    tracker: Tracker,
+    /// The client's unnamed statement has been parsed on this server connection.
+    unnamed_here: bool,
+}
+
+/// The per-client protocol state, all of it.
+pub struct Session {
+    pub route: RouteState,
+    /// The config of the current transaction (refreshed only between transactions).
+    pub snap: Arc<Snapshot>,
+    pool_mode: PoolMode,
+    stmts: ClientStatements,
+    held: Held,
+    /// The held BEGIN's text, in a buffer reused across transactions.
+    held_sql: String,
+    link: Option<Attachment>,
+    /// After an error in an extended batch: client messages are dropped until Sync, as
+    /// PostgreSQL does.
+    skip: bool,
+    /// A statement that may have written was sent since the last `take_wrote`.
+    wrote: bool,
+    empty: Arc<Classification>,
+}
+
+fn empty_class() -> Classification {
+    Classification {
+        kind: StatementKind::Utility,
+        statements: vec![],
+        tables: vec![],
+        schemas: vec![],
+        cross_join: CrossJoin {
+            allowed: true,
+            schemas: vec![],
+        },
+        error: None,
+    }
+}
+
+impl Session {
+    pub fn new(connection: ConnectionKind, snap: Arc<Snapshot>, client_roll: f64) -> Self {
+        Self {
+            route: RouteState::new(connection, client_roll),
+            pool_mode: snap.pool_mode,
+            stmts: ClientStatements::new(snap.max_client_prepared_statements),
+            snap,
+            held: Held::None,
+            held_sql: String::new(),
+            link: None,
+            skip: false,
+            wrote: false,
+            empty: Arc::new(empty_class()),
+        }
+    }
+
+    /// Between transactions: the newest config and a fresh roll for `random` rollouts.
+    pub fn refresh(&mut self, snap: impl FnOnce() -> Arc<Snapshot>, txn_roll: f64) {
+        if self.route.txn == TxnState::Idle && self.link.is_none() {
+            self.snap = snap();
+            self.route.txn_roll = txn_roll;
+        }
+    }
+
+    /// The transaction status the client must be told in a ReadyForQuery the proxy writes.
+    pub fn status(&self) -> TxnStatus {
+        match (&self.link, &self.held) {
+            (Some(a), Held::None) => TxnStatus::of(a.tracker.status),
+            (_, Held::Begin { failed: true }) => TxnStatus::Failed,
+            (_, Held::Begin { failed: false }) => TxnStatus::InTransaction,
+            (None, Held::None) => TxnStatus::Idle,
+        }
+    }
+
+    pub fn skipping(&self) -> bool {
+        self.skip
+    }
+
+    pub fn pool_mode(&self) -> PoolMode {
+        self.pool_mode
+    }
+
+    /// The target of the attached server connection.
+    #[cfg(test)]
+    pub fn attached(&self) -> Option<Target> {
+        self.link.as_ref().map(|a| a.pin.target)
+    }
+
+    /// Whether a possibly-writing statement was sent since the last call.
+    pub fn take_wrote(&mut self) -> bool {
+        std::mem::take(&mut self.wrote)
+    }
+
+    /// A Sync with nothing outstanding: answered by the proxy, ending any skip.
+    pub fn lone_sync(&mut self, reply: &mut BytesMut) {
+        self.skip = false;
+        backend::ready_for_query(self.status().byte(), reply);
+    }
+
+    /// A batch that got no server: the error, and ReadyForQuery when the batch was complete
+    /// (else its messages are skipped until Sync). Inside a held transaction it aborts it.
+    pub fn refused_locally(&mut self, e: PgError, synced: bool, reply: &mut BytesMut) {
+        e.encode(reply);
+        self.fail_held();
+        if synced {
+            backend::ready_for_query(self.status().byte(), reply);
+        } else {
+            self.skip = true;
+        }
+    }
+
+    /// Starts using a server connection for `target`. `hold_status`: the transaction's BEGIN
+    /// stays held (the batch only prepares); otherwise a held BEGIN goes first.
+    pub fn attach(&mut self, target: Target, group: Group, hold_status: bool) {
+        let mut tracker = Tracker::default();
+        tracker.drop_idle_fatal = self.pool_mode == PoolMode::Transaction;
+        if hold_status {
+            tracker.hold_status = Some(self.status().byte());
+        }
+        self.link = Some(Attachment {
+            pin: Pinned { target, group },
+            tracker,
+            unnamed_here: false,
+        });
+    }
+
+    /// Writes the proxy's own query (a parameter sync); its replies never reach the client.
+    pub fn proxy_query(&mut self, sql: &str, out: &mut BytesMut) {
+        if let Some(a) = self.link.as_mut() {
+            write_query(sql, out);
+            a.tracker.close(SegmentOwner::Proxy);
+        }
+    }
+
+    /// Sends the held BEGIN ahead of the batch that picked the server.
+    pub fn send_held(&mut self, out: &mut BytesMut) {
+        let Some(a) = self.link.as_mut() else { return };
+        if a.tracker.hold_status.is_some() || self.held == Held::None {
+            return;
+        }
+        write_query(&self.held_sql, out);
+        a.tracker.close(SegmentOwner::Proxy);
+        self.held = Held::None;
+    }
+
+    /// Walks server bytes into `out` for the client (see `Tracker::scan`) and follows the
+    /// server's transaction status.
+    pub fn scan(
+        &mut self,
+        input: &mut BytesMut,
+        out: &mut BytesMut,
+        prepared: &mut ServerStatements,
+        params: &mut std::collections::HashMap<String, String>,
+    ) -> Result<ScanEvents, FrameError> {
+        let Some(a) = self.link.as_mut() else {
+            return Ok(ScanEvents::default());
+        };
+        let ev = a.tracker.scan(input, out, prepared, params)?;
+        if let (Some(status), None) = (ev.client_status, a.tracker.hold_status) {
+            self.route.on_ready_for_query(status);
+        }
+        Ok(ev)
+    }
+
+    /// Whether the next buffered client message (tag `next`) may go to the attached server
+    /// now. In transaction pooling a request outside a transaction is never sent to the
+    /// attached server: the server is released and the request routed afresh by its own
+    /// tables. COPY data always flows.
+    pub fn may_forward(&self, next: Option<u8>) -> bool {
+        let Some(a) = &self.link else { return false };
+        if next.is_some_and(|t| crate::protocol::Front::of(t).is_copy()) {
+            return true;
+        }
+        if a.tracker.hold_status.is_some() {
+            return a.tracker.client_open();
+        }
+        self.pool_mode == PoolMode::Session || a.tracker.status != b'I' || a.tracker.client_open()
+    }
+
+    /// No reply outstanding and the server idle: the attachment may end (`leaving`: the
+    /// client is gone; otherwise only transaction pooling releases).
+    pub fn may_release(&self, leaving: bool) -> bool {
+        let Some(a) = &self.link else { return true };
+        a.tracker.is_idle()
+            && a.tracker.status == b'I'
+            && (leaving || self.pool_mode == PoolMode::Transaction)
+    }
+
+    /// Ends the attachment after a clean release.
+    pub fn detach(&mut self) {
+        if let Some(a) = self.link.take() {
+            if a.tracker.hold_status == Some(b'E') {
+                self.held = Held::Begin { failed: true };
+            }
+        }
+    }
+
+    /// The server connection died: answer every request still waiting (unless the server's
+    /// own error, downgraded from FATAL, already did) and forget the server's transaction.
+    pub fn server_lost(&mut self, reason: &str, reply: &mut BytesMut) {
+        let Some(a) = self.link.take() else { return };
+        let t = &a.tracker;
+        let unnoticed =
+            self.pool_mode == PoolMode::Transaction && t.client_waiting() == 0 && t.status == b'I';
+        if !t.server_fatal && !unnoticed {
+            PgError::error(
+                "08006",
+                format!("server connection lost ({reason}); the transaction was aborted"),
+            )
+            .encode(reply);
+        }
+        if a.tracker.hold_status.is_some() && self.held != Held::None {
+            self.held = Held::Begin { failed: true };
+        } else {
+            self.held = Held::None;
+            self.route.on_ready_for_query(b'I');
+        }
+        for _ in 0..t.client_waiting() {
+            backend::ready_for_query(self.status().byte(), reply);
+        }
+        self.skip = t.client_open();
+    }
+
+    /// In session pooling one server serves the whole session: the group's write target.
+    fn pool_target(&self, d: &Decision) -> Target {
+        match self.pool_mode {
+            PoolMode::Transaction => d.target,
+            PoolMode::Session => {
+                self.snap
+                    .phase
+                    .target_for(d.group, false, self.route.client_roll, self.route.txn_roll)
+                    .0
+            }
+        }
+    }
+}
+
+/// Routes one execution, reports it, and applies it to the routing state unless refused.
+/// `on`: the attached server, which a statement that would go elsewhere cannot leave.
+fn execute(
+    route_state: &mut RouteState,
+    snap: &Snapshot,
+    wrote: &mut bool,
+    class: &Classification,
+    sql: &str,
+    on: Option<Pinned>,
+    observer: &mut dyn Observer,
+) -> Decision {
+    let phase = &snap.phase;
+    let mut d = route(class, phase, route_state);
+    if let Some(on) = on {
+        if d.reason != Reason::BeginDeferred && d.target != on.target {
+            d = route_on(class, phase, route_state, on);
+        }
+    }
+    observer.executed(&Execution {
+        class,
+        decision: &d,
+        sql,
+        snap,
+        state: route_state,
+    });
+    if d.rejected().is_none() {
+        route_state.after_statement(class, &d);
+        *wrote |= class.kind.strictness() >= StatementKind::LockingRead.strictness();
+    }
+    d
+}

@@ -1,0 +1,143 @@
+//! Session step, detached: what to do with a batch that arrives while no server is attached.
+//! Either the proxy answers it itself (a BEGIN it holds back, a transaction it knows failed,
+//! statement bookkeeping), or the batch's lead execution picks the server to attach.
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+
+use super::{Ctx, Held, Session};
+use crate::classify::Classification;
+use crate::protocol::frame::Frame;
+use crate::protocol::frontend::{bind_statement, parse_view, query_sql, target_of};
+use crate::protocol::Front;
+use crate::route::{route, Decision, Group, Reason, Target, TxnState};
+
+/// What the async loop must do with a batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Plan {
+    /// The proxy answered it; the replies are in the client buffer.
+    Answered,
+    /// Check out a server for `target` and run the batch there. `hold_status`: the batch only
+    /// prepares or describes inside a transaction whose BEGIN stays held.
+    Attach {
+        target: Target,
+        group: Group,
+        hold_status: bool,
+    },
+}
+
+/// The execution that decides where a batch runs.
+enum Lead {
+    /// The first statement of a transaction the batch opens, else its strictest execution.
+    Executes(Decision),
+    /// The batch executes nothing: where its first statement would run.
+    Prepares(Decision),
+}
+
+impl Session {
+    /// Plans a batch read while detached (a Query, or extended messages up to Sync or Flush).
+    pub fn plan(&mut self, unit: &[Frame], ctx: &mut Ctx, reply: &mut BytesMut) -> Plan {
+        debug_assert!(self.link.is_none(), "plan is for a detached session");
+        if self.answer_locally(unit, ctx, reply) {
+            return Plan::Answered;
+        }
+        let (d, executes) = match self.lead(unit, ctx) {
+            Lead::Executes(d) => (d, true),
+            Lead::Prepares(d) => (d, false),
+        };
+        Plan::Attach {
+            target: self.pool_target(&d),
+            group: d.group,
+            hold_status: !executes && self.held != Held::None,
+        }
+    }
+
+    fn lead(&mut self, unit: &[Frame], ctx: &mut Ctx) -> Lead {
+        let snap = self.snap.clone();
+        let phase = &snap.phase;
+        let mut sim = self.route.clone();
+        let mut best: Option<Decision> = None;
+        let mut best_rank = 0;
+        let mut first_statement: Option<Arc<Classification>> = None;
+        let mut batch_unnamed: Option<Arc<Classification>> = None;
+        for (i, f) in unit.iter().enumerate() {
+            let class = match f.front() {
+                Front::Query => ctx.cache.get(query_sql(f).unwrap_or_default()),
+                Front::Parse => {
+                    if let Some(p) = parse_view(f) {
+                        let c = ctx.cache.get(p.sql);
+                        if p.name.is_empty() {
+                            batch_unnamed = Some(c.clone());
+                        }
+                        first_statement.get_or_insert(c);
+                    }
+                    continue;
+                }
+                Front::Describe => {
+                    if let Some((b'S', name)) = target_of(f) {
+                        if let Some(c) = self.statement_class(unit, i, name, &batch_unnamed, ctx) {
+                            first_statement.get_or_insert(c);
+                        }
+                    }
+                    continue;
+                }
+                Front::Bind => {
+                    let name = bind_statement(f).unwrap_or_default();
+                    match self.statement_class(unit, i, name, &batch_unnamed, ctx) {
+                        Some(c) => c,
+                        None => continue,
+                    }
+                }
+                _ => continue,
+            };
+            let d = route(&class, phase, &sim);
+            if d.reason == Reason::BeginDeferred {
+                sim.after_statement(&class, &d);
+                continue;
+            }
+            if matches!(sim.txn, TxnState::InTransaction { .. }) {
+                return Lead::Executes(d);
+            }
+            sim.after_statement(&class, &d);
+            let rank = class.kind.strictness();
+            if best.is_none() || rank > best_rank {
+                best_rank = rank;
+                best = Some(d);
+            }
+        }
+        if let Some(d) = best {
+            return Lead::Executes(d);
+        }
+        let class = first_statement.unwrap_or_else(|| self.empty.clone());
+        Lead::Prepares(route(&class, phase, &self.route))
+    }
+
+    /// The classification of statement `name` as message `i` of the batch would find it: a
+    /// Parse earlier in the batch, else the client's statements.
+    pub(super) fn statement_class(
+        &mut self,
+        unit: &[Frame],
+        i: usize,
+        name: &[u8],
+        batch_unnamed: &Option<Arc<Classification>>,
+        ctx: &mut Ctx,
+    ) -> Option<Arc<Classification>> {
+        if name.is_empty() {
+            if let Some(c) = batch_unnamed {
+                return Some(c.clone());
+            }
+            return self.stmts.unnamed.class(ctx.cache).cloned();
+        }
+        let parsed = unit[..i]
+            .iter()
+            .rev()
+            .filter(|f| f.front() == Front::Parse)
+            .filter_map(parse_view)
+            .find(|p| p.name == name);
+        if let Some(p) = parsed {
+            return Some(ctx.cache.get(p.sql));
+        }
+        self.stmts.get_mut(name).map(|s| s.class(ctx.cache).clone())
+    }
+}

@@ -1,0 +1,104 @@
+//! Session step, beside the machine: what each routed execution leaves behind in the proxy's
+//! metrics, logs and SHOW VIOLATIONS. The machine decides; this only records.
+
+use super::machine::{Execution, Observer};
+use super::Shared;
+use crate::classify::StatementKind;
+use crate::route::{route_shadow, Mode, Target, Violation, ViolationKind};
+
+/// Records executions of one client into the proxy's metrics.
+pub struct Recorder<'a> {
+    pub shared: &'a Shared,
+    pub client: u64,
+}
+
+impl Observer for Recorder<'_> {
+    fn executed(&mut self, e: &Execution<'_>) {
+        let (c, d, shared) = (e.class, e.decision, self.shared);
+        let phase = &e.snap.phase;
+        let m = &shared.metrics;
+        let tm = m.target(d.target);
+        tm.statements[usize::from(c.kind.strictness())].inc();
+        tm.routes[d.reason.index()].inc();
+        if c.kind == StatementKind::Unknown {
+            m.unparsable.inc();
+            tracing::warn!(client = self.client, error = ?c.error, sql = %truncate(e.sql), "unparsable statement sent to the main primary");
+        }
+        if c.touches_tables() && phase.sample_schemas_used(rand::random::<f64>() * 100.0) {
+            let label = shared.bounded_label(c.schemas_label());
+            m.schemas_used
+                .with_label_values(&[label.as_str(), d.target.label()])
+                .inc();
+        }
+        for v in &d.violations {
+            record_violation(v, d.target, shared);
+            // Logs and SHOW VIOLATIONS are rate-limited per kind and schemas; metrics count all.
+            if !shared.should_log_violation(v.kind.label(), &c.schemas_label()) {
+                continue;
+            }
+            shared.remember_violation(self.client, v, e.sql);
+            tracing::warn!(
+                client = self.client,
+                kind = v.kind.label(),
+                mode = v.mode.label(),
+                target = d.target.label(),
+                tables = ?c.tables.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
+                schemas = %c.schemas_label(),
+                sql = %truncate(e.sql),
+                "{}",
+                v.message
+            );
+        }
+        if let Some(sd) = route_shadow(c, phase, e.state) {
+            m.shadow_routes
+                .with_label_values(&[sd.target.label()])
+                .inc();
+            for v in &sd.violations {
+                m.shadow_violations
+                    .with_label_values(&[v.kind.label(), v.mode.label()])
+                    .inc();
+            }
+        }
+    }
+}
+
+fn record_violation(v: &Violation, target: Target, shared: &Shared) {
+    let m = &shared.metrics;
+    let schemas = shared.bounded_label(
+        v.schemas
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+            .join(","),
+    );
+    match v.kind {
+        ViolationKind::CrossJoin => m.cross_join.with_label_values(&[schemas.as_str()]).inc(),
+        ViolationKind::CrossDatabaseModification => m
+            .cross_db_modification
+            .with_label_values(&[schemas.as_str()])
+            .inc(),
+        ViolationKind::WrongSchema => m
+            .wrong_schema
+            .with_label_values(&[target.label(), schemas.as_str()])
+            .inc(),
+        ViolationKind::LockedTableWrite => m
+            .locked_table_write
+            .with_label_values(&[target.label(), schemas.as_str()])
+            .inc(),
+    }
+    if v.mode == Mode::Enforce {
+        m.rejected.with_label_values(&[v.kind.label()]).inc();
+    }
+}
+
+/// Statement text for logs: long SQL is cut at a character boundary.
+pub fn truncate(sql: &str) -> &str {
+    let mut end = sql.len().min(500);
+    while !sql.is_char_boundary(end) {
+        end -= 1;
+    }
+    &sql[..end]
+}
+
+/// Distinct undefined-table label values kept before new ones collapse into one.
+pub const UNDEFINED_LABEL_CAP: usize = 100;
