@@ -329,7 +329,9 @@ public class JdbcDriver {
     }
 
     static void route(Ctx ctx, Recorder rec, String db) throws Exception {
-        Session s = ctx.session(db, "ci_ins", "main_ins", "port", "ci_sel", "main_sel");
+        Session s = db.equals("main") ? ctx.session(db, "main_ins", "port", "main_sel")
+            : db.equals("ci") ? ctx.session(db, "ci_ins", "port", "ci_sel")
+            : ctx.session(db, "ci_ins", "main_ins", "port", "ci_sel", "main_sel");
         for (int i = 0; i < N_ROUTE; i++) {
             if (db.equals("transparent") || db.equals("ci")) {
                 txn(rec, s, "ci_", op("ins", "ci_ins", ctx.marker("ci-" + i), "ok"), op("port", "port", null, "port"));

@@ -170,11 +170,15 @@ class Psycopg:
         if mode == "simple":
             # Client-side binding: every statement is a simple-protocol Query.
             kwargs.update(cursor_factory=psycopg.AsyncClientCursor, prepare_threshold=None)
-        elif mode in ("extended", "named", "pipeline"):
-            # Statements with parameters: Parse/Bind/Execute of the unnamed statement
-            # ("named": prepare=True per statement). BEGIN/COMMIT without parameters go as
-            # simple Queries, except in pipeline mode, where psycopg sends them extended.
+        elif mode in ("extended", "pipeline"):
+            # Statements with parameters: Parse/Bind/Execute of the unnamed statement.
+            # BEGIN/COMMIT without parameters go as simple Queries, except in pipeline mode,
+            # where psycopg sends them extended.
             kwargs.update(prepare_threshold=None)
+        elif mode == "named":
+            # prepare=True per statement (it needs a prepare_threshold, which is not None):
+            # named from the first execution; BEGIN/COMMIT (prepare=False) simple Queries.
+            kwargs.update(prepare_threshold=5)
         elif mode == "named_all":
             # Every statement, BEGIN and COMMIT included, is a named prepared statement.
             kwargs.update(prepare_threshold=0)
@@ -192,6 +196,8 @@ class Psycopg:
         pass  # psycopg prepares on first execution
 
     async def _exec(self, sql, params=None, prepare=None):
+        if prepare is None and self.mode == "named":
+            prepare = False
         return await self.conn.execute(sql, params, prepare=prepare)
 
     async def begin(self):
@@ -373,9 +379,15 @@ class Ctx:
                 pass
 
 
+ROUTE_KEYS = {
+    "transparent": ("ci_ins", "main_ins", "port", "ci_sel", "main_sel"),
+    "main": ("main_ins", "port", "main_sel"),
+    "ci": ("ci_ins", "port", "ci_sel"),
+}
+
+
 async def route(ctx, rec, db):
-    keys = ("ci_ins", "main_ins", "port", "ci_sel", "main_sel")
-    s = await ctx.session(db, keys)
+    s = await ctx.session(db, ROUTE_KEYS[db])
     for i in range(N_ROUTE):
         if db in ("transparent", "ci"):
             await txn(rec, s, "ci_", [("ins", "ci_ins", [ctx.marker(f"ci-{i}")], "ok"),
@@ -506,7 +518,17 @@ async def cancel(ctx, rec):
     await after(ctx, rec, s, ("ci",))
 
 
+async def prepare_only(ctx, rec):
+    """Statements prepared and never executed: nothing ran, so nothing is refused or counted."""
+    s = await ctx.session("main")
+    await step(rec, "prepare_main_db", lambda: s.prepare(("ci_ins", "ci_sel", "main_ins", "port")))
+    t = await ctx.session("transparent")
+    await step(rec, "prepare_transparent", lambda: t.prepare(("join",)))
+    await after(ctx, rec, s, ("main",))
+
+
 SCENARIOS = {f.__name__: f for f in (
+    prepare_only,
     route_transparent, route_main, route_ci, cross_db_ci_main, cross_db_main_ci, cross_join,
     wrong_schema_ci, wrong_schema_main, two_conns, copy, cancel,
 )}

@@ -216,6 +216,17 @@ class ArSession
       prepared_statements: mode == 'ar_prepared', connect_timeout: 10, pool: 1, advisory_locks: false
     )
     @base.connection.verify!
+    # Load the table metadata now, outside any transaction, as GitLab's schema cache has it at
+    # boot. Loaded lazily, ActiveRecord reads pg_attribute, pg_class and max_identifier_length
+    # inside the first transaction, and a catalog query first pins a transparent transaction to
+    # the session's group (main).
+    @models.each_value do |m|
+      m.reset_column_information
+      m.columns_hash
+      m.primary_key
+      m.table_exists?
+    end
+    @base.connection.max_identifier_length
   end
 
   def prepare(_keys); end
@@ -299,8 +310,14 @@ class Ctx
   end
 end
 
+ROUTE_KEYS = {
+  'transparent' => %w[ci_ins main_ins port ci_sel main_sel],
+  'main' => %w[main_ins port main_sel],
+  'ci' => %w[ci_ins port ci_sel]
+}.freeze
+
 def route(ctx, rec, db)
-  s = ctx.session(db, %w[ci_ins main_ins port ci_sel main_sel])
+  s = ctx.session(db, ROUTE_KEYS.fetch(db))
   N_ROUTE.times do |i|
     if %w[transparent ci].include?(db)
       txn(rec, s, 'ci_', [['ins', 'ci_ins', ctx.marker("ci-#{i}"), 'ok'], ['port', 'port', nil, 'port']])
@@ -330,6 +347,14 @@ def cross_db(ctx, rec, first, second)
 end
 
 SCENARIOS = {
+  # Statements prepared and never executed: nothing ran, so nothing is refused or counted.
+  'prepare_only' => lambda do |ctx, rec|
+    s = ctx.session('main')
+    step(rec, 'prepare_main_db') { s.prepare(%w[ci_ins ci_sel main_ins port]) }
+    t = ctx.session('transparent')
+    step(rec, 'prepare_transparent') { t.prepare(%w[join]) }
+    after(ctx, rec, s, %w[main])
+  end,
   'route_transparent' => ->(ctx, rec) { route(ctx, rec, 'transparent') },
   'route_main' => ->(ctx, rec) { route(ctx, rec, 'main') },
   'route_ci' => ->(ctx, rec) { route(ctx, rec, 'ci') },
