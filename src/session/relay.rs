@@ -128,6 +128,7 @@ pub async fn run(
             target,
             group,
             hold_status,
+            prepares,
         } = plan
         else {
             continue;
@@ -150,7 +151,7 @@ pub async fn run(
         let tm = m.target(target);
         tm.transactions.inc();
         let held = Instant::now();
-        c.session.attach(target, group, hold_status);
+        c.session.attach(target, group, hold_status, prepares);
         let end = pump(c, conn, unit, shared, &tm.statement_seconds).await;
         drop(running);
         entry.set(0, Some(target));

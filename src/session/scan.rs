@@ -27,13 +27,17 @@ pub struct Segment {
     pub closed: bool,
     /// Closed by a Sync (which PostgreSQL ignores while in COPY FROM STDIN).
     by_sync: bool,
+    /// Closed by the proxy's own Sync: the client's replies pass, its ReadyForQuery does not.
+    swallow_ready: bool,
     /// When the client's Sync/Query was sent, for the statement latency histogram.
     sent_at: Option<std::time::Instant>,
-    swallow_parse: u32,
-    swallow_bind: u32,
-    swallow_close: u32,
-    /// Parse messages sent and not yet acknowledged (None = unnamed statement).
-    parses: VecDeque<Option<Arc<str>>>,
+    /// Bind and Close messages sent and not yet acknowledged, in order: `true` for the
+    /// proxy's own, whose BindComplete / CloseComplete the client must not see.
+    binds: VecDeque<bool>,
+    closes: VecDeque<bool>,
+    /// Parse messages sent and not yet acknowledged (None = unnamed statement), with whether
+    /// the proxy injected it (its ParseComplete is dropped).
+    parses: VecDeque<(Option<Arc<str>>, bool)>,
 }
 
 impl Segment {
@@ -42,10 +46,10 @@ impl Segment {
             owner,
             closed: false,
             by_sync: false,
+            swallow_ready: false,
             sent_at: None,
-            swallow_parse: 0,
-            swallow_bind: 0,
-            swallow_close: 0,
+            binds: VecDeque::new(),
+            closes: VecDeque::new(),
             parses: VecDeque::new(),
         }
     }
@@ -138,6 +142,15 @@ impl Tracker {
         seg.sent_at = Some(std::time::Instant::now());
     }
 
+    /// The proxy ends the client's open extended messages with a Sync of its own (a batch
+    /// that only prepared and asked for a Flush), so the server can be released.
+    pub fn proxy_sync(&mut self) {
+        let seg = self.open(SegmentOwner::Client);
+        seg.closed = true;
+        seg.by_sync = true;
+        seg.swallow_ready = true;
+    }
+
     /// The client ended COPY FROM STDIN (CopyDone or CopyFail). Syncs it sent during the copy
     /// were ignored by the server, so their segments merge back into one still-open segment;
     /// the Sync after CopyDone closes it.
@@ -156,9 +169,8 @@ impl Tracker {
         let mut seg = merged.pop_front().expect("position found a segment");
         for mut other in merged {
             seg.parses.append(&mut other.parses);
-            seg.swallow_parse += other.swallow_parse;
-            seg.swallow_bind += other.swallow_bind;
-            seg.swallow_close += other.swallow_close;
+            seg.binds.append(&mut other.binds);
+            seg.closes.append(&mut other.closes);
         }
         if seg.by_sync {
             seg.closed = false;
@@ -170,18 +182,27 @@ impl Tracker {
     /// A Parse was sent; `swallow` when the proxy injected it and the client expects no reply.
     pub fn parse_sent(&mut self, name: Option<Arc<str>>, swallow: bool) {
         let seg = self.open(SegmentOwner::Client);
-        seg.parses.push_back(name);
-        seg.swallow_parse += u32::from(swallow);
+        seg.parses.push_back((name, swallow));
+    }
+
+    /// A Bind was sent; `swallow` when the proxy injected it.
+    pub fn bind_sent(&mut self, swallow: bool) {
+        self.open(SegmentOwner::Client).binds.push_back(swallow);
+    }
+
+    /// A Close was sent; `swallow` when the proxy injected it.
+    pub fn close_sent(&mut self, swallow: bool) {
+        self.open(SegmentOwner::Client).closes.push_back(swallow);
     }
 
     /// The proxy injected a Bind whose BindComplete the client must not see.
     pub fn injected_bind(&mut self) {
-        self.open(SegmentOwner::Client).swallow_bind += 1;
+        self.bind_sent(true);
     }
 
     /// The proxy injected a Close whose CloseComplete the client must not see.
     pub fn injected_close(&mut self) {
-        self.open(SegmentOwner::Client).swallow_close += 1;
+        self.close_sent(true);
     }
 
     /// No reply is outstanding and nothing unsynced was sent (every segment ended in a
@@ -304,7 +325,8 @@ impl Tracker {
             b'Z' => {
                 self.status = body.first().copied().unwrap_or(b'I');
                 let seg = self.segments.pop_front();
-                if owner == SegmentOwner::Client {
+                let swallow = seg.as_ref().is_some_and(|s| s.swallow_ready);
+                if owner == SegmentOwner::Client && !swallow {
                     ev.client_status = Some(self.status);
                     if let Some(at) = seg.and_then(|s| s.sent_at) {
                         ev.latency_sum += at.elapsed().as_secs_f64();
@@ -312,15 +334,18 @@ impl Tracker {
                     }
                 }
                 ev.ready += 1;
-                default
+                if swallow {
+                    Action::Drop
+                } else {
+                    default
+                }
             }
             b'E' => {
                 if let Some(seg) = self.segments.front_mut() {
                     // The server skips everything up to Sync: nothing pending will be answered.
-                    seg.swallow_parse = 0;
-                    seg.swallow_bind = 0;
-                    seg.swallow_close = 0;
-                    for name in seg.parses.drain(..).flatten() {
+                    seg.binds.clear();
+                    seg.closes.clear();
+                    for name in seg.parses.drain(..).filter_map(|(n, _)| n) {
                         prepared.remove(&name);
                     }
                 }
@@ -340,9 +365,7 @@ impl Tracker {
             }
             b'1' => match self.segments.front_mut() {
                 Some(seg) => {
-                    seg.parses.pop_front();
-                    if seg.swallow_parse > 0 {
-                        seg.swallow_parse -= 1;
+                    if matches!(seg.parses.pop_front(), Some((_, true))) {
                         Action::Drop
                     } else {
                         default
@@ -354,20 +377,21 @@ impl Tracker {
                 self.copy_in = true;
                 default
             }
-            b'2' => match self.segments.front_mut() {
-                Some(seg) if seg.swallow_bind > 0 => {
-                    seg.swallow_bind -= 1;
+            b'2' | b'3' => {
+                let injected = self.segments.front_mut().and_then(|seg| {
+                    let queue = if tag == b'2' {
+                        &mut seg.binds
+                    } else {
+                        &mut seg.closes
+                    };
+                    queue.pop_front()
+                });
+                if injected == Some(true) {
                     Action::Drop
+                } else {
+                    default
                 }
-                _ => default,
-            },
-            b'3' => match self.segments.front_mut() {
-                Some(seg) if seg.swallow_close > 0 => {
-                    seg.swallow_close -= 1;
-                    Action::Drop
-                }
-                _ => default,
-            },
+            }
             _ => default,
         }
     }

@@ -23,6 +23,8 @@ use super::super::scan::SegmentOwner;
 /// in exactly the right place while the shared server statement stays prepared.
 const NOOP_PORTAL: &str = "pgdecomp_noop";
 
+const SYNC: [u8; 5] = [b'S', 0, 0, 0, 4];
+
 impl Session {
     /// Writes client message `f` for the attached server into `out`. Nothing is written when
     /// no server is attached.
@@ -62,6 +64,11 @@ impl Session {
                 out.extend_from_slice(&f.raw);
                 a.tracker.copy_done();
             }
+            Front::Flush if a.prepares && a.tracker.client_open() => {
+                out.extend_from_slice(&f.raw);
+                out.extend_from_slice(&SYNC);
+                a.tracker.proxy_sync();
+            }
             // CopyData and Flush belong to requests already sent.
             Front::CopyData | Front::Flush => out.extend_from_slice(&f.raw),
             Front::Execute | Front::Terminate | Front::Other(_) => {
@@ -89,6 +96,7 @@ impl Session {
         else {
             return;
         };
+        a.prepares = false;
         let sql = query_sql(f).unwrap_or_default();
         let class = ctx.cache.get(sql);
         let d = execute(route, snap, wrote, &class, sql, Some(a.pin), ctx.observer);
@@ -189,6 +197,7 @@ impl Session {
         else {
             return;
         };
+        a.prepares = false;
         let name = bind_statement(f).unwrap_or_default();
         let refuse = |a: &mut Attachment, skip: &mut bool, e, out: &mut BytesMut| {
             a.refuse_extended(&e, out);
@@ -211,7 +220,7 @@ impl Session {
                 a.unnamed_here = true;
             }
             out.extend_from_slice(&f.raw);
-            a.tracker.client_message();
+            a.tracker.bind_sent(false);
             return;
         }
         let Some(s) = stmts.get_mut(name) else {
@@ -240,7 +249,7 @@ impl Session {
         if write_bind_renamed(f, &stmt.server_name, out).is_none() {
             out.extend_from_slice(&f.raw);
         }
-        a.tracker.client_message();
+        a.tracker.bind_sent(false);
     }
 
     fn forward_describe(&mut self, f: &Frame, server: &mut ServerStatements, out: &mut BytesMut) {
@@ -294,7 +303,7 @@ impl Session {
             }
             _ => out.extend_from_slice(&f.raw),
         }
-        a.tracker.client_message();
+        a.tracker.close_sent(false);
     }
 }
 

@@ -197,11 +197,12 @@ impl World {
             target,
             group,
             hold_status,
+            prepares,
         } = c.s.plan(&unit, &mut ctx, &mut c.replies)
         else {
             return true;
         };
-        c.s.attach(target, group, hold_status);
+        c.s.attach(target, group, hold_status, prepares);
         let (_, stmts) = self.servers.entry(target).or_default();
         let mut out = BytesMut::new();
         c.s.send_held(&mut out);
@@ -338,6 +339,9 @@ pub mod msg {
     }
     pub fn sync() -> Frame {
         frame(b'S', &[])
+    }
+    pub fn flush() -> Frame {
+        frame(b'H', &[])
     }
 
     /// Parse (unnamed) + Bind + Describe + Execute + Sync: libpq's PQexecParams.

@@ -74,6 +74,9 @@ struct Attachment {
     tracker: Tracker,
     /// The client's unnamed statement has been parsed on this server connection.
     unnamed_here: bool,
+    /// Attached for a batch that executes nothing: a Flush ending it gets a Sync of the
+    /// proxy's, so the server is released and the next execution routed on its own.
+    prepares: bool,
 }
 
 /// The per-client protocol state, all of it.
@@ -182,7 +185,7 @@ impl Session {
 
     /// Starts using a server connection for `target`. `hold_status`: the transaction's BEGIN
     /// stays held (the batch only prepares); otherwise a held BEGIN goes first.
-    pub fn attach(&mut self, target: Target, group: Group, hold_status: bool) {
+    pub fn attach(&mut self, target: Target, group: Group, hold_status: bool, prepares: bool) {
         let mut tracker = Tracker::default();
         tracker.drop_idle_fatal = self.pool_mode == PoolMode::Transaction;
         if hold_status {
@@ -192,6 +195,7 @@ impl Session {
             pin: Pinned { target, group },
             tracker,
             unnamed_here: false,
+            prepares,
         });
     }
 

@@ -24,6 +24,8 @@ pub enum Plan {
         target: Target,
         group: Group,
         hold_status: bool,
+        /// The batch executes nothing (it prepares or describes).
+        prepares: bool,
     },
 }
 
@@ -50,6 +52,7 @@ impl Session {
             target: self.pool_target(&d),
             group: d.group,
             hold_status: !executes && self.held != Held::None,
+            prepares: !executes,
         }
     }
 
@@ -70,14 +73,14 @@ impl Session {
                         if p.name.is_empty() {
                             batch_unnamed = Some(c.clone());
                         }
-                        first_statement.get_or_insert(c);
+                        note_statement(&mut first_statement, c);
                     }
                     continue;
                 }
                 Front::Describe => {
                     if let Some((b'S', name)) = target_of(f) {
                         if let Some(c) = self.statement_class(unit, i, name, &batch_unnamed, ctx) {
-                            first_statement.get_or_insert(c);
+                            note_statement(&mut first_statement, c);
                         }
                     }
                     continue;
@@ -112,7 +115,20 @@ impl Session {
         let class = first_statement.unwrap_or_else(|| self.empty.clone());
         Lead::Prepares(route(&class, phase, &self.route))
     }
+}
 
+/// Keeps the first statement that touches tables: a BEGIN executed in front of a statement
+/// that is only being described must not decide where that statement's transaction runs.
+fn note_statement(first: &mut Option<Arc<Classification>>, c: Arc<Classification>) {
+    if first
+        .as_ref()
+        .is_none_or(|f| !f.touches_tables() && c.touches_tables())
+    {
+        *first = Some(c);
+    }
+}
+
+impl Session {
     /// The classification of statement `name` as message `i` of the batch would find it: a
     /// Parse earlier in the batch, else the client's statements.
     pub(super) fn statement_class(

@@ -319,3 +319,72 @@ fn the_unnamed_statement_follows_the_client_to_the_next_server_connection() {
     assert_eq!(c.take(), ["1", "Z:I", "2", "C:SELECT 1", "Z:I"]);
     assert_eq!(c.tally.executions, 1);
 }
+
+#[test]
+fn a_statement_prepared_with_flush_does_not_pull_the_next_transaction_along() {
+    let mut w = World::new(1, "observe");
+    let sel = "SELECT 1 FROM projects";
+    // asyncpg's prepare(): Parse + Describe + Flush, outside and inside a transaction.
+    let mut c = w.client(None);
+    w.send(&mut c, vec![parse("a", sel), describe_s("a"), flush()]);
+    w.send(
+        &mut c,
+        cat(vec![
+            vec![q("BEGIN;")],
+            exec_prepared("a"),
+            vec![q("COMMIT;")],
+        ]),
+    );
+    w.send(
+        &mut c,
+        cat(vec![
+            vec![q("BEGIN;"), parse("b", sel), describe_s("b"), flush()],
+            exec_prepared("b"),
+            vec![q("COMMIT;")],
+        ]),
+    );
+    assert_eq!(
+        c.tally
+            .decisions
+            .iter()
+            .filter(|(t, _)| *t == Target::Main)
+            .count(),
+        6,
+        "{:?}",
+        c.tally.decisions
+    );
+    assert!(
+        w.executed(Target::MainReplica).is_empty(),
+        "{:?}",
+        w.executed(Target::MainReplica)
+    );
+    assert_eq!(
+        w.executed(Target::Main),
+        ["BEGIN;", sel, "COMMIT;", "BEGIN;", sel, "COMMIT;"]
+    );
+    let r = c.take();
+    assert_eq!(r.iter().filter(|e| e.starts_with("Z:")).count(), 6, "{r:?}");
+}
+
+#[test]
+fn a_begin_sent_with_a_describe_does_not_decide_the_transaction() {
+    let mut w = World::new(7, "enforce");
+    let mut c = w.client(None);
+    // pgJDBC, autocommit off, first use of a named statement: BEGIN, then a describe round trip.
+    w.send(
+        &mut c,
+        vec![
+            parse("", "BEGIN"),
+            bind(""),
+            execute(),
+            parse("S_1", INS_CI),
+            describe_s("S_1"),
+            sync(),
+        ],
+    );
+    w.send(&mut c, vec![bind("S_1"), describe_p(), execute(), sync()]);
+    w.send(&mut c, exec_params("COMMIT"));
+    let r = c.take();
+    assert!(!r.iter().any(|e| e.starts_with("E:")), "{r:?}");
+    assert_eq!(w.executed(Target::Ci), ["BEGIN", INS_CI, "COMMIT"]);
+}

@@ -28,7 +28,7 @@ fn traffic(choices: &[(u8, usize, usize)]) -> (Vec<Vec<Frame>>, usize) {
         let sql = SQL[k % SQL.len()];
         let n = n % NAMES.len();
         let name = NAMES[n];
-        let batch = match action % 11 {
+        let batch = match action % 12 {
             0 => vec![q("BEGIN")],
             1 => vec![q("COMMIT")],
             2 => vec![q("ROLLBACK")],
@@ -46,6 +46,10 @@ fn traffic(choices: &[(u8, usize, usize)]) -> (Vec<Vec<Frame>>, usize) {
             }
             9 if live[n] => vec![bind(name), execute(), bind(name), execute(), sync()],
             10 => exec_params("COMMIT"),
+            11 if !live[n] => {
+                live[n] = true;
+                vec![parse(name, sql), describe_s(name), flush()]
+            }
             _ => continue,
         };
         executions += batch
@@ -69,7 +73,7 @@ proptest! {
 
     #[test]
     fn the_proxy_is_transparent_and_counts_each_execution_once(
-        choices in proptest::collection::vec((0u8..11, 0usize..5, 0usize..3), 0..40),
+        choices in proptest::collection::vec((0u8..12, 0usize..5, 0usize..3), 0..40),
         pooled in any::<bool>(),
     ) {
         let (batches, executions) = traffic(&choices);
