@@ -112,8 +112,10 @@ impl Session {
         if let Some(d) = best {
             return Lead::Executes(d);
         }
+        // Routed in the state the batch leaves: a BEGIN in front of a describe means the
+        // described statement will run inside that transaction.
         let class = first_statement.unwrap_or_else(|| self.empty.clone());
-        Lead::Prepares(route(&class, phase, &self.route))
+        Lead::Prepares(route(&class, phase, &sim))
     }
 }
 

@@ -388,3 +388,25 @@ fn a_begin_sent_with_a_describe_does_not_decide_the_transaction() {
     assert!(!r.iter().any(|e| e.starts_with("E:")), "{r:?}");
     assert_eq!(w.executed(Target::Ci), ["BEGIN", INS_CI, "COMMIT"]);
 }
+
+#[test]
+fn a_read_described_after_a_begin_runs_on_the_primary() {
+    let mut w = World::new(1, "observe");
+    let mut c = w.client(None);
+    let sel = "SELECT 1 FROM projects";
+    w.send(
+        &mut c,
+        vec![
+            parse("", "BEGIN"),
+            bind(""),
+            execute(),
+            parse("S_1", sel),
+            describe_s("S_1"),
+            sync(),
+        ],
+    );
+    w.send(&mut c, vec![bind("S_1"), describe_p(), execute(), sync()]);
+    w.send(&mut c, exec_params("COMMIT"));
+    assert!(w.executed(Target::MainReplica).is_empty());
+    assert_eq!(w.executed(Target::Main), ["BEGIN", sel, "COMMIT"]);
+}
