@@ -21,7 +21,13 @@ pub struct ClassifyCache {
     generation: u64,
     // quick_cache shards behind per-shard locks: no global lock on the hot path.
     entries: Cache<Box<str>, Arc<Classification>, EntryWeight>,
+    /// The statements of multi-statement strings, one classification each.
+    each: Cache<Box<str>, Arc<[Arc<Classification>]>>,
 }
+
+/// Multi-statement strings kept classified statement by statement (they are rare in
+/// application traffic: scripts, migrations, psql).
+const EACH_CAPACITY: usize = 1000;
 
 #[derive(Clone)]
 struct EntryWeight;
@@ -46,6 +52,7 @@ impl ClassifyCache {
             classifier,
             generation,
             entries: Cache::with_weighter(capacity, weight, EntryWeight),
+            each: Cache::new(EACH_CAPACITY),
         }
     }
 
@@ -70,6 +77,28 @@ impl ClassifyCache {
                 .insert(Box::from(key.as_ref()), Arc::clone(&classification));
         }
         classification
+    }
+
+    /// The statements of `sql` classified one by one when it has several (`whole` is its
+    /// classification as one string); `None` for a single statement.
+    pub fn each(&self, sql: &str, whole: &Classification) -> Option<Arc<[Arc<Classification>]>> {
+        if whole.statements.len() <= 1 {
+            return None;
+        }
+        let key = cache_key(sql);
+        if let Some(hit) = self.each.get(key.as_ref()) {
+            return Some(hit);
+        }
+        let parts: Arc<[Arc<Classification>]> = self
+            .classifier
+            .classify_each(sql)
+            .into_iter()
+            .map(Arc::new)
+            .collect();
+        if whole.error.is_none() {
+            self.each.insert(Box::from(key.as_ref()), parts.clone());
+        }
+        Some(parts)
     }
 
     /// Number of cached entries.
@@ -109,6 +138,18 @@ mod tests {
         let b = cache.get("SELECT 2 FROM t WHERE (x = 'b'");
         assert!(a.error.is_some() && b.error.is_some());
         assert!(!Arc::ptr_eq(&a, &b));
+    }
+
+    #[test]
+    fn multi_statement_strings_split_into_statements() {
+        let cache = ClassifyCache::new(Classifier::gitlab_default(), 100);
+        let sql = "BEGIN; INSERT INTO ci_builds (id) VALUES (1); SELECT 1 FROM projects; COMMIT";
+        let whole = cache.get(sql);
+        let each = cache.each(sql, &whole).unwrap();
+        assert_eq!(each.len(), 4);
+        assert_eq!(each[1].schemas_label(), "gitlab_ci");
+        assert_eq!(each[2].schemas_label(), "gitlab_main");
+        assert!(cache.each("SELECT 1", &cache.get("SELECT 1")).is_none());
     }
 
     #[test]

@@ -83,6 +83,19 @@ impl Classifier {
         self.assemble(parts, error)
     }
 
+    /// Each statement of a multi-statement string classified on its own, in order: the session
+    /// routes, checks and counts them one by one. A single statement gives one entry.
+    pub fn classify_each(&self, sql: &str) -> Vec<Classification> {
+        let (parts, error) = self.parts(sql);
+        parts
+            .into_iter()
+            .map(|p| {
+                let error = (p.kind == StatementKind::Unknown).then(|| error.clone()).flatten();
+                self.assemble(vec![p], error)
+            })
+            .collect()
+    }
+
     /// Parses the whole string at once (the common case); only when that fails, statement by
     /// statement, so one bad statement does not hide what the others touch.
     fn parts(&self, sql: &str) -> (Vec<Part>, Option<String>) {

@@ -98,11 +98,17 @@ impl Session {
         };
         a.prepares = false;
         let sql = query_sql(f).unwrap_or_default();
-        let class = ctx.cache.get(sql);
-        let d = execute(route, snap, wrote, &class, sql, Some(a.pin), ctx.observer);
-        if let Some(v) = d.rejected() {
-            a.refuse_query(&v.pg_error(sql), out);
-            return;
+        let whole = ctx.cache.get(sql);
+        // Each statement of the string is routed, checked and counted on its own; one refused
+        // statement refuses the string (it is one implicit transaction).
+        let each = ctx.cache.each(sql, &whole);
+        let statements = each.as_deref().map_or(std::slice::from_ref(&whole), |e| e);
+        for class in statements {
+            let d = execute(route, snap, wrote, class, sql, Some(a.pin), ctx.observer);
+            if let Some(v) = d.rejected() {
+                a.refuse_query(&v.pg_error(sql), out);
+                return;
+            }
         }
         a.unnamed_here = false;
         match deallocate(sql) {

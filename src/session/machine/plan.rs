@@ -11,7 +11,7 @@ use crate::classify::Classification;
 use crate::protocol::frame::Frame;
 use crate::protocol::frontend::{bind_statement, parse_view, query_sql, target_of};
 use crate::protocol::Front;
-use crate::route::{route, Decision, Group, Reason, Target, TxnState};
+use crate::route::{route, Decision, Group, Phase, Reason, RouteState, Target, TxnState};
 
 /// What the async loop must do with a batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,15 +58,25 @@ impl Session {
 
     fn lead(&mut self, unit: &[Frame], ctx: &mut Ctx) -> Lead {
         let snap = self.snap.clone();
-        let phase = &snap.phase;
-        let mut sim = self.route.clone();
-        let mut best: Option<Decision> = None;
-        let mut best_rank = 0;
+        let mut search = LeadSearch {
+            sim: self.route.clone(),
+            best: None,
+            best_rank: 0,
+        };
         let mut first_statement: Option<Arc<Classification>> = None;
         let mut batch_unnamed: Option<Arc<Classification>> = None;
         for (i, f) in unit.iter().enumerate() {
-            let class = match f.front() {
-                Front::Query => ctx.cache.get(query_sql(f).unwrap_or_default()),
+            match f.front() {
+                Front::Query => {
+                    let sql = query_sql(f).unwrap_or_default();
+                    let whole = ctx.cache.get(sql);
+                    let each = ctx.cache.each(sql, &whole);
+                    for class in each.as_deref().map_or(std::slice::from_ref(&whole), |e| e) {
+                        if let Some(d) = search.consider(class, &snap.phase) {
+                            return Lead::Executes(d);
+                        }
+                    }
+                }
                 Front::Parse => {
                     if let Some(p) = parse_view(f) {
                         let c = ctx.cache.get(p.sql);
@@ -75,7 +85,6 @@ impl Session {
                         }
                         note_statement(&mut first_statement, c);
                     }
-                    continue;
                 }
                 Front::Describe => {
                     if let Some((b'S', name)) = target_of(f) {
@@ -83,39 +92,54 @@ impl Session {
                             note_statement(&mut first_statement, c);
                         }
                     }
-                    continue;
                 }
                 Front::Bind => {
                     let name = bind_statement(f).unwrap_or_default();
-                    match self.statement_class(unit, i, name, &batch_unnamed, ctx) {
-                        Some(c) => c,
-                        None => continue,
+                    if let Some(c) = self.statement_class(unit, i, name, &batch_unnamed, ctx) {
+                        if let Some(d) = search.consider(&c, &snap.phase) {
+                            return Lead::Executes(d);
+                        }
                     }
                 }
-                _ => continue,
-            };
-            let d = route(&class, phase, &sim);
-            if d.reason == Reason::BeginDeferred {
-                sim.after_statement(&class, &d);
-                continue;
-            }
-            if matches!(sim.txn, TxnState::InTransaction { .. }) {
-                return Lead::Executes(d);
-            }
-            sim.after_statement(&class, &d);
-            let rank = class.kind.strictness();
-            if best.is_none() || rank > best_rank {
-                best_rank = rank;
-                best = Some(d);
+                _ => {}
             }
         }
-        if let Some(d) = best {
+        if let Some(d) = search.best {
             return Lead::Executes(d);
         }
         // Routed in the state the batch leaves: a BEGIN in front of a describe means the
         // described statement will run inside that transaction.
         let class = first_statement.unwrap_or_else(|| self.empty.clone());
-        Lead::Prepares(route(&class, phase, &sim))
+        Lead::Prepares(route(&class, &snap.phase, &search.sim))
+    }
+}
+
+/// The batch's executions replayed on a copy of the routing state.
+struct LeadSearch {
+    sim: RouteState,
+    best: Option<Decision>,
+    best_rank: u8,
+}
+
+impl LeadSearch {
+    /// The decision that places the batch when `class` opens its transaction's work; else
+    /// remembers the strictest execution.
+    fn consider(&mut self, class: &Classification, phase: &Phase) -> Option<Decision> {
+        let d = route(class, phase, &self.sim);
+        if d.reason == Reason::BeginDeferred {
+            self.sim.after_statement(class, &d);
+            return None;
+        }
+        if matches!(self.sim.txn, TxnState::InTransaction { .. }) {
+            return Some(d);
+        }
+        self.sim.after_statement(class, &d);
+        let rank = class.kind.strictness();
+        if self.best.is_none() || rank > self.best_rank {
+            self.best_rank = rank;
+            self.best = Some(d);
+        }
+        None
     }
 }
 

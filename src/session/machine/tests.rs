@@ -410,3 +410,21 @@ fn a_read_described_after_a_begin_runs_on_the_primary() {
     assert!(w.executed(Target::MainReplica).is_empty());
     assert_eq!(w.executed(Target::Main), ["BEGIN", sel, "COMMIT"]);
 }
+
+#[test]
+fn each_statement_of_a_multi_statement_query_is_counted() {
+    let mut w = World::new(4, "observe");
+    let mut c = w.client(None);
+    w.send(&mut c, vec![q(&format!("{CROSS_JOIN}; {CROSS_JOIN}; SELECT 1"))]);
+    assert_eq!(c.tally.count("cross_join"), 2);
+    assert_eq!(c.tally.executions, 3);
+    let mut w = World::new(7, "enforce");
+    let mut c = w.client(None);
+    let script = "BEGIN; INSERT INTO ci_builds (id) VALUES (1); INSERT INTO projects (id) VALUES (1); COMMIT";
+    w.send(&mut c, vec![q(script)]);
+    let r = c.take();
+    assert_eq!(r.last().map(String::as_str), Some("Z:I"), "{r:?}");
+    assert!(r.iter().any(|e| e.starts_with("E:")), "{r:?}");
+    assert_eq!(c.tally.rejected, 1);
+    assert!(w.servers.values().all(|(pg, _)| pg.executed.is_empty()));
+}
