@@ -8,7 +8,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::Snapshot;
-use crate::session::{self, Shared};
+use crate::session;
+use crate::shared::Shared;
 
 /// A started proxy: its bound addresses and a handle to stop it.
 pub struct Running {
@@ -45,7 +46,11 @@ pub async fn start(snapshot: Snapshot) -> std::io::Result<Running> {
     }
     tokio::spawn(accept_loop(listener, shared.clone(), rx.clone()));
     tokio::spawn(maintenance(shared.clone(), rx.clone()));
-    tokio::spawn(crate::topology::watch::run(shared.clone(), rx));
+    let s = shared.clone();
+    tokio::spawn(async move {
+        let record = |prev: &_, next: &_| s.metrics.topology.record(prev, next);
+        crate::topology::watch::run(&s.topology, &s.config, &s.pools, record, rx).await
+    });
     tracing::info!(%addr, metrics = ?metrics_addr, "pgdecomp listening");
     Ok(Running {
         addr,

@@ -2,7 +2,8 @@
 //!
 //! Data flows `session` (client socket) → `protocol` (framing) → `classify` → `route` → `pool`
 //! → `server`. `classify` and `route` are pure functions; the session records metrics from what
-//! they return. `config` publishes immutable snapshots; `app` wires the running proxy.
+//! they return. `config` publishes immutable snapshots; `shared` holds the proxy-wide state
+//! (pools, caches, registries, metrics) beside the pipeline; `app` wires the running proxy.
 
 pub mod admin;
 pub mod app;
@@ -15,6 +16,7 @@ pub mod protocol;
 pub mod route;
 pub mod server;
 pub mod session;
+pub mod shared;
 pub mod topology;
 
 /// The virtual database of the admin console.

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 
 use super::Table;
 use crate::protocol::backend::PgError;
-use crate::session::Shared;
+use crate::shared::Shared;
 use crate::topology::ClusterId;
 
 fn s(v: impl ToString) -> Option<String> {

@@ -11,7 +11,7 @@ use pgwire::messages::startup::Authentication;
 use super::io::ClientIo;
 use super::params::ClientParams;
 use super::relay::Login;
-use super::{SessionError, Shared};
+use super::SessionError;
 use crate::auth::Secret;
 use crate::config::Snapshot;
 use crate::pool::{checkout, PoolKey, Welcome};
@@ -19,6 +19,7 @@ use crate::protocol::backend::{self, PgError};
 use crate::protocol::startup::{decode_startup, StartupParams, StartupRequest};
 use crate::route::Target;
 use crate::server::{ServerCredential, ServerSpec};
+use crate::shared::Shared;
 
 async fn read_startup(
     io: &mut ClientIo,

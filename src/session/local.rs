@@ -2,6 +2,7 @@
 //! `pgdecomp.*` parameters. They describe the client's session with the proxy, so they never
 //! reach a server (where they would stick to a pooled connection another client gets next).
 
+use crate::shared::Shared;
 use crate::topology::Lsn;
 
 /// A `pgdecomp.*` command.
@@ -135,7 +136,7 @@ pub fn parse(sql: &str) -> Option<Result<Local, LocalError>> {
 pub async fn answer(
     c: &mut super::relay::Client,
     first: &crate::protocol::frame::Frame,
-    shared: &super::Shared,
+    shared: &Shared,
 ) -> bool {
     use crate::protocol::backend::{self, PgError};
     let Some(sql) = crate::protocol::frontend::query_sql(first) else {
@@ -189,7 +190,7 @@ pub async fn answer(
 
 /// The client's write position: waits (bounded by two health rounds) for the checker's first
 /// primary sample after the client's last commit, which bounds that commit's position.
-async fn write_lsn(c: &mut super::relay::Client, shared: &super::Shared) -> String {
+async fn write_lsn(c: &mut super::relay::Client, shared: &Shared) -> String {
     use crate::topology::ClusterId;
     let h = &c.session.snap.health;
     let deadline = std::time::Instant::now() + (h.interval + h.statement_timeout) * 2;

@@ -6,11 +6,11 @@
 use std::time::{Duration, Instant};
 
 use super::relay::Client;
-use super::Shared;
 use crate::config::PoolMode;
 use crate::pool::{checkout, CheckoutError, PoolKey, PooledConn};
 use crate::route::Target;
 use crate::server::ServerSpec;
+use crate::shared::Shared;
 use crate::topology::select::read_cluster;
 use crate::topology::{pick, Need, Pick, Via};
 

@@ -9,16 +9,17 @@ use bytes::BytesMut;
 use deadpool::managed::Object;
 use tokio::io::AsyncReadExt;
 
-use super::cancel::CancelSlot;
 use super::machine::Ctx;
 use super::record::Recorder;
 use super::relay::{Client, HIGH_WATER};
-use super::{SessionError, Shared};
+use super::SessionError;
 use crate::config::PoolMode;
 use crate::pool::PooledConn;
 use crate::protocol::frame::{peek_header, Frame};
 use crate::protocol::Front;
 use crate::server::ServerConn;
+use crate::shared::cancel::CancelSlot;
+use crate::shared::Shared;
 
 /// How a relay ended.
 #[derive(Debug, PartialEq, Eq)]

@@ -2,9 +2,9 @@
 //! metrics, logs and SHOW VIOLATIONS. The machine decides; this only records.
 
 use super::machine::{Execution, Observer};
-use super::Shared;
 use crate::classify::StatementKind;
 use crate::route::{route_shadow, Mode, Target, Violation, ViolationKind};
+use crate::shared::{truncate, Shared};
 
 /// Records executions of one client into the proxy's metrics.
 pub struct Recorder<'a> {
@@ -90,15 +90,3 @@ fn record_violation(v: &Violation, target: Target, shared: &Shared) {
         m.rejected.with_label_values(&[v.kind.label()]).inc();
     }
 }
-
-/// Statement text for logs: long SQL is cut at a character boundary.
-pub fn truncate(sql: &str) -> &str {
-    let mut end = sql.len().min(500);
-    while !sql.is_char_boundary(end) {
-        end -= 1;
-    }
-    &sql[..end]
-}
-
-/// Distinct undefined-table label values kept before new ones collapse into one.
-pub const UNDEFINED_LABEL_CAP: usize = 100;

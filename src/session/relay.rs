@@ -5,14 +5,13 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use super::cancel::CancelSlot;
 use super::io::ClientIo;
 use super::machine::{Ctx, Plan, Session};
 use super::params::ClientParams;
 use super::placement::{place, PlaceError};
 use super::pump::{pump, PumpEnd};
 use super::record::Recorder;
-use super::{SessionError, Shared};
+use super::SessionError;
 use crate::config::{Database, Snapshot};
 use crate::pool::CheckoutError;
 use crate::protocol::backend::PgError;
@@ -20,6 +19,8 @@ use crate::protocol::frame::Frame;
 use crate::protocol::Front;
 use crate::route::ConnectionKind;
 use crate::server::ServerSpec;
+use crate::shared::cancel::CancelSlot;
+use crate::shared::Shared;
 use crate::topology::select::write_cluster;
 use crate::topology::ReadYourWrites;
 
@@ -89,7 +90,7 @@ impl Client {
 pub async fn run(
     c: &mut Client,
     shared: &Shared,
-    entry: &super::control::ClientEntry,
+    entry: &crate::shared::control::ClientEntry,
 ) -> Result<(), SessionError> {
     loop {
         c.io.flush().await?;

@@ -1,5 +1,6 @@
-//! CancelRequest routing: each client gets its own (pid, secret); a cancel is forwarded only to
-//! the server connection that client holds at that moment.
+//! Proxy-wide state beside the pipeline: CancelRequest routing. Each client gets its own
+//! (pid, secret); a cancel is forwarded only to the server connection that client holds at that
+//! moment.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

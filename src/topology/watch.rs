@@ -2,36 +2,47 @@
 //! the view sessions route by, records per-server metrics, logs role changes, and closes the
 //! pools of a primary that stopped being writable (its connections must not take more writes).
 
-use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 use super::checker::{static_view, Checker};
 use super::select::write_cluster;
 use super::view::{ClusterId, View};
+use super::Topology;
+use crate::config::Snapshot;
+use crate::pool::Pools;
 use crate::route::Target;
-use crate::session::Shared;
 
-pub async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+/// Runs health rounds until `stop` changes. `config` is the live snapshot source, `pools` the
+/// live pools, and `record(prev, next)` is called with each round's views before they are
+/// published (the proxy records its per-server metrics there).
+pub async fn run(
+    topology: &Topology,
+    config: &ArcSwap<Snapshot>,
+    pools: &ArcSwap<Pools>,
+    record: impl Fn(&View, &View),
+    mut stop: watch::Receiver<bool>,
+) {
     let mut checker = Checker::new();
     loop {
-        let snap = shared.config.load_full();
+        let snap = config.load_full();
         let h = &snap.health;
         let next = if h.checks_enabled() {
             checker.round(&snap).await
         } else {
             static_view(&snap)
         };
-        let prev = shared.topology.view();
-        shared.metrics.topology.record(&prev, &next);
+        let prev = topology.view();
+        record(&prev, &next);
         log_changes(&prev, &next);
         let writers =
             |v: &View| ClusterId::ALL.map(|id| v.cluster(id).writer().map(|n| n.addr.clone()));
         let moved = writers(&prev) != writers(&next);
         // Most rounds only move WAL positions; pools change only when a writer does.
-        if shared.topology.publish(next) && moved {
-            close_unwritable(&shared);
+        if topology.publish(next) && moved {
+            close_unwritable(topology, config, pools);
         }
         let pause = if h.checks_enabled() {
             h.interval
@@ -47,16 +58,16 @@ pub async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
 
 /// Closes write-target pools whose server is no longer its cluster's writer. Connections in
 /// use are closed when their clients let go; no new transaction gets one.
-fn close_unwritable(shared: &Shared) {
-    let view = shared.topology.view();
-    let ci_host = shared.config.load().phase.ci_write_host();
+fn close_unwritable(topology: &Topology, config: &ArcSwap<Snapshot>, pools: &ArcSwap<Pools>) {
+    let view = topology.view();
+    let ci_host = config.load().phase.ci_write_host();
     let writer = |t: Target| {
         view.cluster(write_cluster(t, ci_host))
             .writer()
             .map(|n| n.addr.clone())
     };
     let (main, ci) = (writer(Target::Main), writer(Target::Ci));
-    shared.pools.load().retain(|key| match key.target {
+    pools.load().retain(|key| match key.target {
         Target::Main => main.as_deref() == Some(key.spec.addr.as_str()),
         Target::Ci => ci.as_deref() == Some(key.spec.addr.as_str()),
         Target::MainReplica | Target::CiReplica => true,

@@ -1,0 +1,45 @@
+//! Proxy-wide state beside the pipeline: RELOAD and SIGHUP. Re-reads the config file and swaps
+//! the pieces of `Shared` it feeds (snapshot, pools, classification cache, topology).
+
+use std::sync::Arc;
+
+use super::Shared;
+use crate::classify::ClassifyCache;
+use crate::pool::Pools;
+
+impl Shared {
+    /// Re-reads the config file and swaps the new snapshot in atomically. On any error the old
+    /// snapshot stays live. Sessions pick the new one up at their next transaction; open
+    /// transactions finish on the snapshot they started with.
+    pub fn reload(&self) -> Result<(), crate::config::ConfigError> {
+        let path = self.config.load().source.clone();
+        match crate::config::load(&path) {
+            Ok(new) => {
+                let phase = new.phase.number();
+                if self.config.load().pool != new.pool {
+                    tracing::info!("pool settings changed: new pools; the old ones drain");
+                    self.pools.store(Pools::new(new.pool.clone()));
+                }
+                let generation = self.cache.load().generation() + 1;
+                self.cache.store(Arc::new(ClassifyCache::with_generation(
+                    new.classifier.clone(),
+                    new.cache_size,
+                    generation,
+                )));
+                // Servers added or removed take effect now, not at the next health round.
+                let view = crate::topology::checker::rebase(&new, &self.topology.view());
+                self.config.store(Arc::new(new));
+                self.topology.publish(view);
+                self.metrics.phase.set(i64::from(phase));
+                self.metrics.reloads.with_label_values(&["ok"]).inc();
+                tracing::info!(config = %path.display(), phase, "configuration reloaded");
+                Ok(())
+            }
+            Err(e) => {
+                self.metrics.reloads.with_label_values(&["error"]).inc();
+                tracing::error!(config = %path.display(), error = %e, "reload failed; the previous configuration stays live");
+                Err(e)
+            }
+        }
+    }
+}

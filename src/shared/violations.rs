@@ -1,0 +1,104 @@
+//! Proxy-wide state beside the pipeline: what sessions leave for metrics and SHOW VIOLATIONS —
+//! bounded metric labels, the rate-limited violation log and the list of recent violations.
+
+use super::Shared;
+
+/// One violation as SHOW VIOLATIONS lists it.
+#[derive(Clone, Debug)]
+pub struct RecentViolation {
+    pub at: std::time::SystemTime,
+    pub client: u64,
+    pub kind: &'static str,
+    pub mode: &'static str,
+    pub message: String,
+    pub sql: String,
+}
+
+const RECENT_VIOLATIONS: usize = 100;
+
+/// Distinct undefined-table label values kept before new ones collapse into one.
+pub const UNDEFINED_LABEL_CAP: usize = 100;
+
+/// Statement text for logs: long SQL is cut at a character boundary.
+pub fn truncate(sql: &str) -> &str {
+    let mut end = sql.len().min(500);
+    while !sql.is_char_boundary(end) {
+        end -= 1;
+    }
+    &sql[..end]
+}
+
+impl Shared {
+    /// Keeps label cardinality bounded: past a cap, new `undefined_<table>` values become
+    /// `undefined_other` (each unknown table would otherwise be a new time series).
+    pub fn bounded_label(&self, label: String) -> String {
+        if !label.contains("undefined_") {
+            return label;
+        }
+        let mut seen = self
+            .undefined_labels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if seen.contains(&label) {
+            return label;
+        }
+        if seen.len() < UNDEFINED_LABEL_CAP {
+            seen.insert(label.clone());
+            return label;
+        }
+        let mut parts: Vec<&str> = label
+            .split(',')
+            .map(|p| {
+                if p.starts_with("undefined_") {
+                    "undefined_other"
+                } else {
+                    p
+                }
+            })
+            .collect();
+        parts.dedup();
+        parts.join(",")
+    }
+
+    /// True at most once per 10 s for each violation kind and schema set.
+    pub fn should_log_violation(&self, kind: &'static str, schemas: &str) -> bool {
+        let mut logged = self
+            .violation_logged
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        let full = logged.len() >= 10_000;
+        match logged.entry((kind, schemas.to_string())) {
+            std::collections::hash_map::Entry::Occupied(mut e) => {
+                if now.duration_since(*e.get()) < std::time::Duration::from_secs(10) {
+                    return false;
+                }
+                e.insert(now);
+                true
+            }
+            std::collections::hash_map::Entry::Vacant(e) if !full => {
+                e.insert(now);
+                true
+            }
+            std::collections::hash_map::Entry::Vacant(_) => false,
+        }
+    }
+
+    pub fn remember_violation(&self, client: u64, v: &crate::route::Violation, sql: &str) {
+        let mut recent = self
+            .recent_violations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if recent.len() >= RECENT_VIOLATIONS {
+            recent.pop_front();
+        }
+        recent.push_back(RecentViolation {
+            at: std::time::SystemTime::now(),
+            client,
+            kind: v.kind.label(),
+            mode: v.mode.label(),
+            message: v.message.clone(),
+            sql: truncate(sql).to_string(),
+        });
+    }
+}
