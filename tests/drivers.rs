@@ -100,18 +100,18 @@ impl Driver {
             // cache: the default statement cache (named); nocache: statement_cache_size=0;
             // prepared: conn.prepare() outside any transaction, executed inside later ones.
             Driver::Asyncpg => &[
-                ("cache", &["copy", "cancel"]),
+                ("cache", &["two_conns", "copy", "cancel"]),
                 ("nocache", &[]),
-                ("prepared", &["prepare_only"]),
+                ("prepared", &["prepare_only", "two_conns"]),
             ],
             // BEGIN simple in simple/extended/named/pool; extended or named in begin_*.
             Driver::NodePg => &[
                 ("simple", &[]),
                 ("extended", &[]),
-                ("named", &[]),
+                ("named", &["two_conns"]),
                 ("begin_extended", &[]),
                 ("begin_named", &[]),
-                ("pool", &[]),
+                ("pool", &["two_conns"]),
             ],
             // simple: preferQueryMode=simple; unnamed: prepareThreshold=0; named:
             // prepareThreshold=-1; default: 5, so named past the fifth execution; explicit:
@@ -120,8 +120,8 @@ impl Driver {
             Driver::Jdbc => &[
                 ("simple", &["copy"]),
                 ("unnamed", &[]),
-                ("named", &[]),
-                ("default", &["copy", "cancel"]),
+                ("named", &["two_conns"]),
+                ("default", &["two_conns", "copy", "cancel"]),
                 ("explicit", &[]),
             ],
             // exec (simple), exec_params (unnamed), prepared (prepare/exec_prepared),
@@ -129,7 +129,7 @@ impl Driver {
             Driver::Ruby => &[
                 ("exec", &[]),
                 ("exec_params", &[]),
-                ("prepared", &["prepare_only"]),
+                ("prepared", &["prepare_only", "two_conns"]),
                 ("ar_prepared", &[]),
                 ("ar_unprepared", &[]),
             ],

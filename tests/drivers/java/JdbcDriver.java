@@ -386,6 +386,35 @@ public class JdbcDriver {
             for (int i = 0; i < N_VIOLATIONS; i++) txn(rec, s, "", op("ci_sel", "ci_sel", 0, "port"));
             after(ctx, rec, s, "main");
         });
+        // Overlapping transactions on two connections (so two server connections), each
+        // preparing its statements in another order, so S_1, S_2... differ between them.
+        SCENARIOS.put("two_conns", (ctx, rec) -> {
+            Session[] conns = {ctx.session("transparent"), ctx.session("transparent")};
+            for (int i = 0; i < N_VIOLATIONS; i++) {
+                String[] groups = i % 2 == 0 ? new String[] {"ci", "main"} : new String[] {"main", "ci"};
+                boolean[] alive = new boolean[2];
+                for (int c = 0; c < 2; c++) {
+                    Session s = conns[c];
+                    alive[c] = step(rec, groups[c] + "_begin", () -> { s.begin(); return null; }, "ok");
+                    if (!alive[c]) step(rec, groups[c] + "_rollback", () -> { s.rollback(); return null; }, "ok");
+                }
+                for (String op : new String[] {"ins", "port"}) {
+                    for (int c = 0; c < 2; c++) {
+                        if (!alive[c]) continue;
+                        Session s = conns[c];
+                        String g = groups[c];
+                        String key = op.equals("ins") ? g + "_ins" : "port";
+                        Object param = op.equals("ins") ? ctx.marker(i + "-" + c) : null;
+                        alive[c] = step(rec, g + "_" + op, () -> s.run(key, param), op.equals("ins") ? "ok" : "port");
+                        if (!alive[c]) step(rec, g + "_rollback", () -> { s.rollback(); return null; }, "ok");
+                    }
+                }
+                for (int c = 0; c < 2; c++) {
+                    Session s = conns[c];
+                    if (alive[c]) step(rec, groups[c] + "_commit", () -> { s.commit(); return null; }, "ok");
+                }
+            }
+        });
         SCENARIOS.put("copy", (ctx, rec) -> {
             Session s = ctx.session("transparent", "ci_count", "port");
             List<String> names = List.of(ctx.marker(0), ctx.marker(1), ctx.marker(2));

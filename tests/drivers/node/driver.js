@@ -305,7 +305,34 @@ async function crossDb(ctx, rec, first, second) {
   await after(ctx, rec, s, ['main', 'ci'])
 }
 
+// Overlapping transactions on two connections (so two server connections), each preparing its
+// statements in another order.
+async function twoConns(ctx, rec) {
+  const conns = [await ctx.session('transparent'), await ctx.session('transparent')]
+  for (let i = 0; i < N_VIOLATIONS; i++) {
+    const groups = i % 2 === 0 ? ['ci', 'main'] : ['main', 'ci']
+    const alive = [false, false]
+    for (let c = 0; c < 2; c++) {
+      ;[alive[c]] = await step(rec, `${groups[c]}_begin`, () => conns[c].begin())
+      if (!alive[c]) await step(rec, `${groups[c]}_rollback`, () => conns[c].rollback())
+    }
+    for (const op of ['ins', 'port']) {
+      for (let c = 0; c < 2; c++) {
+        if (!alive[c]) continue
+        const g = groups[c]
+        const [key, params, report] = op === 'ins' ? [`${g}_ins`, [ctx.marker(`${i}-${c}`)], 'ok'] : ['port', null, 'port']
+        ;[alive[c]] = await step(rec, `${g}_${op}`, () => conns[c].run(key, params), report)
+        if (!alive[c]) await step(rec, `${g}_rollback`, () => conns[c].rollback())
+      }
+    }
+    for (let c = 0; c < 2; c++) {
+      if (alive[c]) await step(rec, `${groups[c]}_commit`, () => conns[c].commit())
+    }
+  }
+}
+
 const SCENARIOS = {
+  two_conns: twoConns,
   route_transparent: (ctx, rec) => route(ctx, rec, 'transparent'),
   route_main: (ctx, rec) => route(ctx, rec, 'main'),
   route_ci: (ctx, rec) => route(ctx, rec, 'ci'),

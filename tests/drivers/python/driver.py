@@ -459,18 +459,33 @@ async def wrong_schema_main(ctx, rec):
 
 
 async def two_conns(ctx, rec):
-    """Transactions alternating between two connections, each with its own prepared statements.
+    """Overlapping transactions on two connections with their own prepared statements.
 
-    The second connection runs its statements in another order, so the same client-side name
-    (psycopg's _pg3_0, _pg3_1...) means a different statement on each connection.
+    Both transactions are open at once, so they need two server connections. Each connection
+    prepares its statements in another order, so one client-side name (psycopg's _pg3_0,
+    asyncpg's and pgJDBC's counters) means a different statement on each.
     """
     conns = [await ctx.session("transparent"), await ctx.session("transparent")]
-    for i in range(N_VIOLATIONS // 2):
+    for i in range(N_VIOLATIONS):
+        groups = ("ci", "main") if i % 2 == 0 else ("main", "ci")
+        alive = [False, False]
         for c, s in enumerate(conns):
-            groups = ("ci", "main") if c == 0 else ("main", "ci")
-            for g in groups:
-                await txn(rec, s, f"{g}_", [("ins", f"{g}_ins", [ctx.marker(f"{i}-{c}")], "ok"),
-                                            ("port", "port", None, "port")])
+            alive[c], _ = await step(rec, f"{groups[c]}_begin", s.begin)
+            if not alive[c]:
+                await step(rec, f"{groups[c]}_rollback", s.rollback)
+        for op in ("ins", "port"):
+            for c, s in enumerate(conns):
+                if not alive[c]:
+                    continue
+                g = groups[c]
+                key, params, report = ((f"{g}_ins", [ctx.marker(f"{i}-{c}")], "ok") if op == "ins"
+                                       else ("port", None, "port"))
+                alive[c], _ = await step(rec, f"{g}_{op}", lambda: s.run(key, params), report)
+                if not alive[c]:
+                    await step(rec, f"{g}_rollback", s.rollback)
+        for c, s in enumerate(conns):
+            if alive[c]:
+                await step(rec, f"{groups[c]}_commit", s.commit)
 
 
 async def copy(ctx, rec):

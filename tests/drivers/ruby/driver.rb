@@ -346,7 +346,35 @@ def cross_db(ctx, rec, first, second)
   after(ctx, rec, s, %w[main ci])
 end
 
+# Overlapping transactions on two connections (so two server connections), each preparing its
+# statements in another order.
+def two_conns(ctx, rec)
+  conns = [ctx.session('transparent'), ctx.session('transparent')]
+  N_VIOLATIONS.times do |i|
+    groups = i.even? ? %w[ci main] : %w[main ci]
+    alive = [false, false]
+    conns.each_with_index do |s, c|
+      alive[c], = step(rec, "#{groups[c]}_begin") { s.begin }
+      step(rec, "#{groups[c]}_rollback") { s.rollback } unless alive[c]
+    end
+    %w[ins port].each do |op|
+      conns.each_with_index do |s, c|
+        next unless alive[c]
+
+        g = groups[c]
+        key, param, report = op == 'ins' ? ["#{g}_ins", ctx.marker("#{i}-#{c}"), 'ok'] : ['port', nil, 'port']
+        alive[c], = step(rec, "#{g}_#{op}", report) { s.run(key, param) }
+        step(rec, "#{g}_rollback") { s.rollback } unless alive[c]
+      end
+    end
+    conns.each_with_index do |s, c|
+      step(rec, "#{groups[c]}_commit") { s.commit } if alive[c]
+    end
+  end
+end
+
 SCENARIOS = {
+  'two_conns' => ->(ctx, rec) { two_conns(ctx, rec) },
   # Statements prepared and never executed: nothing ran, so nothing is refused or counted.
   'prepare_only' => lambda do |ctx, rec|
     s = ctx.session('main')
