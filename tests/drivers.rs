@@ -91,22 +91,22 @@ impl Driver {
             // named: prepare=True per statement; named_all: prepare_threshold=0, BEGIN and
             // COMMIT named too; pipeline: conn.pipeline(), BEGIN extended in the same batch.
             Driver::Psycopg => &[
-                ("simple", &["copy"]),
-                ("extended", &["copy", "cancel"]),
-                ("named", &["two_conns", "copy"]),
-                ("named_all", &["two_conns"]),
+                ("simple", &["savepoint", "multi_statement", "copy"]),
+                ("extended", &["savepoint", "copy", "cancel"]),
+                ("named", &["savepoint", "two_conns", "copy"]),
+                ("named_all", &["savepoint", "two_conns"]),
                 ("pipeline", &[]),
             ],
             // cache: the default statement cache (named); nocache: statement_cache_size=0;
             // prepared: conn.prepare() outside any transaction, executed inside later ones.
             Driver::Asyncpg => &[
-                ("cache", &["two_conns", "copy", "cancel"]),
-                ("nocache", &[]),
-                ("prepared", &["prepare_only", "two_conns"]),
+                ("cache", &["savepoint", "two_conns", "copy", "cancel"]),
+                ("nocache", &["savepoint"]),
+                ("prepared", &["savepoint", "prepare_only", "two_conns"]),
             ],
             // BEGIN simple in simple/extended/named/pool; extended or named in begin_*.
             Driver::NodePg => &[
-                ("simple", &[]),
+                ("simple", &["multi_statement"]),
                 ("extended", &[]),
                 ("named", &["two_conns"]),
                 ("begin_extended", &[]),
@@ -127,7 +127,7 @@ impl Driver {
             // exec (simple), exec_params (unnamed), prepared (prepare/exec_prepared),
             // ActiveRecord with prepared_statements true and false.
             Driver::Ruby => &[
-                ("exec", &[]),
+                ("exec", &["multi_statement"]),
                 ("exec_params", &[]),
                 ("prepared", &["prepare_only", "two_conns"]),
                 ("ar_prepared", &[]),
@@ -392,6 +392,37 @@ fn expect(phase: Phase, scenario: &str) -> Expect {
             }
             e.after(&t, &["main", "ci"]);
         }
+        // The main write inside a savepoint; refused, ROLLBACK TO SAVEPOINT keeps the transaction
+        // and its ci write.
+        "savepoint" => {
+            let before = [("ci_ins", "ok"), ("savepoint", "ok")];
+            if phase.enforced() || direct {
+                e.committed("", &before, N);
+                e.step("main_ins", "err:2F002", N);
+                e.step("rollback_to", "ok", N);
+                e.step("port", t.ci_write, N);
+                e.enforced(LOCKED, "locked_table_write", N);
+            } else {
+                e.committed("", &before, N);
+                e.step("main_ins", "ok", N);
+                e.step("release", "ok", N);
+                e.step("port", t.ci_write, N);
+                e.observed(CROSS_DB, N);
+            }
+            e.after(&t, &["main", "ci"]);
+        }
+        // `BEGIN; ci write; main write; COMMIT` as one simple Query.
+        "multi_statement" => {
+            if phase.enforced() || direct {
+                e.step("multi", "err:2F002", N);
+                e.step("rollback", "ok", N);
+                e.enforced(LOCKED, "locked_table_write", N);
+            } else {
+                e.step("multi", "ok", N);
+                e.observed(CROSS_DB, N);
+            }
+            e.after(&t, &["main", "ci"]);
+        }
         "cross_join" => {
             if phase.enforced() {
                 e.refused("", &[], "join_txn", "err:0A000", N / 2);
@@ -525,8 +556,8 @@ fn run_id() -> String {
     )
 }
 
-/// The database for the direct check: the GitLab tables with triggers that refuse the second
-/// write of the cross-database scenarios as GitLab's write locks do (SQLSTATE 2F002).
+/// The database for the direct check: the GitLab tables with triggers that refuse the writes
+/// phase 7 refuses in the cross-database scenarios, as GitLab's write locks do (SQLSTATE 2F002).
 const DIRECT_DB: &str = "drivers_direct";
 const DIRECT_TRIGGERS: &str = r#"
 SET ROLE gitlab;
@@ -540,6 +571,10 @@ BEGIN
 END $$;
 CREATE TRIGGER drivers_refuse BEFORE INSERT ON projects
   FOR EACH ROW EXECUTE FUNCTION drivers_refuse('cross\_db\_ci\_main');
+CREATE TRIGGER drivers_refuse_savepoint BEFORE INSERT ON projects
+  FOR EACH ROW EXECUTE FUNCTION drivers_refuse('savepoint');
+CREATE TRIGGER drivers_refuse_multi BEFORE INSERT ON projects
+  FOR EACH ROW EXECUTE FUNCTION drivers_refuse('multi\_statement');
 CREATE TRIGGER drivers_refuse BEFORE INSERT ON ci_builds
   FOR EACH ROW EXECUTE FUNCTION drivers_refuse('cross\_db\_main\_ci');
 RESET ROLE;

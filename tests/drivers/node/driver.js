@@ -23,6 +23,8 @@ const SQL = {
   ci_sel: 'SELECT inet_server_port() FROM ci_builds WHERE id >= $1 LIMIT 1',
   main_sel: 'SELECT inet_server_port() FROM projects WHERE id >= $1 LIMIT 1',
   join: 'SELECT count(*) FROM projects p JOIN ci_builds b ON b.id = p.id WHERE p.id >= $1',
+  // One simple-protocol Query holding a whole transaction.
+  multi: "BEGIN; INSERT INTO ci_builds (name, status) VALUES ($1, 'driver'); INSERT INTO projects (name) VALUES ($1); COMMIT",
 }
 
 const SCENARIO_TIMEOUT_MS = 1000 * Number(process.env.PGD_SCENARIO_TIMEOUT || '60')
@@ -235,6 +237,12 @@ class Session {
     return Array.isArray(row) ? row[0] : Object.values(row)[0]
   }
 
+  // A multi-statement string: only a simple Query takes one.
+  async runMulti(key, params) {
+    const c = this.client()
+    await c.query(inline(c, SQL[key], params))
+  }
+
   async close() {
     if (this.pool) {
       for (const c of this.clients) c.release()
@@ -333,6 +341,14 @@ async function twoConns(ctx, rec) {
 
 const SCENARIOS = {
   two_conns: twoConns,
+  multi_statement: async (ctx, rec) => {
+    const s = await ctx.session('transparent')
+    for (let i = 0; i < N_VIOLATIONS; i++) {
+      const [ok] = await step(rec, 'multi', () => s.runMulti('multi', [ctx.marker(i)]))
+      if (!ok) await step(rec, 'rollback', () => s.rollback())
+    }
+    await after(ctx, rec, s, ['main', 'ci'])
+  },
   route_transparent: (ctx, rec) => route(ctx, rec, 'transparent'),
   route_main: (ctx, rec) => route(ctx, rec, 'main'),
   route_ci: (ctx, rec) => route(ctx, rec, 'ci'),

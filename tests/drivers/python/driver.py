@@ -35,6 +35,9 @@ SQL = {
     "ci_count": "SELECT count(*) FROM ci_builds WHERE name LIKE $1",
     "main_sleep": "SELECT pg_sleep(10) FROM projects WHERE id >= $1 LIMIT 1",
     "ci_sleep": "SELECT pg_sleep(10) FROM ci_builds WHERE id >= $1 LIMIT 1",
+    # One simple-protocol Query holding a whole transaction ($1 and $2: the same marker).
+    "multi": "BEGIN; INSERT INTO ci_builds (name, status) VALUES ($1, 'driver'); "
+             "INSERT INTO projects (name) VALUES ($2); COMMIT",
 }
 
 SCENARIO_TIMEOUT = float(os.environ.get("PGD_SCENARIO_TIMEOUT", "60"))
@@ -231,6 +234,14 @@ class Psycopg:
         row = await cur.fetchone()
         return row[0] if row else None
 
+    async def command(self, sql):
+        """A statement without parameters or rows (SAVEPOINT, RELEASE, ROLLBACK TO)."""
+        await self._exec(sql)
+
+    async def run_multi(self, key, params):
+        """A multi-statement string: only the simple protocol (ClientCursor) takes one."""
+        await self._exec(pct(SQL[key]), params)
+
     async def cancel_run(self, key, params, after):
         task = asyncio.ensure_future(self.run(key, params))
         await asyncio.sleep(after)
@@ -319,6 +330,9 @@ class Asyncpg:
         if stmt is not None:
             return await stmt.fetchval(*(params or []), timeout=timeout)
         return await self.conn.fetchval(SQL[key], *(params or []), timeout=timeout)
+
+    async def command(self, sql):
+        await self.conn.execute(sql)
 
     async def cancel_run(self, key, params, after):
         # asyncpg cancels the query (a CancelRequest) when the timeout expires.
@@ -504,6 +518,44 @@ async def copy(ctx, rec):
     await step(rec, "copy_out", s.copy_out, "rows")
 
 
+async def savepoint(ctx, rec):
+    """20 transactions: a ci write, then a main write inside a savepoint, undone by ROLLBACK TO
+    SAVEPOINT when refused; the transaction goes on and commits its ci write."""
+    s = await ctx.session("transparent", ("ci_ins", "main_ins", "port"))
+    for i in range(N_VIOLATIONS):
+        m = ctx.marker(i)
+        ok, _ = await step(rec, "begin", s.begin)
+        if ok:
+            ok, _ = await step(rec, "ci_ins", lambda: s.run("ci_ins", [m]))
+        if ok:
+            ok, _ = await step(rec, "savepoint", lambda: s.command("SAVEPOINT drv"))
+        if ok:
+            inner, _ = await step(rec, "main_ins", lambda: s.run("main_ins", [m]))
+            if inner:
+                ok, _ = await step(rec, "release", lambda: s.command("RELEASE SAVEPOINT drv"))
+            else:
+                ok, _ = await step(rec, "rollback_to",
+                                   lambda: s.command("ROLLBACK TO SAVEPOINT drv"))
+        if ok:
+            ok, _ = await step(rec, "port", lambda: s.run("port", None), "port")
+        if ok:
+            await step(rec, "commit", s.commit)
+        else:
+            await step(rec, "rollback", s.rollback)
+    await after(ctx, rec, s, ("main", "ci"))
+
+
+async def multi_statement(ctx, rec):
+    """20 transactions each sent as one simple Query: BEGIN; ci write; main write; COMMIT."""
+    s = await ctx.session("transparent")
+    for i in range(N_VIOLATIONS):
+        m = ctx.marker(i)
+        ok, _ = await step(rec, "multi", lambda: s.run_multi("multi", [m, m]))
+        if not ok:
+            await step(rec, "rollback", s.rollback)
+    await after(ctx, rec, s, ("main", "ci"))
+
+
 async def cancel(ctx, rec):
     s = await ctx.session("transparent", ("main_sleep", "ci_sleep", "ci_ins", "port", "main_sel"))
 
@@ -543,7 +595,7 @@ async def prepare_only(ctx, rec):
 
 
 SCENARIOS = {f.__name__: f for f in (
-    prepare_only,
+    prepare_only, savepoint, multi_statement,
     route_transparent, route_main, route_ci, cross_db_ci_main, cross_db_main_ci, cross_join,
     wrong_schema_ci, wrong_schema_main, two_conns, copy, cancel,
 )}

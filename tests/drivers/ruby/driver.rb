@@ -28,7 +28,10 @@ SQL = {
   'port' => 'SELECT inet_server_port()',
   'ci_sel' => 'SELECT inet_server_port() FROM ci_builds WHERE id >= $1 LIMIT 1',
   'main_sel' => 'SELECT inet_server_port() FROM projects WHERE id >= $1 LIMIT 1',
-  'join' => 'SELECT count(*) FROM projects p JOIN ci_builds b ON b.id = p.id WHERE p.id >= $1'
+  'join' => 'SELECT count(*) FROM projects p JOIN ci_builds b ON b.id = p.id WHERE p.id >= $1',
+  # One simple-protocol Query holding a whole transaction.
+  'multi' => "BEGIN; INSERT INTO ci_builds (name, status) VALUES ($1, 'driver'); " \
+             'INSERT INTO projects (name) VALUES ($1); COMMIT'
 }.freeze
 
 MODES = %w[exec exec_params prepared ar_prepared ar_unprepared].freeze
@@ -174,6 +177,11 @@ class PgSession
             @conn.exec_prepared("drv_#{key}", params)
           end
     res.ntuples.positive? ? res.getvalue(0, 0) : nil
+  end
+
+  # A multi-statement string: only a simple Query (exec) takes one.
+  def run_multi(key, param)
+    @conn.exec(SQL.fetch(key).gsub('$1') { @conn.escape_literal(param.to_s) })
   end
 
   def close
@@ -375,6 +383,14 @@ end
 
 SCENARIOS = {
   'two_conns' => ->(ctx, rec) { two_conns(ctx, rec) },
+  'multi_statement' => lambda do |ctx, rec|
+    s = ctx.session('transparent')
+    N_VIOLATIONS.times do |i|
+      ok, = step(rec, 'multi') { s.run_multi('multi', ctx.marker(i)) }
+      step(rec, 'rollback') { s.rollback } unless ok
+    end
+    after(ctx, rec, s, %w[main ci])
+  end,
   # Statements prepared and never executed: nothing ran, so nothing is refused or counted.
   'prepare_only' => lambda do |ctx, rec|
     s = ctx.session('main')
