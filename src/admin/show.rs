@@ -3,8 +3,7 @@
 
 use std::sync::atomic::Ordering;
 
-use super::Table;
-use crate::protocol::backend::PgError;
+use crate::protocol::backend::{PgError, Table};
 use crate::shared::Shared;
 use crate::topology::ClusterId;
 

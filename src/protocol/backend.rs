@@ -1,4 +1,5 @@
-//! Messages the proxy itself writes to clients (errors, auth, status) and the few server
+//! Pipeline step 1 (client → **framing** → classify → route → pool → server): messages the
+//! proxy itself writes to clients (errors, auth, status, small result sets) and the few server
 //! message bodies it reads (ReadyForQuery, ParameterStatus, ErrorResponse).
 
 use bytes::{BufMut, BytesMut};
@@ -104,6 +105,62 @@ pub fn command_complete(tag: &str, out: &mut BytesMut) {
     out.put_i32(4 + tag.len() as i32 + 1);
     out.put_slice(tag.as_bytes());
     out.put_u8(0);
+}
+
+/// A result set: column names and text rows (None is NULL).
+pub struct Table {
+    pub columns: Vec<&'static str>,
+    pub rows: Vec<Vec<Option<String>>>,
+}
+
+impl Table {
+    pub fn new(columns: &[&'static str]) -> Self {
+        Self {
+            columns: columns.to_vec(),
+            rows: Vec::new(),
+        }
+    }
+
+    pub fn row(&mut self, values: Vec<Option<String>>) {
+        self.rows.push(values);
+    }
+
+    pub fn encode(&self, out: &mut BytesMut) {
+        let start = out.len();
+        out.put_u8(b'T');
+        out.put_i32(0);
+        out.put_i16(self.columns.len() as i16);
+        for c in &self.columns {
+            out.put_slice(c.as_bytes());
+            out.put_u8(0);
+            out.put_i32(0);
+            out.put_i16(0);
+            out.put_i32(25); // text
+            out.put_i16(-1);
+            out.put_i32(-1);
+            out.put_i16(0);
+        }
+        let len = (out.len() - start - 1) as i32;
+        out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
+        for row in &self.rows {
+            let start = out.len();
+            out.put_u8(b'D');
+            out.put_i32(0);
+            out.put_i16(row.len() as i16);
+            for v in row {
+                match v {
+                    Some(v) => {
+                        out.put_i32(v.len() as i32);
+                        out.put_slice(v.as_bytes());
+                    }
+                    None => out.put_i32(-1),
+                }
+            }
+            let len = (out.len() - start - 1) as i32;
+            out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
+        }
+        command_complete(&format!("SHOW {}", self.rows.len()), out);
+    }
 }
 
 /// Reads `(name, value)` from a ParameterStatus body.

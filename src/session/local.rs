@@ -138,7 +138,7 @@ pub async fn answer(
     first: &crate::protocol::frame::Frame,
     shared: &Shared,
 ) -> bool {
-    use crate::protocol::backend::{self, PgError};
+    use crate::protocol::backend::{self, PgError, Table};
     let Some(sql) = crate::protocol::frontend::query_sql(first) else {
         return false;
     };
@@ -167,7 +167,7 @@ pub async fn answer(
         }
         Ok(Local::Show(Param::WriteLsn)) => {
             let value = write_lsn(c, shared).await;
-            let mut t = crate::admin::Table::new(&[Param::WriteLsn.name()]);
+            let mut t = Table::new(&[Param::WriteLsn.name()]);
             t.row(vec![Some(value)]);
             t.encode(&mut c.io.wbuf);
         }
@@ -178,7 +178,7 @@ pub async fn answer(
                     c.ryw.required().map(|l| l.to_string()).unwrap_or_default()
                 }
             };
-            let mut t = crate::admin::Table::new(&[p.name()]);
+            let mut t = Table::new(&[p.name()]);
             t.row(vec![Some(value)]);
             t.encode(&mut c.io.wbuf);
         }
