@@ -3,7 +3,8 @@
 # through pgdecomp (both in transaction mode with 8 server connections), on free local ports.
 # Usage: benches/pgbench.sh   Env: DURATION (s per run, default 10), CLIENTS (32), SCALE (10),
 # KEEP=1 keeps the temp dir with all logs; UNKNOWN_TABLES=1 leaves pgbench's tables out of the
-# dictionary (every statement then records a wrong_schema violation).
+# dictionary (every statement then records a wrong_schema violation); BASELINE=/path/to/pgdecomp
+# runs a second pgdecomp binary (e.g. an earlier commit's) in the same interleaved rounds.
 set -euo pipefail
 
 # shellcheck source=scripts/lib.sh
@@ -25,14 +26,17 @@ BOUNCER_PORT=$(free_port)
 PROXY_PORT=$(free_port)
 METRICS_PORT=$(free_port)
 PROXY_PID=
+BASE_PID=
+BASE_PORT=$(free_port)
+BASE_METRICS_PORT=$(free_port)
 
 # shellcheck disable=SC2317  # invoked by the traps below
 cleanup() {
     trap - INT TERM EXIT
-    if [ -n "$PROXY_PID" ]; then
-        kill "$PROXY_PID" 2>/dev/null || true
-        wait "$PROXY_PID" 2>/dev/null || true
-    fi
+    for pid in $PROXY_PID $BASE_PID; do
+        kill "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
     if [ -f "$ROOT/pgbouncer.pid" ]; then
         kill "$(cat "$ROOT/pgbouncer.pid")" 2>/dev/null || true
     fi
@@ -104,6 +108,17 @@ PROXY_PID=$!
 wait_for "pgdecomp on port $PROXY_PORT (log: $ROOT/pgdecomp.log)" \
     bash -c "kill -0 $PROXY_PID && exec 3<>/dev/tcp/127.0.0.1/$PROXY_PORT"
 
+TARGETS=(direct pgbouncer pgdecomp)
+if [ -n "${BASELINE:-}" ]; then
+    sed -e "s|127.0.0.1:$PROXY_PORT|127.0.0.1:$BASE_PORT|" -e "s|127.0.0.1:$METRICS_PORT|127.0.0.1:$BASE_METRICS_PORT|" \
+        "$ROOT/pgdecomp.toml" >"$ROOT/baseline.toml"
+    "$BASELINE" run --config "$ROOT/baseline.toml" >"$ROOT/baseline.log" 2>&1 &
+    BASE_PID=$!
+    wait_for "baseline pgdecomp on port $BASE_PORT (log: $ROOT/baseline.log)" \
+        bash -c "kill -0 $BASE_PID && exec 3<>/dev/tcp/127.0.0.1/$BASE_PORT"
+    TARGETS+=(baseline)
+fi
+
 WORKLOADS=("select-simple:-S -M simple" "select-extended:-S -M extended"
     "select-prepared:-S -M prepared" "tpcb:")
 declare -A TPS LAT
@@ -112,12 +127,16 @@ for workload in "${WORKLOADS[@]}"; do
     name=${workload%%:*}
     read -r -a args <<<"${workload#*:}"
     # Alternate the order so warm caches and background noise don't favour one target.
-    if [ $((i % 2)) -eq 0 ]; then order=(direct pgbouncer pgdecomp); else order=(pgdecomp pgbouncer direct); fi
+    order=("${TARGETS[@]}")
+    if [ $((i % 2)) -eq 1 ]; then
+        order=(); for ((k = ${#TARGETS[@]} - 1; k >= 0; k--)); do order+=("${TARGETS[k]}"); done
+    fi
     for target in "${order[@]}"; do
         case $target in
             direct) port=$PRIMARY_PORT ;;
             pgbouncer) port=$BOUNCER_PORT ;;
             pgdecomp) port=$PROXY_PORT ;;
+            baseline) port=$BASE_PORT ;;
         esac
         if [ "$target" = pgbouncer ] && [ "$name" = select-prepared ] && [ "$BOUNCER_PREPARED" = no ]; then
             TPS[$name,$target]=n/a LAT[$name,$target]=n/a
@@ -147,5 +166,13 @@ for workload in "${WORKLOADS[@]}"; do
         "$(ratio "${TPS[$name,pgdecomp]}" "${TPS[$name,direct]}")" \
         "$(added "${LAT[$name,pgdecomp]}" "${LAT[$name,direct]}")"
 done
+if [ -n "${BASELINE:-}" ]; then
+    printf '\n%-16s %10s %10s | %12s\n' workload "baseline" "pgdecomp" "pgd/baseline"
+    for workload in "${WORKLOADS[@]}"; do
+        name=${workload%%:*}
+        printf '%-16s %10s %10s | %12s\n' "$name" "${TPS[$name,baseline]}" "${TPS[$name,pgdecomp]}" \
+            "$(ratio "${TPS[$name,pgdecomp]}" "${TPS[$name,baseline]}")"
+    done
+fi
 [ -f "$ROOT/pgbench-failures.log" ] && log "some runs failed; output kept in the log (KEEP=1 to keep $ROOT)"
 exit 0

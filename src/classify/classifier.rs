@@ -90,7 +90,9 @@ impl Classifier {
         parts
             .into_iter()
             .map(|p| {
-                let error = (p.kind == StatementKind::Unknown).then(|| error.clone()).flatten();
+                let error = (p.kind == StatementKind::Unknown)
+                    .then(|| error.clone())
+                    .flatten();
                 self.assemble(vec![p], error)
             })
             .collect()

@@ -24,6 +24,7 @@ use std::sync::Arc;
 use tokio::net::TcpStream;
 
 pub use io::ClientIo;
+pub use machine::{Ctx, Execution, Observer, Plan, Session};
 pub use params::ClientParams;
 pub use prepared::StatementRegistry;
 // The registries moved to `crate::shared`; re-exported for existing paths.

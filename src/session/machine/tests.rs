@@ -415,7 +415,10 @@ fn a_read_described_after_a_begin_runs_on_the_primary() {
 fn each_statement_of_a_multi_statement_query_is_counted() {
     let mut w = World::new(4, "observe");
     let mut c = w.client(None);
-    w.send(&mut c, vec![q(&format!("{CROSS_JOIN}; {CROSS_JOIN}; SELECT 1"))]);
+    w.send(
+        &mut c,
+        vec![q(&format!("{CROSS_JOIN}; {CROSS_JOIN}; SELECT 1"))],
+    );
     assert_eq!(c.tally.count("cross_join"), 2);
     assert_eq!(c.tally.executions, 3);
     let mut w = World::new(7, "enforce");

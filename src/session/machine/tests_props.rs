@@ -90,6 +90,10 @@ proptest! {
                 raw.extend_from_slice(&f.raw);
             }
             expected.extend_from_slice(&direct.feed(&mut raw));
+            if pooled && matches!(batch.last().map(|f| f.tag), Some(b'S' | b'Q')) {
+                // The status the session tracks is the server's own.
+                prop_assert_eq!(c.s.status().byte(), direct.status());
+            }
         }
         if !pooled {
             // All at once: a pipelining client.
