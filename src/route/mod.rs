@@ -12,14 +12,16 @@
 
 mod decision;
 mod phase;
+mod policy;
 mod schemas;
 mod state;
 mod target;
 mod txn;
 mod violation;
 
-pub use decision::{route, route_on, route_shadow, Decision, Reason};
+pub use decision::{Decision, Reason};
 pub use phase::{CiWriteHost, GroupTargets, Phase, PhaseError, Rollout, RolloutMode};
+pub use policy::{route, route_on, route_shadow};
 pub use schemas::SchemaMask;
 pub use state::{ConnectionKind, Pinned, RouteState, TxnState};
 pub use target::*;
