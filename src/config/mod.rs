@@ -1,11 +1,13 @@
 //! Configuration: raw TOML (`raw.rs`) → validated immutable `Snapshot` shared as `Arc`. Sessions
 //! take a snapshot at transaction start and keep it until the transaction ends.
 
+mod health;
 mod raw;
 mod snapshot;
 #[cfg(test)]
 mod tests;
 
+pub use health::HealthSettings;
 pub use raw::RawConfig;
 pub use snapshot::*;
 

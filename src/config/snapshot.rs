@@ -8,13 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::raw::{RawClassify, RawCluster, RawConfig, RawHealth};
+use super::HealthSettings;
 use super::{read, ConfigError};
 use crate::auth::UserList;
 use crate::classify::{Classifier, Dictionary, SchemaRules};
 use crate::pool::{ConnLimits, PoolSettings};
 use crate::route::{Group, Phase};
 use crate::server::{ServerCredential, ServerSpec};
-use crate::topology::HealthSettings;
 
 /// How long a client keeps a server connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use bytes::BufMut;
 use pgwire::messages::startup::Authentication;
 
+use super::client::Login;
 use super::io::ClientIo;
 use super::params::ClientParams;
-use super::relay::Login;
 use super::SessionError;
 use crate::auth::Secret;
 use crate::config::Snapshot;

@@ -134,7 +134,7 @@ pub fn parse(sql: &str) -> Option<Result<Local, LocalError>> {
 /// is not. Inside a transaction the command is answered the same way: it changes proxy state
 /// only, which a ROLLBACK does not undo (documented).
 pub async fn answer(
-    c: &mut super::relay::Client,
+    c: &mut super::client::Client,
     first: &crate::protocol::frame::Frame,
     shared: &Shared,
 ) -> bool {
@@ -190,7 +190,7 @@ pub async fn answer(
 
 /// The client's write position: waits (bounded by two health rounds) for the checker's first
 /// primary sample after the client's last commit, which bounds that commit's position.
-async fn write_lsn(c: &mut super::relay::Client, shared: &Shared) -> String {
+async fn write_lsn(c: &mut super::client::Client, shared: &Shared) -> String {
     use crate::topology::ClusterId;
     let h = &c.session.snap.health;
     let deadline = std::time::Instant::now() + (h.interval + h.statement_timeout) * 2;

@@ -2,6 +2,7 @@
 //! transaction through classify → route → pool → server and forwards the replies raw.
 
 mod auth;
+mod client;
 mod console;
 mod handshake;
 mod io;
@@ -108,7 +109,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     )
     .await;
     let client = match login {
-        Ok(Ok(Some(handshake::Accepted::Client(login)))) => relay::Client::new(io, peer, *login),
+        Ok(Ok(Some(handshake::Accepted::Client(login)))) => client::Client::new(io, peer, *login),
         Ok(Ok(Some(handshake::Accepted::Admin { user }))) => {
             tracing::info!(%peer, %user, "admin console session");
             if let Err(e) = console::serve(&mut io, &shared).await {

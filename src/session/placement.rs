@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::relay::Client;
+use super::client::Client;
 use crate::config::PoolMode;
 use crate::pool::{checkout, CheckoutError, PoolKey, PooledConn};
 use crate::route::Target;

@@ -50,12 +50,19 @@ pub struct Unnamed {
 }
 
 impl Unnamed {
-    pub fn set(&mut self, sql: &str, param_types: &[u8], cache: &ClassifyCache) {
+    /// Records a Parse of the unnamed statement, with `class` the classification of `sql`.
+    pub fn set(
+        &mut self,
+        sql: &str,
+        param_types: &[u8],
+        class: Arc<Classification>,
+        cache: &ClassifyCache,
+    ) {
         self.sql.clear();
         self.sql.push_str(sql);
         self.param_types.clear();
         self.param_types.extend_from_slice(param_types);
-        self.class = Some(cache.get(sql));
+        self.class = Some(class);
         self.generation = cache.generation();
     }
 

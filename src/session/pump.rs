@@ -9,9 +9,9 @@ use bytes::BytesMut;
 use deadpool::managed::Object;
 use tokio::io::AsyncReadExt;
 
+use super::client::{Client, HIGH_WATER};
 use super::machine::Ctx;
 use super::record::Recorder;
-use super::relay::{Client, HIGH_WATER};
 use super::SessionError;
 use crate::config::PoolMode;
 use crate::pool::PooledConn;

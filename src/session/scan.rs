@@ -41,6 +41,18 @@ pub struct Segment {
 }
 
 impl Segment {
+    /// Makes an answered segment new again, keeping its queues' memory.
+    fn reset(&mut self, owner: SegmentOwner) {
+        self.owner = owner;
+        self.closed = false;
+        self.by_sync = false;
+        self.swallow_ready = false;
+        self.sent_at = None;
+        self.parses.clear();
+        self.binds.clear();
+        self.closes.clear();
+    }
+
     fn new(owner: SegmentOwner) -> Self {
         Self {
             owner,
@@ -95,11 +107,17 @@ pub struct Tracker {
     /// transaction whose BEGIN the proxy holds uses a server only to prepare or describe
     /// (the server is idle; the client is in its transaction). An error turns it to failed.
     pub hold_status: Option<u8>,
+    /// Answered segments kept for reuse, so a steady stream of requests allocates nothing.
+    spare: Vec<Segment>,
 }
+
+/// Answered segments kept per tracker.
+const SPARE_SEGMENTS: usize = 4;
 
 impl Default for Tracker {
     fn default() -> Self {
         Self {
+            spare: Vec::new(),
             segments: VecDeque::new(),
             status: b'I',
             pending: None,
@@ -115,7 +133,14 @@ impl Tracker {
     fn open(&mut self, owner: SegmentOwner) -> &mut Segment {
         let reuse = matches!(self.segments.back(), Some(s) if !s.closed && s.owner == owner);
         if !reuse {
-            self.segments.push_back(Segment::new(owner));
+            let seg = match self.spare.pop() {
+                Some(mut seg) => {
+                    seg.reset(owner);
+                    seg
+                }
+                None => Segment::new(owner),
+            };
+            self.segments.push_back(seg);
         }
         self.segments
             .back_mut()
@@ -144,6 +169,21 @@ impl Tracker {
 
     /// The proxy ends the client's open extended messages with a Sync of its own (a batch
     /// that only prepared and asked for a Flush), so the server can be released.
+    /// Ready for a new attachment: the state of the last one is forgotten, its memory kept.
+    pub fn reset(&mut self) {
+        while let Some(seg) = self.segments.pop_front() {
+            if self.spare.len() < SPARE_SEGMENTS {
+                self.spare.push(seg);
+            }
+        }
+        self.status = b'I';
+        self.pending = None;
+        self.copy_in = false;
+        self.server_fatal = false;
+        self.drop_idle_fatal = false;
+        self.hold_status = None;
+    }
+
     pub fn proxy_sync(&mut self) {
         let seg = self.open(SegmentOwner::Client);
         seg.closed = true;
@@ -328,10 +368,13 @@ impl Tracker {
                 let swallow = seg.as_ref().is_some_and(|s| s.swallow_ready);
                 if owner == SegmentOwner::Client && !swallow {
                     ev.client_status = Some(self.status);
-                    if let Some(at) = seg.and_then(|s| s.sent_at) {
+                    if let Some(at) = seg.as_ref().and_then(|s| s.sent_at) {
                         ev.latency_sum += at.elapsed().as_secs_f64();
                         ev.latency_count += 1;
                     }
+                }
+                if let Some(seg) = seg.filter(|_| self.spare.len() < SPARE_SEGMENTS) {
+                    self.spare.push(seg);
                 }
                 ev.ready += 1;
                 if swallow {

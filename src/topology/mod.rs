@@ -14,7 +14,6 @@ pub mod view;
 pub mod watch;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
@@ -23,29 +22,8 @@ pub use ryw::ReadYourWrites;
 pub use select::{pick, Need, Pick, Via};
 pub use view::{ClusterId, Health, Node, NodeState, Role, View};
 
-use crate::server::ServerSpec;
-
-/// `[health]` from the config, validated.
-#[derive(Clone, Debug, PartialEq)]
-pub struct HealthSettings {
-    /// Zero turns checking (and Patroni polling) off: the config's roles are trusted.
-    pub interval: Duration,
-    pub statement_timeout: Duration,
-    pub max_lag_seconds: Duration,
-    pub max_lag_bytes: u64,
-    /// Login and database for checks (the address is filled in per server); `None` when no
-    /// credentials are configured, which also turns checks off.
-    pub login: Option<ServerSpec>,
-    pub primary_wait: Duration,
-    pub read_your_writes: bool,
-    pub read_your_writes_timeout: Duration,
-}
-
-impl HealthSettings {
-    pub fn checks_enabled(&self) -> bool {
-        !self.interval.is_zero() && self.login.is_some()
-    }
-}
+/// Owned by config (it is `[health]` validated); the checker reads it.
+pub use crate::config::HealthSettings;
 
 /// The published view and a signal for sessions waiting for it to change.
 pub struct Topology {

@@ -85,6 +85,8 @@ impl Session {
         server: &mut ServerStatements,
         out: &mut BytesMut,
     ) {
+        let sql = query_sql(f).unwrap_or_default();
+        let whole = self.class_of(ctx.cache, sql);
         let Session {
             link: Some(a),
             stmts,
@@ -97,8 +99,6 @@ impl Session {
             return;
         };
         a.prepares = false;
-        let sql = query_sql(f).unwrap_or_default();
-        let whole = ctx.cache.get(sql);
         // Each statement of the string is routed, checked and counted on its own; one refused
         // statement refuses the string (it is one implicit transaction).
         let each = ctx.cache.each(sql, &whole);
@@ -143,6 +143,11 @@ impl Session {
         server: &mut ServerStatements,
         out: &mut BytesMut,
     ) {
+        let view = parse_view(f);
+        let unnamed_class = match &view {
+            Some(p) if p.name.is_empty() => Some(self.class_of(ctx.cache, p.sql)),
+            _ => None,
+        };
         let Session {
             link: Some(a),
             stmts,
@@ -152,13 +157,13 @@ impl Session {
         else {
             return;
         };
-        let Some(p) = parse_view(f) else {
+        let Some(p) = view else {
             out.extend_from_slice(&f.raw);
             a.tracker.parse_sent(None, false);
             return;
         };
-        if p.name.is_empty() {
-            stmts.unnamed.set(p.sql, p.param_types, ctx.cache);
+        if let Some(class) = unnamed_class {
+            stmts.unnamed.set(p.sql, p.param_types, class, ctx.cache);
             a.unnamed_here = true;
             out.extend_from_slice(&f.raw);
             a.tracker.parse_sent(None, false);

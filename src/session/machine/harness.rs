@@ -209,6 +209,7 @@ impl World {
         for f in &unit {
             c.s.client_frame(f, &mut ctx, stmts, &mut out);
         }
+        c.s.batch_done();
         self.exchange(c, target, out);
         true
     }

@@ -151,7 +151,11 @@ impl Session {
         if let [f] = unit {
             if f.front() == Front::Query {
                 let sql = query_sql(f).unwrap_or_default();
-                return deallocate(sql).is_some() || deferrable(self, &ctx.cache.get(sql));
+                if deallocate(sql).is_some() {
+                    return true;
+                }
+                let c = self.class_of(ctx.cache, sql);
+                return deferrable(self, &c);
             }
         }
         let mut begun = false;
@@ -159,7 +163,7 @@ impl Session {
         for (i, f) in unit.iter().enumerate() {
             let ok = match f.front() {
                 Front::Parse => parse_view(f).is_some_and(|p| {
-                    let c = ctx.cache.get(p.sql);
+                    let c = self.class_of(ctx.cache, p.sql);
                     let ok = is_begin(&c);
                     if p.name.is_empty() {
                         batch_unnamed = Some(c);
@@ -236,7 +240,7 @@ impl Session {
                 }
             },
             None => {
-                let class = ctx.cache.get(sql);
+                let class = self.class_of(ctx.cache, sql);
                 if self.held == (Held::Begin { failed: true }) {
                     if is_exit(&class) {
                         self.held = Held::None;
@@ -271,7 +275,10 @@ impl Session {
             return;
         };
         if p.name.is_empty() {
-            self.stmts.unnamed.set(p.sql, p.param_types, ctx.cache);
+            let class = self.class_of(ctx.cache, p.sql);
+            self.stmts
+                .unnamed
+                .set(p.sql, p.param_types, class, ctx.cache);
         } else {
             let s = ClientStatement::new(ctx.registry.intern(p.sql, p.param_types), ctx.cache);
             if let Err(e) = self.stmts.insert(p.name, s) {

@@ -96,7 +96,15 @@ pub struct Session {
     /// A statement that may have written was sent since the last `take_wrote`.
     wrote: bool,
     empty: Arc<Classification>,
+    /// Classifications of SQL texts in the batch being planned and sent, keyed by where the
+    /// text sits in its message: planning and forwarding look each up in the cache once.
+    memo: Vec<(usize, usize, Arc<Classification>)>,
+    /// The last attachment's reply tracker, reused so attaching allocates nothing.
+    spare: Option<Tracker>,
 }
+
+/// Texts remembered per batch; a longer pipeline looks the rest up again.
+const MEMO: usize = 16;
 
 fn empty_class() -> Classification {
     Classification {
@@ -125,6 +133,8 @@ impl Session {
             skip: false,
             wrote: false,
             empty: Arc::new(empty_class()),
+            memo: Vec::with_capacity(MEMO),
+            spare: None,
         }
     }
 
@@ -160,6 +170,24 @@ impl Session {
         self.link.as_ref().map(|a| a.pin.target)
     }
 
+    /// The classification of `sql`, a text borrowed from a message of the current batch.
+    fn class_of(&mut self, cache: &ClassifyCache, sql: &str) -> Arc<Classification> {
+        let key = (sql.as_ptr() as usize, sql.len());
+        if let Some((_, _, c)) = self.memo.iter().find(|(p, l, _)| (*p, *l) == key) {
+            return c.clone();
+        }
+        let c = cache.get(sql);
+        if self.memo.len() < MEMO {
+            self.memo.push((key.0, key.1, c.clone()));
+        }
+        c
+    }
+
+    /// The batch's messages are gone (sent or answered): their addresses mean nothing now.
+    pub fn batch_done(&mut self) {
+        self.memo.clear();
+    }
+
     /// Whether a possibly-writing statement was sent since the last call.
     pub fn take_wrote(&mut self) -> bool {
         std::mem::take(&mut self.wrote)
@@ -186,7 +214,8 @@ impl Session {
     /// Starts using a server connection for `target`. `hold_status`: the transaction's BEGIN
     /// stays held (the batch only prepares); otherwise a held BEGIN goes first.
     pub fn attach(&mut self, target: Target, group: Group, hold_status: bool, prepares: bool) {
-        let mut tracker = Tracker::default();
+        let mut tracker = self.spare.take().unwrap_or_default();
+        tracker.reset();
         tracker.drop_idle_fatal = self.pool_mode == PoolMode::Transaction;
         if hold_status {
             tracker.hold_status = Some(self.status().byte());
@@ -267,6 +296,7 @@ impl Session {
             if a.tracker.hold_status == Some(b'E') {
                 self.held = Held::Begin { failed: true };
             }
+            self.spare = Some(a.tracker);
         }
     }
 

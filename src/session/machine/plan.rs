@@ -41,7 +41,9 @@ impl Session {
     /// Plans a batch read while detached (a Query, or extended messages up to Sync or Flush).
     pub fn plan(&mut self, unit: &[Frame], ctx: &mut Ctx, reply: &mut BytesMut) -> Plan {
         debug_assert!(self.link.is_none(), "plan is for a detached session");
+        self.memo.clear();
         if self.answer_locally(unit, ctx, reply) {
+            self.memo.clear();
             return Plan::Answered;
         }
         let (d, executes) = match self.lead(unit, ctx) {
@@ -69,7 +71,7 @@ impl Session {
             match f.front() {
                 Front::Query => {
                     let sql = query_sql(f).unwrap_or_default();
-                    let whole = ctx.cache.get(sql);
+                    let whole = self.class_of(ctx.cache, sql);
                     let each = ctx.cache.each(sql, &whole);
                     for class in each.as_deref().map_or(std::slice::from_ref(&whole), |e| e) {
                         if let Some(d) = search.consider(class, &snap.phase) {
@@ -79,7 +81,7 @@ impl Session {
                 }
                 Front::Parse => {
                     if let Some(p) = parse_view(f) {
-                        let c = ctx.cache.get(p.sql);
+                        let c = self.class_of(ctx.cache, p.sql);
                         if p.name.is_empty() {
                             batch_unnamed = Some(c.clone());
                         }
@@ -178,7 +180,7 @@ impl Session {
             .filter_map(parse_view)
             .find(|p| p.name == name);
         if let Some(p) = parsed {
-            return Some(ctx.cache.get(p.sql));
+            return Some(self.class_of(ctx.cache, p.sql));
         }
         self.stmts.get_mut(name).map(|s| s.class(ctx.cache).clone())
     }

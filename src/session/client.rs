@@ -1,0 +1,75 @@
+//! Session step (client → framing → **session** → …): a logged-in client, everything the
+//! relay, the pump and placement share about it.
+
+use std::net::SocketAddr;
+
+use super::io::ClientIo;
+use super::machine::Session;
+use super::params::ClientParams;
+use crate::config::{Database, Snapshot};
+use crate::route::ConnectionKind;
+use crate::server::ServerSpec;
+use crate::shared::cancel::CancelSlot;
+use crate::topology::ReadYourWrites;
+
+/// Buffered bytes in either direction beyond which the proxy stops reading the other side, so
+/// a slow reader pushes back on a fast writer instead of growing memory.
+pub const HIGH_WATER: usize = 256 * 1024;
+
+/// A logged-in client.
+pub struct Client {
+    pub io: ClientIo,
+    pub id: u64,
+    pub peer: SocketAddr,
+    pub user: String,
+    pub database: String,
+    pub params: ClientParams,
+    /// Server login for this client; the address is filled in per target.
+    pub spec: ServerSpec,
+    pub cancel_key: (u32, u32),
+    pub cancel_slot: CancelSlot,
+    /// All protocol and routing state of the session.
+    pub session: Session,
+    /// The client → server buffer, reused by every attachment.
+    pub to_server: bytes::BytesMut,
+    /// Positions the client's reads must see (its own writes, or `pgdecomp.min_lsn`).
+    pub ryw: ReadYourWrites,
+}
+
+/// What the handshake established about a client.
+pub struct Login {
+    pub id: u64,
+    pub user: String,
+    pub database: String,
+    pub db: Database,
+    pub params: ClientParams,
+    pub spec: ServerSpec,
+    pub cancel_key: (u32, u32),
+    pub cancel_slot: CancelSlot,
+    pub snap: std::sync::Arc<Snapshot>,
+}
+
+impl Client {
+    pub fn new(io: ClientIo, peer: SocketAddr, l: Login) -> Self {
+        let connection =
+            l.db.db_config
+                .map_or(ConnectionKind::Transparent, ConnectionKind::DbConfig);
+        Self {
+            io,
+            id: l.id,
+            peer,
+            user: l.user,
+            database: l.database,
+            params: l.params,
+            spec: l.spec,
+            cancel_key: l.cancel_key,
+            cancel_slot: l.cancel_slot,
+            ryw: ReadYourWrites::new(
+                l.snap.health.read_your_writes,
+                l.snap.health.read_your_writes_timeout,
+            ),
+            session: Session::new(connection, l.snap, rand::random::<f64>() * 100.0),
+            to_server: bytes::BytesMut::with_capacity(8 * 1024),
+        }
+    }
+}
