@@ -215,6 +215,30 @@ pub fn parse_error_fields(body: &[u8]) -> (String, String) {
     (code, message)
 }
 
+/// A server's FATAL means its connection ends, not the client's: the proxy keeps the client and
+/// reports the loss itself. Finds the severity fields (`S`, `V`) saying FATAL and, with
+/// `downgrade`, rewrites them to ERROR in place (same length). Client libraries close their
+/// connection on FATAL.
+pub fn fatal_severity(body: &mut [u8], downgrade: bool) -> bool {
+    let mut i = 0;
+    let mut found = false;
+    while i < body.len() && body[i] != 0 {
+        let field = body[i];
+        let start = i + 1;
+        let Some(len) = body[start..].iter().position(|b| *b == 0) else {
+            return found;
+        };
+        if matches!(field, b'S' | b'V') && &body[start..start + len] == b"FATAL" {
+            if downgrade {
+                body[start..start + len].copy_from_slice(b"ERROR");
+            }
+            found = true;
+        }
+        i = start + len + 1;
+    }
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,6 +17,7 @@ mod relay;
 mod scan;
 #[cfg(test)]
 mod scan_tests;
+mod segment;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};

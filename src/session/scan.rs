@@ -7,65 +7,12 @@ use std::sync::Arc;
 
 use bytes::{Buf, BytesMut};
 
-use crate::protocol::backend::{parse_error_fields, parse_parameter_status};
+use crate::protocol::backend::{fatal_severity, parse_error_fields, parse_parameter_status};
 use crate::protocol::frame::{peek_header, FrameError};
 use crate::server::ServerStatements;
 
-/// Who is waiting for a run of replies ending in ReadyForQuery.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SegmentOwner {
-    Client,
-    /// The proxy's own query (parameter sync): every reply is dropped.
-    Proxy,
-}
-
-/// Requests up to and including one Sync or Query, i.e. one ReadyForQuery to come.
-#[derive(Debug)]
-pub struct Segment {
-    pub owner: SegmentOwner,
-    /// Sync/Query sent: a ReadyForQuery will end it.
-    pub closed: bool,
-    /// Closed by a Sync (which PostgreSQL ignores while in COPY FROM STDIN).
-    by_sync: bool,
-    /// Closed by the proxy's own Sync: the client's replies pass, its ReadyForQuery does not.
-    swallow_ready: bool,
-    /// When the client's Sync/Query was sent, for the statement latency histogram.
-    sent_at: Option<std::time::Instant>,
-    /// Bind and Close messages sent and not yet acknowledged, in order: `true` for the
-    /// proxy's own, whose BindComplete / CloseComplete the client must not see.
-    binds: VecDeque<bool>,
-    closes: VecDeque<bool>,
-    /// Parse messages sent and not yet acknowledged (None = unnamed statement), with whether
-    /// the proxy injected it (its ParseComplete is dropped).
-    parses: VecDeque<(Option<Arc<str>>, bool)>,
-}
-
-impl Segment {
-    /// Makes an answered segment new again, keeping its queues' memory.
-    fn reset(&mut self, owner: SegmentOwner) {
-        self.owner = owner;
-        self.closed = false;
-        self.by_sync = false;
-        self.swallow_ready = false;
-        self.sent_at = None;
-        self.parses.clear();
-        self.binds.clear();
-        self.closes.clear();
-    }
-
-    fn new(owner: SegmentOwner) -> Self {
-        Self {
-            owner,
-            closed: false,
-            by_sync: false,
-            swallow_ready: false,
-            sent_at: None,
-            binds: VecDeque::new(),
-            closes: VecDeque::new(),
-            parses: VecDeque::new(),
-        }
-    }
-}
+use super::segment::Segment;
+pub use super::segment::SegmentOwner;
 
 /// What the scanner saw in one pass, for the session's decisions and logs.
 #[derive(Debug, Default, PartialEq)]
@@ -438,28 +385,4 @@ impl Tracker {
             _ => default,
         }
     }
-}
-
-/// A server's FATAL means its connection ends, not the client's: the proxy keeps the client and
-/// reports the loss itself. Finds the severity fields (`S`, `V`) saying FATAL and, with
-/// `downgrade`, rewrites them to ERROR in place (same length). Client libraries close their
-/// connection on FATAL.
-fn fatal_severity(body: &mut [u8], downgrade: bool) -> bool {
-    let mut i = 0;
-    let mut found = false;
-    while i < body.len() && body[i] != 0 {
-        let field = body[i];
-        let start = i + 1;
-        let Some(len) = body[start..].iter().position(|b| *b == 0) else {
-            return found;
-        };
-        if matches!(field, b'S' | b'V') && &body[start..start + len] == b"FATAL" {
-            if downgrade {
-                body[start..start + len].copy_from_slice(b"ERROR");
-            }
-            found = true;
-        }
-        i = start + len + 1;
-    }
-    found
 }

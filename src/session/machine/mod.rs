@@ -16,6 +16,8 @@ mod refuse;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_batches;
+#[cfg(test)]
 mod tests_props;
 
 use std::sync::Arc;

@@ -5,12 +5,12 @@ use super::harness::msg::*;
 use super::harness::World;
 use crate::route::{Group, Target};
 
-const INS_CI: &str = "INSERT INTO ci_builds (id) VALUES ($1)";
-const INS_MAIN: &str = "INSERT INTO projects (id) VALUES ($1)";
-const CROSS_JOIN: &str =
+pub(super) const INS_CI: &str = "INSERT INTO ci_builds (id) VALUES ($1)";
+pub(super) const INS_MAIN: &str = "INSERT INTO projects (id) VALUES ($1)";
+pub(super) const CROSS_JOIN: &str =
     "SELECT 1 FROM projects JOIN ci_builds ON ci_builds.project_id = projects.id";
 
-fn cat(parts: Vec<Vec<crate::protocol::Frame>>) -> Vec<crate::protocol::Frame> {
+pub(super) fn cat(parts: Vec<Vec<crate::protocol::Frame>>) -> Vec<crate::protocol::Frame> {
     parts.into_iter().flatten().collect()
 }
 
@@ -318,116 +318,4 @@ fn the_unnamed_statement_follows_the_client_to_the_next_server_connection() {
     w.send(&mut c, vec![bind(""), execute(), sync()]);
     assert_eq!(c.take(), ["1", "Z:I", "2", "C:SELECT 1", "Z:I"]);
     assert_eq!(c.tally.executions, 1);
-}
-
-#[test]
-fn a_statement_prepared_with_flush_does_not_pull_the_next_transaction_along() {
-    let mut w = World::new(1, "observe");
-    let sel = "SELECT 1 FROM projects";
-    // asyncpg's prepare(): Parse + Describe + Flush, outside and inside a transaction.
-    let mut c = w.client(None);
-    w.send(&mut c, vec![parse("a", sel), describe_s("a"), flush()]);
-    w.send(
-        &mut c,
-        cat(vec![
-            vec![q("BEGIN;")],
-            exec_prepared("a"),
-            vec![q("COMMIT;")],
-        ]),
-    );
-    w.send(
-        &mut c,
-        cat(vec![
-            vec![q("BEGIN;"), parse("b", sel), describe_s("b"), flush()],
-            exec_prepared("b"),
-            vec![q("COMMIT;")],
-        ]),
-    );
-    assert_eq!(
-        c.tally
-            .decisions
-            .iter()
-            .filter(|(t, _)| *t == Target::Main)
-            .count(),
-        6,
-        "{:?}",
-        c.tally.decisions
-    );
-    assert!(
-        w.executed(Target::MainReplica).is_empty(),
-        "{:?}",
-        w.executed(Target::MainReplica)
-    );
-    assert_eq!(
-        w.executed(Target::Main),
-        ["BEGIN;", sel, "COMMIT;", "BEGIN;", sel, "COMMIT;"]
-    );
-    let r = c.take();
-    assert_eq!(r.iter().filter(|e| e.starts_with("Z:")).count(), 6, "{r:?}");
-}
-
-#[test]
-fn a_begin_sent_with_a_describe_does_not_decide_the_transaction() {
-    let mut w = World::new(7, "enforce");
-    let mut c = w.client(None);
-    // pgJDBC, autocommit off, first use of a named statement: BEGIN, then a describe round trip.
-    w.send(
-        &mut c,
-        vec![
-            parse("", "BEGIN"),
-            bind(""),
-            execute(),
-            parse("S_1", INS_CI),
-            describe_s("S_1"),
-            sync(),
-        ],
-    );
-    w.send(&mut c, vec![bind("S_1"), describe_p(), execute(), sync()]);
-    w.send(&mut c, exec_params("COMMIT"));
-    let r = c.take();
-    assert!(!r.iter().any(|e| e.starts_with("E:")), "{r:?}");
-    assert_eq!(w.executed(Target::Ci), ["BEGIN", INS_CI, "COMMIT"]);
-}
-
-#[test]
-fn a_read_described_after_a_begin_runs_on_the_primary() {
-    let mut w = World::new(1, "observe");
-    let mut c = w.client(None);
-    let sel = "SELECT 1 FROM projects";
-    w.send(
-        &mut c,
-        vec![
-            parse("", "BEGIN"),
-            bind(""),
-            execute(),
-            parse("S_1", sel),
-            describe_s("S_1"),
-            sync(),
-        ],
-    );
-    w.send(&mut c, vec![bind("S_1"), describe_p(), execute(), sync()]);
-    w.send(&mut c, exec_params("COMMIT"));
-    assert!(w.executed(Target::MainReplica).is_empty());
-    assert_eq!(w.executed(Target::Main), ["BEGIN", sel, "COMMIT"]);
-}
-
-#[test]
-fn each_statement_of_a_multi_statement_query_is_counted() {
-    let mut w = World::new(4, "observe");
-    let mut c = w.client(None);
-    w.send(
-        &mut c,
-        vec![q(&format!("{CROSS_JOIN}; {CROSS_JOIN}; SELECT 1"))],
-    );
-    assert_eq!(c.tally.count("cross_join"), 2);
-    assert_eq!(c.tally.executions, 3);
-    let mut w = World::new(7, "enforce");
-    let mut c = w.client(None);
-    let script = "BEGIN; INSERT INTO ci_builds (id) VALUES (1); INSERT INTO projects (id) VALUES (1); COMMIT";
-    w.send(&mut c, vec![q(script)]);
-    let r = c.take();
-    assert_eq!(r.last().map(String::as_str), Some("Z:I"), "{r:?}");
-    assert!(r.iter().any(|e| e.starts_with("E:")), "{r:?}");
-    assert_eq!(c.tally.rejected, 1);
-    assert!(w.servers.values().all(|(pg, _)| pg.executed.is_empty()));
 }
