@@ -112,7 +112,7 @@ TARGETS=(direct pgbouncer pgdecomp)
 if [ -n "${BASELINE:-}" ]; then
     # Keys newer than the baseline binary are dropped (its config refuses unknown keys).
     sed -e "s|127.0.0.1:$PROXY_PORT|127.0.0.1:$BASE_PORT|" -e "s|127.0.0.1:$METRICS_PORT|127.0.0.1:$BASE_METRICS_PORT|" \
-        -e '/^max_prepared_statements/d' -e '/^max_client_prepared_statements/d' \
+        -e '/^max_prepared_statements/d' -e '/^max_client_prepared_statements/d' -e '/^client_buffer_bytes/d' \
         "$ROOT/pgdecomp.toml" >"$ROOT/baseline.toml"
     "$BASELINE" run --config "$ROOT/baseline.toml" >"$ROOT/baseline.log" 2>&1 &
     BASE_PID=$!

@@ -64,6 +64,8 @@ pub struct RawPool {
     pub max_prepared_statements: usize,
     /// Named statements one client may hold; a Parse beyond it is refused (53400).
     pub max_client_prepared_statements: usize,
+    /// Bytes buffered per client in each direction before the proxy stops reading.
+    pub client_buffer_bytes: usize,
 }
 
 impl Default for RawPool {
@@ -80,6 +82,7 @@ impl Default for RawPool {
             server_check_delay: 30.0,
             max_prepared_statements: 200,
             max_client_prepared_statements: 5000,
+            client_buffer_bytes: 256 * 1024,
         }
     }
 }

@@ -75,6 +75,8 @@ pub struct Snapshot {
     pub max_prepared_statements: usize,
     /// Named statements one client may hold.
     pub max_client_prepared_statements: usize,
+    /// Bytes buffered per client in each direction before the other side is no longer read.
+    pub client_buffer: usize,
     pub watch_files: bool,
     /// Files whose change triggers a reload when `watch_files` is on.
     pub watched: Vec<PathBuf>,
@@ -327,6 +329,7 @@ impl Snapshot {
             max_message_size: raw.max_message_size.max(1024),
             max_prepared_statements: p.max_prepared_statements.max(1),
             max_client_prepared_statements: p.max_client_prepared_statements.max(1),
+            client_buffer: p.client_buffer_bytes.max(16 * 1024),
             watch_files: raw.watch_files,
             watched: vec![path.to_path_buf(), phase_file.clone(), rel(&raw.auth_file)],
         })

@@ -97,3 +97,23 @@ fn bad_topology_settings_name_their_key() {
         ConfigError::Parse { .. }
     ));
 }
+
+#[test]
+fn pool_bounds_have_defaults_and_floors() {
+    let s = try_load("pool-bounds", STATIC, "").unwrap();
+    assert_eq!(
+        (
+            s.max_prepared_statements,
+            s.max_client_prepared_statements,
+            s.client_buffer
+        ),
+        (200, 5000, 256 * 1024)
+    );
+    let s = try_load(
+        "pool-bounds-low",
+        STATIC,
+        "[pool]\nmax_prepared_statements = 0\nclient_buffer_bytes = 10",
+    )
+    .unwrap();
+    assert_eq!((s.max_prepared_statements, s.client_buffer), (1, 16 * 1024));
+}

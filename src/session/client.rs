@@ -12,10 +12,6 @@ use crate::server::ServerSpec;
 use crate::shared::cancel::CancelSlot;
 use crate::topology::ReadYourWrites;
 
-/// Buffered bytes in either direction beyond which the proxy stops reading the other side, so
-/// a slow reader pushes back on a fast writer instead of growing memory.
-pub const HIGH_WATER: usize = 256 * 1024;
-
 /// A logged-in client.
 pub struct Client {
     pub io: ClientIo,
@@ -34,6 +30,10 @@ pub struct Client {
     pub to_server: bytes::BytesMut,
     /// Positions the client's reads must see (its own writes, or `pgdecomp.min_lsn`).
     pub ryw: ReadYourWrites,
+    /// Buffered bytes in either direction beyond which the proxy stops reading the other
+    /// side (`pool.client_buffer_bytes`), so a slow reader pushes back on a fast writer
+    /// instead of growing memory.
+    pub high_water: usize,
 }
 
 /// What the handshake established about a client.
@@ -68,6 +68,7 @@ impl Client {
                 l.snap.health.read_your_writes,
                 l.snap.health.read_your_writes_timeout,
             ),
+            high_water: l.snap.client_buffer,
             session: Session::new(connection, l.snap, rand::random::<f64>() * 100.0),
             to_server: bytes::BytesMut::with_capacity(8 * 1024),
         }

@@ -9,7 +9,7 @@ use bytes::BytesMut;
 use deadpool::managed::Object;
 use tokio::io::AsyncReadExt;
 
-use super::client::{Client, HIGH_WATER};
+use super::client::Client;
 use super::machine::Ctx;
 use super::record::Recorder;
 use super::SessionError;
@@ -91,8 +91,8 @@ pub async fn pump(
 
 /// More client bytes are wanted: below the high-water mark, or a message is still incomplete
 /// (it cannot be forwarded until whole).
-fn wants_client_bytes(rbuf: &BytesMut, max: usize) -> bool {
-    rbuf.len() < HIGH_WATER || matches!(peek_header(rbuf, max), Ok(Some((_, n))) if n > rbuf.len())
+fn wants_client_bytes(rbuf: &BytesMut, max: usize, high_water: usize) -> bool {
+    rbuf.len() < high_water || matches!(peek_header(rbuf, max), Ok(Some((_, n))) if n > rbuf.len())
 }
 
 async fn relay_loop(
@@ -106,7 +106,7 @@ async fn relay_loop(
     let mut client_eof = false;
     loop {
         while !terminate
-            && out.len() < HIGH_WATER
+            && out.len() < c.high_water
             && c.session.may_forward(c.io.rbuf.first().copied())
         {
             match c.io.buffered_frame()? {
@@ -127,8 +127,8 @@ async fn relay_loop(
             // Left inside a transaction or mid-request: the server state is unknown.
             return Ok(Outcome::Gone { clean: false });
         }
-        let read_client =
-            out.len() < HIGH_WATER && wants_client_bytes(&c.io.rbuf, c.io.max_message);
+        let read_client = out.len() < c.high_water
+            && wants_client_bytes(&c.io.rbuf, c.io.max_message, c.high_water);
         let (mut crd, mut cwr) = c.io.stream.split();
         let (mut srd, mut swr) = sc.stream.split();
         tokio::select! {
@@ -137,7 +137,7 @@ async fn relay_loop(
                     client_eof = true;
                 }
             }
-            n = srd.read_buf(&mut sc.rbuf), if c.io.wbuf.len() < HIGH_WATER => {
+            n = srd.read_buf(&mut sc.rbuf), if c.io.wbuf.len() < c.high_water => {
                 match n {
                     Ok(n) if n > 0 => {
                         let ev = match c.session.scan(&mut sc.rbuf, &mut c.io.wbuf, &mut sc.prepared, &mut sc.params) {

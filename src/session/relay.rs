@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use super::client::{Client, HIGH_WATER};
+use super::client::Client;
 use super::machine::{Ctx, Plan};
 use super::placement::{place, PlaceError};
 use super::pump::{pump, PumpEnd};
@@ -107,7 +107,7 @@ async fn collect_unit(c: &mut Client, first: Frame) -> Result<Vec<Frame>, Sessio
     let mut unit = vec![first];
     let ended =
         |u: &[Frame]| matches!(u.last().map(Frame::front), Some(Front::Sync | Front::Flush));
-    while !single && !ended(&unit) && bytes < HIGH_WATER {
+    while !single && !ended(&unit) && bytes < c.high_water {
         // After an Execute the client may wait for a reply (COPY FROM STDIN): take only what is
         // already buffered rather than wait for a Sync that comes later.
         let next = if unit.last().is_some_and(|f| f.front() == Front::Execute) {

@@ -196,6 +196,18 @@ impl Session {
         server: &mut ServerStatements,
         out: &mut BytesMut,
     ) {
+        let Some(a) = self.link.as_mut() else {
+            return;
+        };
+        a.prepares = false;
+        match bind_statement(f).unwrap_or_default() {
+            [] => self.bind_unnamed(f, ctx, out),
+            name => self.bind_named(f, name, ctx, server, out),
+        }
+    }
+
+    /// A Bind of the unnamed statement: re-parsed first when it was parsed elsewhere.
+    fn bind_unnamed(&mut self, f: &Frame, ctx: &mut Ctx, out: &mut BytesMut) {
         let Session {
             link: Some(a),
             stmts,
@@ -208,32 +220,46 @@ impl Session {
         else {
             return;
         };
-        a.prepares = false;
-        let name = bind_statement(f).unwrap_or_default();
-        let refuse = |a: &mut Attachment, skip: &mut bool, e, out: &mut BytesMut| {
-            a.refuse_extended(&e, out);
-            *skip = true;
+        let Some(class) = stmts.unnamed.class(ctx.cache).cloned() else {
+            let e = own_error("26000", "unnamed prepared statement does not exist".into());
+            return refuse(a, skip, e, out);
         };
-        if name.is_empty() {
-            let Some(class) = stmts.unnamed.class(ctx.cache).cloned() else {
-                let e = own_error("26000", "unnamed prepared statement does not exist".into());
-                return refuse(a, skip, e, out);
-            };
-            let sql = &stmts.unnamed.sql;
-            let d = execute(route, snap, wrote, &class, sql, Some(a.pin), ctx.observer);
-            if let Some(v) = d.rejected() {
-                return refuse(a, skip, v.pg_error(sql), out);
-            }
-            if !a.unnamed_here {
-                // Parsed in an earlier transaction, maybe on another server connection.
-                write_parse("", sql, &stmts.unnamed.param_types, out);
-                a.tracker.parse_sent(None, true);
-                a.unnamed_here = true;
-            }
-            out.extend_from_slice(&f.raw);
-            a.tracker.bind_sent(false);
-            return;
+        let sql = &stmts.unnamed.sql;
+        let d = execute(route, snap, wrote, &class, sql, Some(a.pin), ctx.observer);
+        if let Some(v) = d.rejected() {
+            return refuse(a, skip, v.pg_error(sql), out);
         }
+        if !a.unnamed_here {
+            // Parsed in an earlier transaction, maybe on another server connection.
+            write_parse("", sql, &stmts.unnamed.param_types, out);
+            a.tracker.parse_sent(None, true);
+            a.unnamed_here = true;
+        }
+        out.extend_from_slice(&f.raw);
+        a.tracker.bind_sent(false);
+    }
+
+    /// A Bind of a named statement: renamed to the server's name, prepared there on demand.
+    fn bind_named(
+        &mut self,
+        f: &Frame,
+        name: &[u8],
+        ctx: &mut Ctx,
+        server: &mut ServerStatements,
+        out: &mut BytesMut,
+    ) {
+        let Session {
+            link: Some(a),
+            stmts,
+            route,
+            snap,
+            wrote,
+            skip,
+            ..
+        } = self
+        else {
+            return;
+        };
         let Some(s) = stmts.get_mut(name) else {
             let shown = String::from_utf8_lossy(name);
             let e = own_error(
@@ -244,15 +270,8 @@ impl Session {
         };
         let class = s.class(ctx.cache).clone();
         let stmt = s.stmt.clone();
-        let d = execute(
-            route,
-            snap,
-            wrote,
-            &class,
-            &stmt.sql,
-            Some(a.pin),
-            ctx.observer,
-        );
+        let on = Some(a.pin);
+        let d = execute(route, snap, wrote, &class, &stmt.sql, on, ctx.observer);
         if let Some(v) = d.rejected() {
             return refuse(a, skip, v.pg_error(&stmt.sql), out);
         }
@@ -316,6 +335,12 @@ impl Session {
         }
         a.tracker.close_sent(false);
     }
+}
+
+/// Refuses an extended execution; the client's messages are then skipped until Sync.
+fn refuse(a: &mut Attachment, skip: &mut bool, e: crate::route::PgError, out: &mut BytesMut) {
+    a.refuse_extended(&e, out);
+    *skip = true;
 }
 
 /// Prepares `stmt` on the attached server unless it is there; a full server set closes its

@@ -75,6 +75,13 @@ pub fn deallocate(sql: &str) -> Option<Deallocate<'_>> {
     Some(Deallocate::Name(name))
 }
 
+/// What a locally answered Bind did.
+enum LocalBind {
+    Begin,
+    Exit,
+    Refused,
+}
+
 impl Session {
     /// Answers `unit` without a server when that is exactly what PostgreSQL would answer.
     pub(super) fn answer_locally(
@@ -99,25 +106,11 @@ impl Session {
             match f.front() {
                 Front::Query => self.local_query(f, ctx, reply),
                 Front::Parse => self.local_parse(f, ctx, reply),
-                Front::Bind => {
-                    let name = bind_statement(f).unwrap_or_default();
-                    let Some(class) = self.client_class(name, ctx) else {
-                        self.local_error("26000", "prepared statement does not exist", reply);
-                        continue;
-                    };
-                    if failed {
-                        if is_exit(&class) {
-                            exiting = true;
-                            backend::empty(back::BIND_COMPLETE, reply);
-                        } else {
-                            self.local_error("25P02", ABORTED, reply);
-                        }
-                        continue;
-                    }
-                    self.hold_begin(name, &class, ctx);
-                    begun = true;
-                    backend::empty(back::BIND_COMPLETE, reply);
-                }
+                Front::Bind => match self.local_bind(f, failed, ctx, reply) {
+                    LocalBind::Begin => begun = true,
+                    LocalBind::Exit => exiting = true,
+                    LocalBind::Refused => {}
+                },
                 Front::Describe => self.local_describe(f, reply),
                 Front::Execute if exiting => {
                     exiting = false;
@@ -139,6 +132,31 @@ impl Session {
             }
         }
         true
+    }
+
+    /// A Bind answered locally: the held BEGIN, or in a failed transaction its end.
+    fn local_bind(
+        &mut self,
+        f: &Frame,
+        failed: bool,
+        ctx: &mut Ctx,
+        reply: &mut BytesMut,
+    ) -> LocalBind {
+        let name = bind_statement(f).unwrap_or_default();
+        let Some(class) = self.client_class(name, ctx) else {
+            self.local_error("26000", "prepared statement does not exist", reply);
+            return LocalBind::Refused;
+        };
+        if failed && !is_exit(&class) {
+            self.local_error("25P02", ABORTED, reply);
+            return LocalBind::Refused;
+        }
+        backend::empty(back::BIND_COMPLETE, reply);
+        if failed {
+            return LocalBind::Exit;
+        }
+        self.hold_begin(name, &class, ctx);
+        LocalBind::Begin
     }
 
     /// Whether every message of `unit` can be answered locally (outside a failed
