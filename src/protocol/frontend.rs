@@ -89,13 +89,6 @@ pub fn write_target(tag: u8, kind: u8, name: &str, out: &mut BytesMut) {
     finish(out, start);
 }
 
-/// Writes a Bind of the unnamed statement to the unnamed portal, without parameters.
-pub fn write_bind_unnamed(out: &mut BytesMut) {
-    out.put_u8(b'B');
-    out.put_i32(4 + 1 + 1 + 2 + 2 + 2);
-    out.put_slice(&[0, 0, 0, 0, 0, 0, 0, 0]);
-}
-
 /// Writes a Bind of statement `name` to the unnamed portal, without parameters.
 pub fn write_bind_of(name: &str, out: &mut BytesMut) {
     let start = out.len();

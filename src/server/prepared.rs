@@ -48,10 +48,6 @@ impl ServerStatements {
         }
     }
 
-    pub fn contains(&self, name: &str) -> bool {
-        self.names.contains_key(name)
-    }
-
     /// Records `name` as prepared. Returns the least recently used name the caller must close
     /// on the server first when the set is full.
     pub fn insert(&mut self, name: Arc<str>) -> Option<Arc<str>> {
@@ -87,11 +83,13 @@ impl ServerStatements {
         self.names.clear();
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.names.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.names.is_empty()
     }
 }
@@ -107,7 +105,9 @@ mod tests {
         assert_eq!(s.insert("b".into()), None);
         assert!(s.touch("a"));
         assert_eq!(s.insert("c".into()).as_deref(), Some("b"));
-        assert!(s.contains("a") && s.contains("c") && !s.contains("b"));
+        assert!(
+            s.names.contains_key("a") && s.names.contains_key("c") && !s.names.contains_key("b")
+        );
         assert_eq!(s.insert("c".into()), None);
         assert_eq!(s.len(), 2);
     }

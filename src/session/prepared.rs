@@ -21,9 +21,10 @@ pub struct ClientStatement {
 }
 
 impl ClientStatement {
-    pub fn new(stmt: Arc<Statement>, cache: &ClassifyCache) -> Self {
+    /// `class` is the classification of `stmt.sql` under `cache`.
+    pub fn new(stmt: Arc<Statement>, class: Arc<Classification>, cache: &ClassifyCache) -> Self {
         Self {
-            class: cache.get(&stmt.sql),
+            class,
             generation: cache.generation(),
             stmt,
         }
@@ -145,7 +146,7 @@ mod tests {
         let cache = ClassifyCache::new(crate::classify::Classifier::gitlab_default(), 10);
         let r = StatementRegistry::default();
         let mut s = ClientStatements::new(2);
-        let st = |sql: &str| ClientStatement::new(r.intern(sql, &[0, 0]), &cache);
+        let st = |sql: &str| ClientStatement::new(r.intern(sql, &[0, 0]), cache.get(sql), &cache);
         s.insert(b"a", st("select 1")).unwrap();
         s.insert(b"b", st("select 2")).unwrap();
         s.insert(b"a", st("select 3")).unwrap();

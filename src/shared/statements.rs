@@ -70,17 +70,14 @@ impl StatementRegistry {
     }
 
     /// Statements some client still holds.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         let buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         buckets
             .values()
             .flatten()
             .filter(|w| w.strong_count() > 0)
             .count()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

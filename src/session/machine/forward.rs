@@ -144,10 +144,7 @@ impl Session {
         out: &mut BytesMut,
     ) {
         let view = parse_view(f);
-        let unnamed_class = match &view {
-            Some(p) if p.name.is_empty() => Some(self.class_of(ctx.cache, p.sql)),
-            _ => None,
-        };
+        let class = view.as_ref().map(|p| self.class_of(ctx.cache, p.sql));
         let Session {
             link: Some(a),
             stmts,
@@ -157,12 +154,12 @@ impl Session {
         else {
             return;
         };
-        let Some(p) = view else {
+        let (Some(p), Some(class)) = (view, class) else {
             out.extend_from_slice(&f.raw);
             a.tracker.parse_sent(None, false);
             return;
         };
-        if let Some(class) = unnamed_class {
+        if p.name.is_empty() {
             stmts.unnamed.set(p.sql, p.param_types, class, ctx.cache);
             a.unnamed_here = true;
             out.extend_from_slice(&f.raw);
@@ -170,7 +167,7 @@ impl Session {
             return;
         }
         let stmt = ctx.registry.intern(p.sql, p.param_types);
-        if let Err(e) = stmts.insert(p.name, ClientStatement::new(stmt.clone(), ctx.cache)) {
+        if let Err(e) = stmts.insert(p.name, ClientStatement::new(stmt.clone(), class, ctx.cache)) {
             a.refuse_extended(&own_error("53400", too_many(e.limit)), out);
             *skip = true;
             return;

@@ -292,13 +292,14 @@ impl Session {
             self.local_error("08P01", "malformed Parse message", reply);
             return;
         };
+        let class = self.class_of(ctx.cache, p.sql);
         if p.name.is_empty() {
-            let class = self.class_of(ctx.cache, p.sql);
             self.stmts
                 .unnamed
                 .set(p.sql, p.param_types, class, ctx.cache);
         } else {
-            let s = ClientStatement::new(ctx.registry.intern(p.sql, p.param_types), ctx.cache);
+            let stmt = ctx.registry.intern(p.sql, p.param_types);
+            let s = ClientStatement::new(stmt, class, ctx.cache);
             if let Err(e) = self.stmts.insert(p.name, s) {
                 self.local_error("53400", &too_many(e.limit), reply);
                 return;
