@@ -46,6 +46,7 @@ pub async fn start(snapshot: Snapshot) -> std::io::Result<Running> {
     }
     tokio::spawn(accept_loop(listener, shared.clone(), rx.clone()));
     tokio::spawn(maintenance(shared.clone(), rx.clone()));
+    tokio::spawn(crate::shared::catalog::run(shared.clone(), rx.clone()));
     let s = shared.clone();
     tokio::spawn(async move {
         let record = |prev: &_, next: &_| s.metrics.topology.record(prev, next);

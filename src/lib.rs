@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod app;
 pub mod auth;
+pub mod catalog;
 pub mod classify;
 pub mod config;
 pub mod metrics;

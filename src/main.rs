@@ -2,6 +2,7 @@
 
 use std::io::Read;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use pgdecomp::classify::{to_json, to_text, Classifier};
 
@@ -49,6 +50,11 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Compare the table dictionary with the main primary's tables.
+    Dictionary {
+        #[command(subcommand)]
+        action: DictionaryAction,
+    },
     /// Classify SQL (from the argument, or stdin when absent).
     Classify {
         #[arg(long)]
@@ -56,6 +62,18 @@ enum Command {
         #[arg(long, value_enum, default_value = "json")]
         format: Format,
         sql: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DictionaryAction {
+    /// List the main primary's tables the dictionary does not know (exit 1 when any) and the
+    /// dictionary entries with no table in the database.
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
     },
 }
 
@@ -69,6 +87,9 @@ fn main() {
             .context("--config FILE is required")
             .and_then(run),
         Some(Command::CheckConfig { config }) => load(&config).map(|s| println!("{}", s.summary())),
+        Some(Command::Dictionary {
+            action: DictionaryAction::Check { config, format },
+        }) => dictionary_check(config, format),
         Some(Command::Classify {
             config,
             format,
@@ -148,6 +169,37 @@ fn classify(config: Option<PathBuf>, format: Format, sql: Option<String>) -> any
     match format {
         Format::Json => println!("{}", to_json(&classification)),
         Format::Text => print!("{}", to_text(&classification)),
+    }
+    Ok(())
+}
+
+/// `pgdecomp dictionary check`: reads the main primary's catalog as the running proxy does.
+fn dictionary_check(config: PathBuf, format: Format) -> anyhow::Result<()> {
+    let snap = load(&config)?;
+    let login =
+        snap.health.login.clone().context(
+            "needs a login for the main primary: [health] or [server] user and password",
+        )?;
+    let addr = snap
+        .main
+        .primary
+        .clone()
+        .context("needs clusters.main.primary (the address whose catalog is read)")?;
+    let spec = pgdecomp::server::ServerSpec { addr, ..login };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let catalog = rt.block_on(pgdecomp::catalog::fetch(&spec, Duration::from_secs(30)))?;
+    let dictionary = (*snap.classifier.dictionary)
+        .clone()
+        .with_partitions(catalog.partitions.iter().cloned());
+    let report = pgdecomp::catalog::check(&dictionary, &catalog);
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Format::Text => print!("{}", report.to_text(&snap.dictionary_name, &catalog.source)),
+    }
+    if !report.unknown.is_empty() {
+        std::process::exit(1);
     }
     Ok(())
 }

@@ -164,6 +164,10 @@ pub struct RawClassify {
     pub schema_rules: Option<String>,
     pub write_functions: Vec<String>,
     pub cache_size: usize,
+    /// Glob → gitlab_schema for tables the dictionary does not list (e.g. partitions).
+    pub table_patterns: BTreeMap<String, String>,
+    /// Learn partitions (and function volatility) from the main primary's catalog.
+    pub catalog: bool,
 }
 
 impl Default for RawClassify {
@@ -173,6 +177,8 @@ impl Default for RawClassify {
             schema_rules: None,
             write_functions: vec![],
             cache_size: 10_000,
+            table_patterns: BTreeMap::new(),
+            catalog: true,
         }
     }
 }

@@ -68,6 +68,10 @@ pub struct Snapshot {
     pub health: HealthSettings,
     pub classifier: Classifier,
     pub cache_size: usize,
+    /// `[classify] catalog`: learn partitions and function volatility from the main primary.
+    pub learn_catalog: bool,
+    /// `[classify] dictionary` as written (a shipped name or a file), for reports.
+    pub dictionary_name: String,
     pub phase_file: PathBuf,
     pub phase: Arc<Phase>,
     pub max_message_size: usize,
@@ -185,10 +189,14 @@ fn health(
 
 /// Builds the classifier of a `[classify]` table; file names are relative to `dir`.
 pub fn classifier_from(c: &RawClassify, dir: &Path) -> Result<Classifier, ConfigError> {
-    let dictionary = match &c.dictionary {
-        Some(f) => Dictionary::from_tsv(&read(&dir.join(f))?)?,
+    let dictionary = match c.dictionary.as_deref() {
         None => Dictionary::gitlab_default(),
-    };
+        Some(name) => match Dictionary::builtin(name) {
+            Some(shipped) => shipped,
+            None => Dictionary::from_tsv(&read(&dir.join(name))?)?,
+        },
+    }
+    .with_patterns(c.table_patterns.iter().map(|(g, s)| (g.as_str(), s.as_str())))?;
     let rules = match &c.schema_rules {
         Some(f) => SchemaRules::from_toml(&read(&dir.join(f))?)?,
         None => SchemaRules::gitlab_2022(),
@@ -324,6 +332,12 @@ impl Snapshot {
             health,
             classifier,
             cache_size: raw.classify.cache_size,
+            learn_catalog: raw.classify.catalog,
+            dictionary_name: raw
+                .classify
+                .dictionary
+                .clone()
+                .unwrap_or_else(|| "gitlab-2022".into()),
             phase_file: phase_file.clone(),
             phase,
             max_message_size: raw.max_message_size.max(1024),

@@ -61,16 +61,18 @@ impl TxnTracker {
     /// What `observe` would report, without changing anything: `route` calls this so that the
     /// violation is known before the statement runs (and can be refused).
     ///
-    /// Rule (GitLab's `allow_cross_transactions`, simplified to the 2022 split): writes to
-    /// gitlab_main (and named/undefined schemas, which live in main) and to gitlab_ci in one
-    /// transaction are a violation; shared and internal tables go with either. Reported for
-    /// every writing statement once the transaction spans both.
+    /// Rule (GitLab's `allow_cross_transactions` with the shipped schema YAML): the written
+    /// tables of one transaction must belong to one schema, where shared and internal tables go
+    /// with any. gitlab_main with gitlab_ci is a violation; so is an undefined table with
+    /// gitlab_main, gitlab_ci or another undefined table, because GitLab gives each unknown
+    /// table its own `undefined_<table>` schema. Named schemas (gitlab_pm) live in main.
+    /// Reported for every writing statement once the transaction spans two.
     pub fn check(&self, c: &Classification) -> Option<CrossDbModification> {
         if !self.runs_in_transaction(c) {
             return None;
         }
         let new = modified(c).fold(SchemaMask::EMPTY, |m, t| m | SchemaMask::of(&t.schema));
-        if new.is_empty() || !(self.written | new).spans_both() {
+        if new.is_empty() || !self.spans_schemas(self.written | new, c) {
             return None;
         }
         let mut tables: Vec<(&str, &GitlabSchema)> =
@@ -89,6 +91,27 @@ impl TxnTracker {
             tables: names.into_iter().map(str::to_owned).collect(),
             schemas,
         })
+    }
+
+    /// Whether the written schemas `all` (this transaction's and `c`'s) are more than one.
+    fn spans_schemas(&self, all: SchemaMask, c: &Classification) -> bool {
+        if all.spans_both() {
+            return true;
+        }
+        if !all.contains(SchemaMask::UNDEFINED) {
+            return false;
+        }
+        if all.intersects(SchemaMask::MAIN | SchemaMask::NAMED) {
+            return true;
+        }
+        let mut undefined = self
+            .tables
+            .iter()
+            .map(|(_, s)| s)
+            .chain(modified(c).map(|t| &t.schema))
+            .filter(|s| matches!(s, GitlabSchema::Undefined(_)));
+        let first = undefined.next();
+        undefined.any(|s| Some(s) != first)
     }
 
     /// Applies an executed query string: records its writes while a transaction is open and

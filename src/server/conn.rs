@@ -14,7 +14,6 @@ use tokio::net::TcpStream;
 use super::prepared::ServerStatements;
 use crate::protocol::backend::{parse_error_fields, parse_parameter_status};
 use crate::protocol::frame::{decode_frame, Frame};
-use crate::protocol::frontend::write_query;
 use crate::protocol::startup::encode_startup;
 
 /// What is needed to open a server connection.
@@ -309,7 +308,7 @@ impl ServerConn {
         self.write(&out).await
     }
 
-    fn protocol(&self, message: &str) -> ServerError {
+    pub(super) fn protocol(&self, message: &str) -> ServerError {
         ServerError::Protocol {
             addr: self.addr.clone(),
             message: message.into(),
@@ -353,47 +352,6 @@ impl ServerConn {
             if n == 0 {
                 return Err(ServerError::Closed(self.addr.clone()));
             }
-        }
-    }
-
-    /// Runs `sql` and waits for ReadyForQuery; used for pings and resets.
-    pub async fn simple_query(&mut self, sql: &str) -> Result<(), ServerError> {
-        self.query_row(sql).await.map(drop)
-    }
-
-    /// Runs `sql` and returns its first row's text values (empty when it returned no row);
-    /// ParameterStatus changes it causes are tracked.
-    pub async fn query_row(&mut self, sql: &str) -> Result<Vec<Option<String>>, ServerError> {
-        let mut out = BytesMut::new();
-        write_query(sql, &mut out);
-        self.write(&out).await?;
-        let (mut failure, mut row) = (None, None);
-        loop {
-            let f = self.read_frame().await?;
-            match f.tag {
-                b'E' => failure = Some(parse_error_fields(f.body())),
-                b'S' => {
-                    if let Some((k, v)) = parse_parameter_status(f.body()) {
-                        self.params.insert(k.to_ascii_lowercase(), v);
-                    }
-                }
-                b'D' if row.is_none() => {
-                    row = Some(
-                        crate::protocol::backend::parse_data_row(f.body())
-                            .ok_or_else(|| self.protocol("malformed DataRow"))?,
-                    )
-                }
-                b'Z' => break,
-                _ => {}
-            }
-        }
-        match failure {
-            Some((code, message)) => Err(ServerError::Query {
-                addr: self.addr.clone(),
-                code,
-                message,
-            }),
-            None => Ok(row.unwrap_or_default()),
         }
     }
 

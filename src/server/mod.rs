@@ -3,6 +3,8 @@
 
 mod conn;
 mod prepared;
+mod query;
 
 pub use conn::{ServerConn, ServerCredential, ServerError, ServerKey, ServerSpec};
+pub use query::Row;
 pub use prepared::{ServerStatements, DEFAULT_CAP as DEFAULT_SERVER_STATEMENTS};

@@ -4,6 +4,7 @@
 //! the registries (clients, cancel keys, prepared statements).
 
 pub mod cancel;
+pub mod catalog;
 pub mod control;
 mod reload;
 mod statements;
@@ -48,6 +49,10 @@ pub struct Shared {
     pub shutdown: tokio::sync::watch::Sender<bool>,
     /// Which server plays which role, from the config and the health checker.
     pub topology: crate::topology::Topology,
+    /// The last catalog read from the main primary (`None` until one succeeds).
+    pub catalog: arc_swap::ArcSwapOption<crate::catalog::Catalog>,
+    /// Notified by reload: read the catalog again.
+    pub catalog_refresh: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -77,6 +82,8 @@ impl Shared {
             control: control::Control::default(),
             shutdown: tokio::sync::watch::Sender::new(false),
             topology,
+            catalog: arc_swap::ArcSwapOption::empty(),
+            catalog_refresh: tokio::sync::Notify::new(),
         })
     }
 

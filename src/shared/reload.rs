@@ -22,7 +22,7 @@ impl Shared {
                 }
                 let generation = self.cache.load().generation() + 1;
                 self.cache.store(Arc::new(ClassifyCache::with_generation(
-                    new.classifier.clone(),
+                    self.classifier_for(&new),
                     new.cache_size,
                     generation,
                 )));
@@ -32,6 +32,8 @@ impl Shared {
                 self.topology.publish(view);
                 self.metrics.phase.set(i64::from(phase));
                 self.metrics.reloads.with_label_values(&["ok"]).inc();
+                // The database may have new partitions or functions too.
+                self.catalog_refresh.notify_one();
                 tracing::info!(config = %path.display(), phase, "configuration reloaded");
                 Ok(())
             }

@@ -95,6 +95,41 @@ fn cross_database_modification_rules() {
 }
 
 #[test]
+fn undefined_tables_count_in_cross_database_modification() {
+    let p = phase(4);
+    let cross = |d: &Decision| {
+        kinds(d).contains(&(ViolationKind::CrossDatabaseModification, Mode::Observe))
+    };
+    let mut s = transparent();
+    // A main table and an undefined one: GitLab's rule sees two schemas.
+    run(&begin(), &p, &mut s);
+    run(&cls(K::Write, &[("projects", W)]), &p, &mut s);
+    assert!(cross(&route(&cls(K::Write, &[("my_table", W)]), &p, &s)));
+    run(&txn(TxnCommand::Rollback), &p, &mut s);
+    // Two different undefined tables are two schemas; one undefined table with shared is one.
+    run(&begin(), &p, &mut s);
+    run(&cls(K::Write, &[("my_table", W)]), &p, &mut s);
+    assert!(!cross(&route(
+        &cls(
+            K::Write,
+            &[("my_table", W), ("loose_foreign_keys_deleted_records", W)]
+        ),
+        &p,
+        &s
+    )));
+    assert!(cross(&route(&cls(K::Write, &[("other_table", W)]), &p, &s)));
+    run(&txn(TxnCommand::Rollback), &p, &mut s);
+    // Reading an undefined table while writing main is no modification.
+    run(&begin(), &p, &mut s);
+    run(&cls(K::Write, &[("projects", W)]), &p, &mut s);
+    assert!(!cross(&route(
+        &cls(K::Write, &[("users", W), ("my_table", R)]),
+        &p,
+        &s
+    )));
+}
+
+#[test]
 fn pinned_statement_of_the_other_group() {
     let pinned_ci = |n| {
         let mut s = transparent();
