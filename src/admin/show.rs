@@ -240,12 +240,8 @@ pub fn show(what: &str, shared: &Shared) -> Result<Table, PgError> {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
             for v in recent.iter().rev() {
-                let at =
-                    v.at.duration_since(std::time::UNIX_EPOCH)
-                        .map(|d| d.as_secs())
-                        .unwrap_or(0);
                 t.row(vec![
-                    s(at),
+                    s(iso_time(v.at)),
                     s(v.client),
                     s(v.kind),
                     s(v.mode),
@@ -262,4 +258,10 @@ pub fn show(what: &str, shared: &Shared) -> Result<Table, PgError> {
         }
     }
     Ok(t)
+}
+
+/// A time as ISO 8601 in UTC to the second (`2026-11-27T19:55:02Z`): operators read it, as
+/// PgBouncer's SHOW output gives text timestamps.
+pub fn iso_time(at: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_seconds(at).to_string()
 }

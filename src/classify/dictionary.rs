@@ -78,6 +78,16 @@ impl Dictionary {
         self.partitions.len()
     }
 
+    /// The schemas the dictionary and its patterns name, sorted, each once.
+    pub fn schemas(&self) -> Vec<GitlabSchema> {
+        let all = self
+            .tables
+            .values()
+            .chain(self.patterns.iter().map(|(_, s)| s));
+        let set: std::collections::BTreeSet<&GitlabSchema> = all.collect();
+        set.into_iter().cloned().collect()
+    }
+
     /// The table names the dictionary maps, in no particular order.
     pub fn table_names(&self) -> impl Iterator<Item = &str> {
         self.tables.keys().map(|k| &**k)

@@ -66,7 +66,8 @@ impl Shared {
         metrics.phase.set(i64::from(snapshot.phase.number()));
         let topology =
             crate::topology::Topology::new(crate::topology::checker::static_view(&snapshot));
-        Arc::new(Self {
+        let classifier = snapshot.classifier.clone();
+        let shared = Arc::new(Self {
             config: ArcSwap::from_pointee(snapshot),
             pools,
             cache,
@@ -84,7 +85,9 @@ impl Shared {
             topology,
             catalog: arc_swap::ArcSwapOption::empty(),
             catalog_refresh: tokio::sync::Notify::new(),
-        })
+        });
+        shared.export_violation_series(&classifier);
+        shared
     }
 
     /// Refreshes the gauges read at scrape time and renders every metric.

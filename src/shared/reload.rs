@@ -28,6 +28,7 @@ impl Shared {
                 )));
                 // Servers added or removed take effect now, not at the next health round.
                 let view = crate::topology::checker::rebase(&new, &self.topology.view());
+                self.export_violation_series(&new.classifier);
                 self.config.store(Arc::new(new));
                 self.topology.publish(view);
                 self.metrics.phase.set(i64::from(phase));

@@ -102,3 +102,35 @@ impl Shared {
         });
     }
 }
+
+impl Shared {
+    /// Registers every violation series `classifier` can produce at 0 (at start and after each
+    /// reload), so an alert on `rate(...) > 0` or a dashboard sees 0, not "no data".
+    pub fn export_violation_series(&self, classifier: &crate::classify::Classifier) {
+        use crate::route::{known_series, ViolationKind as K, MODES};
+        let m = &self.metrics;
+        for s in known_series(&classifier.dictionary, &classifier.rules) {
+            let labels = s.schemas.as_str();
+            // Looking a child up creates it at 0; the value is not needed.
+            let _ = match (s.kind, s.target) {
+                (K::CrossJoin, _) => m.cross_join.with_label_values(&[labels]),
+                (K::CrossDatabaseModification, _) => {
+                    m.cross_db_modification.with_label_values(&[labels])
+                }
+                (K::WrongSchema, Some(t)) => m.wrong_schema.with_label_values(&[t.label(), labels]),
+                (K::LockedTableWrite, Some(t)) => {
+                    m.locked_table_write.with_label_values(&[t.label(), labels])
+                }
+                _ => continue,
+            };
+        }
+        for kind in K::ALL {
+            let _ = m.rejected.with_label_values(&[kind.label()]);
+            for mode in MODES {
+                let _ = m
+                    .shadow_violations
+                    .with_label_values(&[kind.label(), mode.label()]);
+            }
+        }
+    }
+}
