@@ -60,6 +60,25 @@ pub struct ScramExchange {
     nonce: String,
 }
 
+/// RFC 5802 client-first-message-bare: `[m=ext,]n=user,r=nonce[,ext...]`. A mandatory
+/// extension (`m=`) must fail the exchange; the user name is PostgreSQL's startup user, so the
+/// attribute is only checked for presence.
+fn client_nonce(bare: &str) -> Result<&str, AuthError> {
+    let mut attrs = bare.split(',');
+    let user = attrs.next().unwrap_or_default();
+    if user.starts_with("m=") {
+        return Err(protocol("client requires an unsupported SCRAM extension"));
+    }
+    if !user.starts_with("n=") {
+        return Err(protocol("expected the username attribute"));
+    }
+    attrs
+        .next()
+        .and_then(|a| a.strip_prefix("r="))
+        .filter(|n| !n.is_empty() && n.bytes().all(|b| (0x21..=0x7e).contains(&b) && b != b','))
+        .ok_or_else(|| protocol("missing client nonce"))
+}
+
 fn protocol(msg: &str) -> AuthError {
     AuthError::Protocol(msg.to_string())
 }
@@ -79,13 +98,13 @@ impl ScramExchange {
         if cb != "n" && cb != "y" {
             return Err(protocol("channel binding is not supported"));
         }
-        let (_authzid, bare) = rest
+        let (authzid, bare) = rest
             .split_once(',')
             .ok_or_else(|| protocol("missing gs2 header"))?;
-        let client_nonce = bare
-            .split(',')
-            .find_map(|a| a.strip_prefix("r="))
-            .ok_or_else(|| protocol("missing client nonce"))?;
+        if !authzid.is_empty() {
+            return Err(protocol("authorization identity is not supported"));
+        }
+        let client_nonce = client_nonce(bare)?;
         let nonce = format!("{client_nonce}{server_nonce}");
         let server_first = format!(
             "r={nonce},s={},i={}",
@@ -174,5 +193,14 @@ mod tests {
     fn accepts_right_password_rejects_wrong() {
         run("s3cret", "s3cret").unwrap();
         assert!(matches!(run("wrong", "s3cret"), Err(AuthError::Failed(_))));
+    }
+
+    #[test]
+    fn client_first_extensions_and_authzid_are_refused() {
+        assert_eq!(client_nonce("n=,r=abc").unwrap(), "abc");
+        assert_eq!(client_nonce("n=u,r=abc,x=1").unwrap(), "abc");
+        for bad in ["m=ext,n=,r=abc", "r=abc", "n=,", "n=,r=", "n=,x=1,r=abc"] {
+            assert!(client_nonce(bad).is_err(), "{bad}");
+        }
     }
 }

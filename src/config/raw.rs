@@ -61,6 +61,9 @@ pub struct RawPool {
     /// Idle seconds after which a server connection is pinged before reuse.
     pub server_check_delay: f64,
     /// Statements kept prepared per server connection; the least recently used is closed.
+    /// Connections still logging in (waiting on their client) kept at once; a new one beyond
+    /// it closes the oldest, so half-open connections cannot lock logins out.
+    pub max_pending_logins: usize,
     pub max_prepared_statements: usize,
     /// Named statements one client may hold; a Parse beyond it is refused (53400).
     pub max_client_prepared_statements: usize,
@@ -82,6 +85,7 @@ impl Default for RawPool {
             server_check_delay: 30.0,
             max_prepared_statements: 200,
             max_client_prepared_statements: 5000,
+            max_pending_logins: 1000,
             client_buffer_bytes: 256 * 1024,
         }
     }

@@ -53,6 +53,8 @@ pub struct Metrics {
     pub login_failures: IntCounterVec,
     pub server_connect_errors: IntCounterVec,
     pub statements: IntCounterVec,
+    pub pending_logins: IntGauge,
+    pub login_delays: IntCounter,
     pub transactions: IntCounterVec,
     pub unparsable: IntCounter,
     pub schemas_used: IntCounterVec,
@@ -168,6 +170,16 @@ impl Metrics {
                 "pgdecomp_statements_total",
                 "Statements routed, by target and statement kind",
                 &["db_config_name", "kind"],
+            pending_logins: gauge(
+                &r,
+                "pgdecomp_pending_logins",
+                "Connections logging in and waiting on their client now",
+            ),
+            login_delays: counter(
+                &r,
+                "pgdecomp_login_delays_total",
+                "Failed logins whose answer was held back (repeated failures from one address)",
+            ),
             ),
             transactions: counter_vec(
                 &r,

@@ -3,7 +3,7 @@
 
 use bytes::{Buf, BytesMut};
 use pgwire::messages::startup::Startup;
-use pgwire::messages::{DecodeContext, Message};
+use pgwire::messages::Message;
 
 const SSL_REQUEST: i32 = 80877103;
 const GSSENC_REQUEST: i32 = 80877104;
@@ -25,9 +25,17 @@ pub enum StartupRequest {
 pub struct StartupParams {
     pub version: (u16, u16),
     pub params: Vec<(String, String)>,
+    /// Protocol options (`_pq_.*`) the client asked for; pgdecomp knows none of them.
+    pub protocol_options: Vec<String>,
 }
 
 impl StartupParams {
+    /// Whether the client must be told which protocol pgdecomp speaks (NegotiateProtocolVersion):
+    /// it asked for a newer 3.x minor or for protocol options, as PostgreSQL answers them.
+    pub fn needs_negotiation(&self) -> bool {
+        self.version.1 > 0 || !self.protocol_options.is_empty()
+    }
+
     pub fn get(&self, key: &str) -> Option<&str> {
         self.params
             .iter()
@@ -82,15 +90,68 @@ pub fn decode_startup(buf: &mut BytesMut) -> Result<Option<StartupRequest>, Star
                 buf.advance(len as usize);
                 return Err(StartupError::Protocol(major, minor));
             }
-            let mut packet = buf.split_to(len as usize);
-            let startup = Startup::decode(&mut packet, &DecodeContext::default())
-                .map_err(|e| StartupError::Layout(e.to_string()))?
-                .ok_or_else(|| StartupError::Layout("truncated".into()))?;
+            let packet = buf.split_to(len as usize);
+            let (params, protocol_options) = parse_params(&packet[8..])?;
             Ok(Some(StartupRequest::Startup(StartupParams {
                 version: (major, minor),
-                params: startup.parameters.into_iter().collect(),
+                params,
+                protocol_options,
             })))
         }
+    }
+}
+
+/// Name/value pairs as PostgreSQL reads them: NUL-terminated strings, then one more NUL as the
+/// packet's last byte. A name without a value, or anything after the terminator, is a layout
+/// error; names starting `_pq_.` are protocol options, kept apart.
+type Params = (Vec<(String, String)>, Vec<String>);
+
+fn parse_params(body: &[u8]) -> Result<Params, StartupError> {
+    let layout = |m: &str| StartupError::Layout(m.to_string());
+    let (mut params, mut options) = (Vec::new(), Vec::new());
+    let mut rest = body;
+    loop {
+        let Some(end) = rest.iter().position(|&b| b == 0) else {
+            return Err(layout("expected terminator as last byte"));
+        };
+        if end == 0 {
+            if rest.len() != 1 {
+                return Err(layout("expected terminator as last byte"));
+            }
+            return Ok((params, options));
+        }
+        let name = text(&rest[..end])?;
+        rest = &rest[end + 1..];
+        let Some(vend) = rest.iter().position(|&b| b == 0) else {
+            return Err(layout(&format!("missing value for parameter \"{name}\"")));
+        };
+        let value = text(&rest[..vend])?;
+        rest = &rest[vend + 1..];
+        if name.starts_with("_pq_.") {
+            options.push(name);
+        } else {
+            params.push((name, value));
+        }
+    }
+}
+
+fn text(bytes: &[u8]) -> Result<String, StartupError> {
+    String::from_utf8(bytes.to_vec())
+        .map_err(|_| StartupError::Layout("parameter is not valid UTF-8".into()))
+}
+
+/// NegotiateProtocolVersion: the newest 3.x minor pgdecomp speaks (0) and the options it does
+/// not know, so a client that asked for more carries on with 3.0.
+pub fn encode_negotiate(options: &[String], out: &mut BytesMut) {
+    use bytes::BufMut;
+    let body: usize = 8 + options.iter().map(|o| o.len() + 1).sum::<usize>();
+    out.put_u8(b'v');
+    out.put_i32((4 + body) as i32);
+    out.put_i32(0);
+    out.put_i32(options.len() as i32);
+    for o in options {
+        out.put_slice(o.as_bytes());
+        out.put_u8(0);
     }
 }
 
@@ -148,5 +209,48 @@ mod tests {
             decode_startup(&mut b),
             Err(StartupError::BadLength(_))
         ));
+    }
+
+    fn packet(version: i32, body: &[u8]) -> BytesMut {
+        let mut b = BytesMut::new();
+        b.extend_from_slice(&((8 + body.len()) as i32).to_be_bytes());
+        b.extend_from_slice(&version.to_be_bytes());
+        b.extend_from_slice(body);
+        b
+    }
+
+    #[test]
+    fn a_startup_packet_needs_its_terminator() {
+        let v30 = 3 << 16;
+        let ok = decode_startup(&mut packet(v30, b"user\0u\0\0")).unwrap();
+        assert!(matches!(ok, Some(StartupRequest::Startup(_))));
+        for bad in [
+            &b"user\0u\0"[..],
+            b"user\0u",
+            b"user\0",
+            b"user\0u\0\0x",
+            b"\0\0",
+        ] {
+            let got = decode_startup(&mut packet(v30, bad));
+            assert!(
+                matches!(got, Err(StartupError::Layout(_))),
+                "{bad:?}: {got:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn newer_minor_versions_and_protocol_options_are_negotiated() {
+        let got = decode_startup(&mut packet((3 << 16) | 2, b"user\0u\0_pq_.x\01\0\0")).unwrap();
+        let Some(StartupRequest::Startup(p)) = got else {
+            panic!("{got:?}")
+        };
+        assert_eq!(p.version, (3, 2));
+        assert_eq!(p.protocol_options, ["_pq_.x"]);
+        assert_eq!(p.params, [("user".to_string(), "u".to_string())]);
+        assert!(p.needs_negotiation());
+        let mut out = BytesMut::new();
+        encode_negotiate(&p.protocol_options, &mut out);
+        assert_eq!(&out[..], b"v\0\0\0\x13\0\0\0\0\0\0\0\x01_pq_.x\0");
     }
 }

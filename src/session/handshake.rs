@@ -16,9 +16,10 @@ use crate::auth::Secret;
 use crate::config::Snapshot;
 use crate::pool::{checkout, PoolKey, Welcome};
 use crate::protocol::backend::{self, PgError};
-use crate::protocol::startup::{decode_startup, StartupParams, StartupRequest};
+use crate::protocol::startup::{decode_startup, encode_negotiate, StartupParams, StartupRequest};
 use crate::route::Target;
 use crate::server::{ServerCredential, ServerSpec};
+use crate::shared::logins::PendingLogin;
 use crate::shared::Shared;
 
 async fn read_startup(
@@ -68,10 +69,15 @@ pub async fn handshake(
     shared: &Arc<Shared>,
     snap: &Snapshot,
     peer: SocketAddr,
+    pending: &PendingLogin<'_>,
 ) -> Result<Option<Accepted>, SessionError> {
     let Some(startup) = read_startup(io, shared).await? else {
         return Ok(None);
     };
+    if startup.needs_negotiation() {
+        // Sent ahead of the authentication request, as PostgreSQL does.
+        encode_negotiate(&startup.protocol_options, &mut io.wbuf);
+    }
     let user = startup
         .get("user")
         .ok_or_else(|| {
@@ -89,7 +95,8 @@ pub async fn handshake(
                 format!("user \"{user}\" is not an admin user (admin_users)"),
             ));
         }
-        super::auth::authenticate(io, &snap.users, snap.auth_type, &user).await?;
+        authenticate(io, shared, snap, &user, peer).await?;
+        pending.leave();
         admin_welcome(io);
         io.flush().await?;
         return Ok(Some(Accepted::Admin { user }));
@@ -100,13 +107,15 @@ pub async fn handshake(
             format!("database \"{database}\" does not exist"),
         ));
     };
-    if shared.clients.load(Ordering::Relaxed) > snap.max_client_conn {
+    if shared.clients.load(Ordering::Relaxed) >= snap.max_client_conn {
         return Err(fatal(
             "53300",
             "no more connections allowed (max_client_conn)",
         ));
     }
-    super::auth::authenticate(io, &snap.users, snap.auth_type, &user).await?;
+    authenticate(io, shared, snap, &user, peer).await?;
+    // From here the login waits on servers, not on its client: it can no longer be evicted.
+    pending.leave();
     let (server_user, credential) = server_credential(snap, &user);
     // Any main server gives the same parameter list: the primary, or during a switchover a
     // replica (through a replica pool, which does not insist on a primary).
@@ -158,6 +167,28 @@ pub async fn handshake(
         cancel_slot,
         snap: shared.config.load_full(),
     }))))
+}
+
+/// Authenticates `user`; a wrong password from an address that failed repeatedly is answered
+/// only after a delay, while it stays evictable like any connection waiting on its client.
+async fn authenticate(
+    io: &mut ClientIo,
+    shared: &Shared,
+    snap: &Snapshot,
+    user: &str,
+    peer: SocketAddr,
+) -> Result<(), SessionError> {
+    match super::auth::authenticate(io, &snap.users, snap.auth_type, user).await {
+        Err(e @ SessionError::Auth(crate::auth::AuthError::Failed(_))) => {
+            let delay = shared.logins.failed(peer.ip());
+            if !delay.is_zero() {
+                shared.metrics.login_delays.inc();
+                tokio::time::sleep(delay).await;
+            }
+            Err(e)
+        }
+        other => other,
+    }
 }
 
 /// Who logged in.

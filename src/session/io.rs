@@ -47,6 +47,26 @@ impl ClientIo {
         }
     }
 
+    /// Sends what is buffered (a final ErrorResponse), then half-closes and reads what the
+    /// client still sends for a moment before the socket is dropped: closing with unread input
+    /// makes the kernel send a reset, and the client would lose the error it was sent.
+    pub async fn close_gracefully(&mut self) {
+        const DRAIN: usize = 64 * 1024;
+        let _ = self.flush().await;
+        let _ = self.stream.shutdown().await;
+        let mut sink = [0u8; 4096];
+        let mut drained = 0;
+        let drain = async {
+            while drained < DRAIN {
+                match self.stream.read(&mut sink).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => drained += n,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(500), drain).await;
+    }
+
     pub async fn flush(&mut self) -> Result<(), SessionError> {
         if !self.wbuf.is_empty() {
             self.stream.write_all(&self.wbuf).await?;

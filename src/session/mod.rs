@@ -104,11 +104,31 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let _ = stream.set_nodelay(true);
     let snapshot = shared.config.load_full();
     let mut io = io::ClientIo::new(stream, snapshot.max_message_size);
-    let login = tokio::time::timeout(
-        snapshot.auth_timeout,
-        handshake::handshake(&mut io, &shared, &snapshot, peer),
-    )
-    .await;
+    let (pending, evicted_other) = shared.logins.enter(snapshot.max_pending_logins);
+    if evicted_other {
+        shared
+            .metrics
+            .login_failures
+            .with_label_values(&["evicted"])
+            .inc();
+    }
+    let login = tokio::select! {
+        login = tokio::time::timeout(
+            snapshot.auth_timeout,
+            handshake::handshake(&mut io, &shared, &snapshot, peer, &pending),
+        ) => login,
+        _ = pending.evicted() => {
+            tracing::warn!(%peer, "login abandoned: too many connections logging in (max_pending_logins)");
+            let pg = PgError::fatal("53300", "too many connections are logging in (max_pending_logins); this one waited longest");
+            pg.encode(&mut io.wbuf);
+            io.close_gracefully().await;
+            return;
+        }
+    };
+    drop(pending);
+    // Counted from here: only logged-in clients take max_client_conn slots.
+    shared.clients.fetch_add(1, Ordering::Relaxed);
+    let _count = ClientCount(&shared.clients);
     let client = match login {
         Ok(Ok(Some(handshake::Accepted::Client(login)))) => client::Client::new(io, peer, *login),
         Ok(Ok(Some(handshake::Accepted::Admin { user }))) => {
@@ -159,5 +179,6 @@ async fn fail(io: &mut io::ClientIo, peer: SocketAddr, e: SessionError, shared: 
     if let Some(pg) = e.to_pg() {
         pg.encode(&mut io.wbuf);
         let _ = io.flush().await;
+    io.close_gracefully().await;
     }
 }

@@ -42,7 +42,10 @@ pub async fn run(
         }
         c.session
             .refresh(|| shared.config.load_full(), rand::random::<f64>() * 100.0);
-        let unit = collect_unit(c, first).await?;
+        let Some(unit) = collect_unit(c, first).await? else {
+            // Terminate before the batch's Sync: nothing of it ran, the client is gone.
+            return Ok(());
+        };
         let plan = {
             let cache = shared.cache.load();
             let mut recorder = Recorder {
@@ -100,8 +103,9 @@ pub async fn run(
     }
 }
 
-/// Reads the rest of an extended-protocol batch (up to Sync or Flush), which is planned as one.
-async fn collect_unit(c: &mut Client, first: Frame) -> Result<Vec<Frame>, SessionError> {
+/// Reads the rest of an extended-protocol batch (up to Sync or Flush), which is planned as one;
+/// `None` when the client sends Terminate instead of finishing it.
+async fn collect_unit(c: &mut Client, first: Frame) -> Result<Option<Vec<Frame>>, SessionError> {
     let single = first.front().is_single();
     let mut bytes = first.raw.len();
     let mut unit = vec![first];
@@ -123,7 +127,8 @@ async fn collect_unit(c: &mut Client, first: Frame) -> Result<Vec<Frame>, Sessio
             None => break,
         }
     }
-    Ok(unit)
+            Some(f) if f.front() == Front::Terminate => return Ok(None),
+    Ok(Some(unit))
 }
 
 /// Answers a request that could not get a server; the session stays usable.

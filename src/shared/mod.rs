@@ -6,6 +6,7 @@
 pub mod cancel;
 pub mod catalog;
 pub mod control;
+pub mod logins;
 mod reload;
 mod statements;
 mod violations;
@@ -49,6 +50,8 @@ pub struct Shared {
     pub shutdown: tokio::sync::watch::Sender<bool>,
     /// Which server plays which role, from the config and the health checker.
     pub topology: crate::topology::Topology,
+    /// Connections logging in, and failed logins per address.
+    pub logins: logins::Logins,
     /// The last catalog read from the main primary (`None` until one succeeds).
     pub catalog: arc_swap::ArcSwapOption<crate::catalog::Catalog>,
     /// Notified by reload: read the catalog again.
@@ -83,6 +86,7 @@ impl Shared {
             control: control::Control::default(),
             shutdown: tokio::sync::watch::Sender::new(false),
             topology,
+            logins: logins::Logins::default(),
             catalog: arc_swap::ArcSwapOption::empty(),
             catalog_refresh: tokio::sync::Notify::new(),
         });
@@ -94,6 +98,7 @@ impl Shared {
     pub fn render_metrics(&self) -> String {
         let m = &self.metrics;
         m.clients.set(self.clients.load(Ordering::Relaxed) as i64);
+        m.pending_logins.set(self.logins.waiting() as i64);
         for (key, pool) in self.pools.load().all() {
             let st = pool.status();
             let labels = |state| [key.target.label(), key.spec.addr.as_str(), state];

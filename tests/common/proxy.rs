@@ -69,6 +69,8 @@ pub struct ProxyConfig {
     pub patroni: Option<(Vec<String>, Vec<String>)>,
     /// Raw TOML appended at the end (extra tables such as `[classify]`).
     pub extra: String,
+    /// Raw TOML lines appended to `[pool]`.
+    pub pool_extra: String,
 }
 
 impl ProxyConfig {
@@ -109,6 +111,7 @@ impl ProxyConfig {
             health: "interval = 0.5".into(),
             patroni: None,
             extra: String::new(),
+            pool_extra: String::new(),
         }
     }
 
@@ -162,6 +165,13 @@ impl ProxyConfig {
         self
     }
 
+    /// Adds `toml` lines to the `[pool]` table.
+    pub fn extra_pool(mut self, toml: &str) -> Self {
+        self.pool_extra.push_str(toml);
+        self.pool_extra.push('\n');
+        self
+    }
+
     pub fn extra(mut self, toml: &str) -> Self {
         self.extra.push_str(toml);
         self.extra.push('\n');
@@ -188,6 +198,7 @@ impl ProxyConfig {
         let _ = writeln!(s, "idle_timeout = {:?}", p.idle_timeout);
         let _ = writeln!(s, "server_lifetime = {:?}", p.server_lifetime);
         let _ = writeln!(s, "max_client_conn = {}", p.max_client_conn);
+        s.push_str(&self.pool_extra);
         if let Some((user, password)) = &self.server {
             let _ = writeln!(
                 s,
