@@ -12,6 +12,7 @@ pub mod catalog;
 pub mod classify;
 pub mod config;
 pub mod metrics;
+pub mod net;
 pub mod pool;
 pub mod protocol;
 pub mod route;

@@ -4,12 +4,16 @@
 mod health;
 mod raw;
 mod snapshot;
+mod throttle;
+mod tls;
 #[cfg(test)]
 mod tests;
 
 pub use health::HealthSettings;
 pub use raw::RawConfig;
 pub use snapshot::*;
+pub use throttle::ThrottleSettings;
+pub use tls::{ClientTls, ClientTlsMode};
 
 use std::path::{Path, PathBuf};
 

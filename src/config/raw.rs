@@ -38,6 +38,13 @@ pub struct RawConfig {
 }
 
 fn default_auth_type() -> String {
+    /// TLS towards clients: disable, allow (prefer), require.
+    pub client_tls_mode: Option<String>,
+    pub client_tls_cert_file: Option<String>,
+    pub client_tls_key_file: Option<String>,
+    /// TLS towards servers: disable, prefer, require, verify-ca, verify-full.
+    pub server_tls_mode: Option<String>,
+    pub server_tls_ca_file: Option<String>,
     "scram-sha-256".into()
 }
 fn default_auth_timeout() -> f64 {

@@ -78,6 +78,10 @@ pub struct Snapshot {
     pub max_message_size: usize,
     /// Statements kept prepared per server connection (least recently used closed first).
     pub max_prepared_statements: usize,
+    /// TLS towards clients (SSLRequest answers, the certificate presented).
+    pub client_tls: super::ClientTls,
+    /// TLS towards servers, copied into every server connection's spec.
+    pub server_tls: crate::server::tls::ServerTls,
     /// Named statements one client may hold.
     pub max_client_prepared_statements: usize,
     /// Bytes buffered per client in each direction before the other side is no longer read.
@@ -150,6 +154,7 @@ fn health(
     databases: &HashMap<String, Database>,
 ) -> Result<HealthSettings, ConfigError> {
     let h: &RawHealth = &raw.health;
+    tls: &crate::server::tls::ServerTls,
     let user = h.user.clone().or_else(|| raw.server.user.clone());
     let password = h.password.clone().or_else(|| raw.server.password.clone());
     let dbname = h.dbname.clone().or_else(|| {
@@ -167,6 +172,7 @@ fn health(
             credential: password.map_or(ServerCredential::None, ServerCredential::Plain),
         }),
         _ => None,
+            tls: tls.clone(),
     };
     let timeout = secs(path, "health.statement_timeout", h.statement_timeout)?;
     if timeout.is_zero() {
@@ -300,7 +306,9 @@ impl Snapshot {
         let classifier = classifier_from(&raw.classify, dir)?;
         let phase_file = rel(&raw.phase_file);
         let phase = Arc::new(load_phase(&phase_file)?);
-        let health = health(path, &raw, &databases)?;
+        let server_tls = super::tls::server_tls(path, &raw, dir)?;
+        let client_tls = super::tls::client_tls(path, &raw, dir)?;
+        let health = health(path, &raw, &databases, &server_tls)?;
         let (main, ci) = (
             cluster(path, "main", &raw.clusters.main)?,
             cluster(path, "ci", &raw.clusters.ci)?,
@@ -350,6 +358,8 @@ impl Snapshot {
             watched: vec![path.to_path_buf(), phase_file.clone(), rel(&raw.auth_file)],
         })
     }
+            client_tls,
+            server_tls,
 
     /// A one-paragraph summary for `pgdecomp check-config`.
     pub fn summary(&self) -> String {

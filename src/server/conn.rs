@@ -23,6 +23,8 @@ pub struct ServerSpec {
     pub dbname: String,
     pub user: String,
     pub credential: ServerCredential,
+    /// TLS to the server (`server_tls_mode`).
+    pub tls: super::tls::ServerTls,
 }
 
 /// The secret the proxy answers a server's password challenge with.
@@ -108,7 +110,7 @@ pub struct ServerKey {
 
 /// A logged-in server connection. Owned by the pool between uses.
 pub struct ServerConn {
-    pub stream: TcpStream,
+    pub stream: crate::net::Stream,
     pub addr: String,
     /// Bytes read from the server and not yet consumed.
     pub rbuf: BytesMut,
@@ -155,6 +157,7 @@ impl ServerConn {
                     source,
                 })?;
         let _ = stream.set_nodelay(true);
+        let stream = super::tls::negotiate(stream, &spec.addr, &spec.tls).await?;
         let mut conn = ServerConn {
             stream,
             addr: spec.addr.clone(),
@@ -324,13 +327,13 @@ impl ServerConn {
 
     pub async fn write(&mut self, bytes: &[u8]) -> Result<(), ServerError> {
         let addr = &self.addr;
-        self.stream
-            .write_all(bytes)
-            .await
-            .map_err(|source| ServerError::Io {
-                addr: addr.clone(),
-                source,
-            })
+        let io = |source| ServerError::Io {
+            addr: addr.clone(),
+            source,
+        };
+        self.stream.write_all(bytes).await.map_err(io)?;
+        // A TLS session may keep records until flushed; plaintext flush is a no-op.
+        self.stream.flush().await.map_err(io)
     }
 
     /// Reads one whole message (used outside the relay: login, checks, resets).
@@ -356,15 +359,8 @@ impl ServerConn {
     }
 
     /// True when the server has closed the socket or sent something unexpected while idle.
-    pub fn is_closed_or_dirty(&self) -> bool {
-        if !self.rbuf.is_empty() {
-            return true;
-        }
-        let mut probe = [0u8; 1];
-        match self.stream.try_read(&mut probe) {
-            Ok(_) => true,
-            Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
-        }
+    pub fn is_closed_or_dirty(&mut self) -> bool {
+        !self.rbuf.is_empty() || self.stream.is_closed_or_dirty()
     }
 }
 

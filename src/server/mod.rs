@@ -4,7 +4,8 @@
 mod conn;
 mod prepared;
 mod query;
+pub mod tls;
 
 pub use conn::{ServerConn, ServerCredential, ServerError, ServerKey, ServerSpec};
-pub use query::Row;
 pub use prepared::{ServerStatements, DEFAULT_CAP as DEFAULT_SERVER_STATEMENTS};
+pub use query::Row;

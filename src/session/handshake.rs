@@ -25,11 +25,13 @@ use crate::shared::Shared;
 async fn read_startup(
     io: &mut ClientIo,
     shared: &Shared,
+    snap: &Snapshot,
 ) -> Result<Option<StartupParams>, SessionError> {
     loop {
         match decode_startup(&mut io.rbuf)? {
-            Some(StartupRequest::Ssl) | Some(StartupRequest::Gss) => {
-                // No TLS yet: 'N' tells the client to continue in plaintext or give up.
+            Some(StartupRequest::Ssl) => start_tls(io, snap).await?,
+            Some(StartupRequest::Gss) => {
+                // No GSSAPI encryption: 'N' tells the client to continue without it.
                 io.wbuf.put_u8(b'N');
                 io.flush().await?;
             }
@@ -45,6 +47,31 @@ async fn read_startup(
             }
         }
     }
+}
+
+/// Answers SSLRequest: 'S' and a TLS handshake when client TLS is on, else 'N' (the client
+/// continues in plaintext or gives up).
+async fn start_tls(io: &mut ClientIo, snap: &Snapshot) -> Result<(), SessionError> {
+    let config = match &snap.client_tls.config {
+        Some(config) if !io.stream.is_tls() => config.clone(),
+        _ => {
+            io.wbuf.put_u8(b'N');
+            return io.flush().await;
+        }
+    };
+    if !io.rbuf.is_empty() {
+        // Bytes sent before the handshake would be taken as if they came encrypted.
+        return Err(fatal(
+            "08P01",
+            "received unencrypted data after SSL request",
+        ));
+    }
+    io.wbuf.put_u8(b'S');
+    io.flush().await?;
+    let tcp = io.stream.take_tcp()?;
+    let tls = tokio_rustls::TlsAcceptor::from(config).accept(tcp).await?;
+    io.stream = crate::net::Stream::Accepted(Box::new(tls));
+    Ok(())
 }
 
 /// The user and secret pgdecomp logs in to servers with on behalf of `user`.
@@ -71,9 +98,12 @@ pub async fn handshake(
     peer: SocketAddr,
     pending: &PendingLogin<'_>,
 ) -> Result<Option<Accepted>, SessionError> {
-    let Some(startup) = read_startup(io, shared).await? else {
+    let Some(startup) = read_startup(io, shared, snap).await? else {
         return Ok(None);
     };
+    if snap.client_tls.mode == crate::config::ClientTlsMode::Require && !io.stream.is_tls() {
+        return Err(fatal("28000", "SSL required (client_tls_mode = require)"));
+    }
     if startup.needs_negotiation() {
         // Sent ahead of the authentication request, as PostgreSQL does.
         encode_negotiate(&startup.protocol_options, &mut io.wbuf);
@@ -141,6 +171,7 @@ pub async fn handshake(
         dbname: db.dbname.clone(),
         user: server_user,
         credential,
+        tls: snap.server_tls.clone(),
     };
     let welcome = welcome(shared, &spec, target).await?;
     let params =

@@ -5,10 +5,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::SessionError;
+use crate::net::Stream;
 use crate::protocol::frame::{decode_frame, Frame};
 
 pub struct ClientIo {
-    pub stream: TcpStream,
+    pub stream: Stream,
     pub rbuf: BytesMut,
     /// Bytes waiting to be written to the client.
     pub wbuf: BytesMut,
@@ -18,7 +19,7 @@ pub struct ClientIo {
 impl ClientIo {
     pub fn new(stream: TcpStream, max_message: usize) -> Self {
         Self {
-            stream,
+            stream: Stream::Plain(stream),
             rbuf: BytesMut::with_capacity(8 * 1024),
             wbuf: BytesMut::with_capacity(8 * 1024),
             max_message,
@@ -71,6 +72,9 @@ impl ClientIo {
         if !self.wbuf.is_empty() {
             self.stream.write_all(&self.wbuf).await?;
             self.wbuf.clear();
+        }
+        if self.stream.needs_flush() {
+            self.stream.flush().await?;
         }
         Ok(())
     }

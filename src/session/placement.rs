@@ -66,6 +66,7 @@ pub async fn place(
                 let pool = shared.pools.load().pool(&key);
                 match checkout(&pool, target).await {
                     Ok(conn) => {
+                        tls: snap.server_tls.clone(),
                         if waited {
                             tm.primary_wait.observe(started.elapsed().as_secs_f64());
                         }

@@ -129,56 +129,138 @@ async fn relay_loop(
         }
         let read_client = out.len() < c.high_water
             && wants_client_bytes(&c.io.rbuf, c.io.max_message, c.high_water);
-        let (mut crd, mut cwr) = c.io.stream.split();
-        let (mut srd, mut swr) = sc.stream.split();
-        tokio::select! {
-            n = crd.read_buf(&mut c.io.rbuf), if read_client => {
+        let read_server = c.io.wbuf.len() < c.high_water;
+        match next_event(c, sc, out, read_client, read_server).await {
+            Event::ClientRead(n) => {
                 if !matches!(n, Ok(n) if n > 0) {
                     client_eof = true;
                 }
             }
-            n = srd.read_buf(&mut sc.rbuf), if c.io.wbuf.len() < c.high_water => {
-                match n {
-                    Ok(n) if n > 0 => {
-                        let ev = match c.session.scan(&mut sc.rbuf, &mut c.io.wbuf, &mut sc.prepared, &mut sc.params) {
-                            Ok(ev) => ev,
-                            Err(e) => return Ok(Outcome::ServerLost(e.to_string())),
-                        };
-                        if !ev.client_params.is_empty() {
-                            // The client changed a setting here: the next sync must compare.
-                            sc.params_fingerprint = 0;
-                        }
-                        for (k, v) in &ev.client_params {
-                            c.params.set(k, v);
-                        }
-                        if ev.latency_count > 0 {
-                            // Pipelined requests answered in one read share their mean.
-                            let mean = ev.latency_sum / f64::from(ev.latency_count);
-                            for _ in 0..ev.latency_count {
-                                statement_seconds.observe(mean);
-                            }
-                        }
-                        if let Some((code, msg)) = ev.proxy_error {
-                            tracing::warn!(client = c.id, %code, %msg, "proxy statement failed on the server");
-                        }
+            Event::ServerRead(n) => match n {
+                Ok(n) if n > 0 => {
+                    if let Err(lost) = on_server_bytes(c, sc, statement_seconds) {
+                        return Ok(lost);
                     }
-                    Ok(_) => return Ok(Outcome::ServerLost("server closed the connection unexpectedly".into())),
-                    Err(e) => return Ok(Outcome::ServerLost(e.to_string())),
                 }
-            }
-            w = tokio::io::AsyncWriteExt::write_buf(&mut cwr, &mut c.io.wbuf), if !c.io.wbuf.is_empty() => {
+                Ok(_) => {
+                    return Ok(Outcome::ServerLost(
+                        "server closed the connection unexpectedly".into(),
+                    ))
+                }
+                Err(e) => return Ok(Outcome::ServerLost(e.to_string())),
+            },
+            Event::ClientWrote(w) => {
                 if w.is_err() {
                     client_eof = true;
                     c.io.wbuf.clear();
                 }
             }
-            w = tokio::io::AsyncWriteExt::write_buf(&mut swr, out), if !out.is_empty() => {
+            Event::ServerWrote(w) => {
                 if let Err(e) = w {
                     return Ok(Outcome::ServerLost(e.to_string()));
                 }
             }
         }
     }
+}
+
+/// What one wait of the relay loop brought.
+enum Event {
+    ClientRead(std::io::Result<usize>),
+    ServerRead(std::io::Result<usize>),
+    ClientWrote(std::io::Result<()>),
+    ServerWrote(std::io::Result<()>),
+}
+
+/// Waits for the first of: client bytes, server bytes, client writable, server writable. Each
+/// operation is polled through a short-lived future on the one stream, so a TLS stream (which
+/// cannot be split into halves) serves reads and writes alike. A TLS session with records still
+/// buffered is flushed as part of its write.
+async fn next_event(
+    c: &mut Client,
+    sc: &mut ServerConn,
+    out: &mut BytesMut,
+    read_client: bool,
+    read_server: bool,
+) -> Event {
+    use std::future::Future;
+    use std::task::Poll;
+    std::future::poll_fn(|cx| {
+        if read_client {
+            let mut f = std::pin::pin!(c.io.stream.read_buf(&mut c.io.rbuf));
+            if let Poll::Ready(r) = f.as_mut().poll(cx) {
+                return Poll::Ready(Event::ClientRead(r));
+            }
+        }
+        if read_server {
+            let mut f = std::pin::pin!(sc.stream.read_buf(&mut sc.rbuf));
+            if let Poll::Ready(r) = f.as_mut().poll(cx) {
+                return Poll::Ready(Event::ServerRead(r));
+            }
+        }
+        if !c.io.wbuf.is_empty() || c.io.stream.needs_flush() {
+            let mut f = std::pin::pin!(write_some(&mut c.io.stream, &mut c.io.wbuf));
+            if let Poll::Ready(r) = f.as_mut().poll(cx) {
+                return Poll::Ready(Event::ClientWrote(r));
+            }
+        }
+        if !out.is_empty() || sc.stream.needs_flush() {
+            let mut f = std::pin::pin!(write_some(&mut sc.stream, out));
+            if let Poll::Ready(r) = f.as_mut().poll(cx) {
+                return Poll::Ready(Event::ServerWrote(r));
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// Writes what the socket takes now (at least one byte, or the pending TLS records).
+async fn write_some(stream: &mut crate::net::Stream, buf: &mut BytesMut) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    if !buf.is_empty() {
+        stream.write_buf(buf).await?;
+    }
+    if stream.needs_flush() {
+        stream.flush().await?;
+    }
+    Ok(())
+}
+
+/// Server bytes arrived: the machine scans them into client bytes and events; `Err` carries
+/// the outcome when the server broke the protocol.
+fn on_server_bytes(
+    c: &mut Client,
+    sc: &mut ServerConn,
+    statement_seconds: &prometheus::Histogram,
+) -> Result<(), Outcome> {
+    let ev = match c.session.scan(
+        &mut sc.rbuf,
+        &mut c.io.wbuf,
+        &mut sc.prepared,
+        &mut sc.params,
+    ) {
+        Ok(ev) => ev,
+        Err(e) => return Err(Outcome::ServerLost(e.to_string())),
+    };
+    if !ev.client_params.is_empty() {
+        // The client changed a setting here: the next sync must compare.
+        sc.params_fingerprint = 0;
+    }
+    for (k, v) in &ev.client_params {
+        c.params.set(k, v);
+    }
+    if ev.latency_count > 0 {
+        // Pipelined requests answered in one read share their mean.
+        let mean = ev.latency_sum / f64::from(ev.latency_count);
+        for _ in 0..ev.latency_count {
+            statement_seconds.observe(mean);
+        }
+    }
+    if let Some((code, msg)) = ev.proxy_error {
+        tracing::warn!(client = c.id, %code, %msg, "proxy statement failed on the server");
+    }
+    Ok(())
 }
 
 async fn finish(
