@@ -11,8 +11,8 @@ use sqlparser::tokenizer::TokenWithSpan;
 use super::fallback;
 use super::tables::{self, Facts};
 use super::{
-    kind, lex, Classification, CrossJoin, Dictionary, GitlabSchema, SchemaRules, StatementKind,
-    TableRef, TableRole,
+    kind, lex, Classification, CrossJoin, Dictionary, FunctionInfo, Functions, GitlabSchema,
+    SchemaRules, StatementKind, TableRef, TableRole,
 };
 
 /// Deeper nesting than this is an error, not a stack overflow. GitLab's deepest generated
@@ -24,9 +24,9 @@ const RECURSION_LIMIT: usize = 100;
 pub struct Classifier {
     pub dictionary: Arc<Dictionary>,
     pub rules: Arc<SchemaRules>,
-    /// Lowercase names of configured functions that make a read a write (besides nextval,
-    /// setval and the advisory-lock family, which are always writes).
-    pub write_functions: Arc<[String]>,
+    /// Which function calls make a read a write: built-ins, the configured `write_functions`
+    /// and the volatility learned from the catalog.
+    pub functions: Arc<Functions>,
 }
 
 /// One statement of a query string, classified.
@@ -41,14 +41,22 @@ impl Classifier {
         rules: SchemaRules,
         extra_write_functions: &[String],
     ) -> Self {
-        let write_functions: Vec<String> = extra_write_functions
-            .iter()
-            .map(|f| f.trim().to_lowercase())
-            .collect();
         Self {
             dictionary: Arc::new(dictionary),
             rules: Arc::new(rules),
-            write_functions: write_functions.into(),
+            functions: Arc::new(Functions::new(extra_write_functions)),
+        }
+    }
+
+    /// The same classifier with the functions of one catalog read (`pg_proc`); they replace
+    /// what an earlier read taught, the configured overrides stay.
+    pub fn learn_functions(&self, rows: impl IntoIterator<Item = FunctionInfo>) -> Classifier {
+        let mut functions = (*self.functions).clone();
+        functions.forget_learned();
+        functions.learn(rows);
+        Classifier {
+            functions: Arc::new(functions),
+            ..self.clone()
         }
     }
 
@@ -138,7 +146,7 @@ impl Classifier {
     }
 
     fn part(&self, statement: &Statement) -> Part {
-        let facts: Facts = tables::collect(statement, &self.write_functions);
+        let facts: Facts = tables::collect(statement, &self.functions);
         Part {
             kind: kind::kind_of(statement, &facts),
             tables: facts.tables,
@@ -321,12 +329,21 @@ mod tests {
             classifier.classify("SELECT ops.bump()").kind,
             StatementKind::Write
         );
+        // A function the catalog knows as STABLE is a read unless configured as a write.
+        let stable = |name: &str| crate::classify::FunctionInfo {
+            schema: "public".into(),
+            name: name.into(),
+            volatility: crate::classify::Volatility::Stable,
+        };
+        let learned = classifier.learn_functions([stable("bump"), stable("refresh_counters")]);
+        assert_eq!(learned.classify("SELECT bump()").kind, StatementKind::Read);
         assert_eq!(
-            classifier.classify("SELECT bump()").kind,
-            StatementKind::Read
+            learned.classify("SELECT refresh_counters(1)").kind,
+            StatementKind::Write
         );
         assert_eq!(
             Classifier::gitlab_default()
+                .learn_functions([stable("refresh_counters")])
                 .classify("SELECT refresh_counters(1)")
                 .kind,
             StatementKind::Read

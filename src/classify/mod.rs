@@ -1,7 +1,8 @@
 //! Pipeline step 2 (client → framing → **classify** → route → pool → server): SQL text to
 //! statement kind, tables and gitlab_schemas. Pure: no I/O, no globals, no metrics.
 //!
-//! `lex` prepares tokens, sqlparser parses (`fallback` recognises what it cannot), `tables` walks each statement, `kind` names it,
+//! `lex` prepares tokens, sqlparser parses (`fallback` recognises what it cannot), `tables` walks each statement
+//! (`functions` says which calls need the primary), `kind` names it,
 //! `dictionary` maps tables to gitlab_schemas and `rules` judges the combination; `classifier`
 //! ties them together, `cache` remembers results and `report` renders them for the CLI.
 
@@ -9,6 +10,7 @@ mod cache;
 mod classifier;
 mod dictionary;
 mod fallback;
+mod functions;
 mod kind;
 mod lex;
 mod normalize;
@@ -20,6 +22,7 @@ mod types;
 pub use cache::ClassifyCache;
 pub use classifier::Classifier;
 pub use dictionary::Dictionary;
+pub use functions::{FunctionInfo, Functions, Volatility};
 pub use normalize::cache_key;
 pub use report::{to_json, to_text};
 pub use rules::SchemaRules;

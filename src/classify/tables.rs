@@ -1,15 +1,16 @@
 //! Classify step (client → framing → **classify** → route → pool → server): the tables one parsed
 //! statement touches, with pg_query's semantics (`lib/pg_query/parse.rb`), plus the facts that
-//! decide its kind (locking clauses, writing CTEs, SELECT INTO, write functions).
+//! decide its kind (locking clauses, writing CTEs, SELECT INTO, calls to functions that write).
 
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    AlterTableOperation, ColumnDef, ColumnOption, CopySource, Expr, FromTable, GrantObjects,
-    ObjectName, ObjectType, Query, Select, Statement, TableConstraint, TableFactor, TableObject,
-    Visit, Visitor,
+    AlterTableOperation, ColumnDef, ColumnOption, CopySource, Expr, FromTable, FunctionArguments,
+    GrantObjects, ObjectName, ObjectType, Query, Select, Statement, TableConstraint, TableFactor,
+    TableObject, Visit, Visitor,
 };
 
+use super::functions::Functions;
 use super::lex::ident_text;
 use super::TableRole;
 
@@ -18,7 +19,8 @@ use super::TableRole;
 pub(super) struct Facts {
     /// Unique tables in order of first appearance, each with its strongest role.
     pub tables: Vec<(String, TableRole)>,
-    /// Calls nextval, setval, an advisory lock or a configured write function.
+    /// Calls a function that needs the primary: VOLATILE or unknown, a built-in that writes, or
+    /// a configured write function (see `functions`).
     pub calls_write_function: bool,
     /// Has a FOR UPDATE / NO KEY UPDATE / SHARE / KEY SHARE clause somewhere.
     pub locking: bool,
@@ -29,10 +31,16 @@ pub(super) struct Facts {
 }
 
 /// Walks `statement` once and returns its tables and kind-deciding facts.
-pub(super) fn collect(statement: &Statement, write_functions: &[String]) -> Facts {
+pub(super) fn collect(statement: &Statement, functions: &Functions) -> Facts {
     let mut walker = Walker {
-        write_functions,
-        ..Walker::default()
+        functions,
+        relations: Vec::new(),
+        cte_names: Vec::new(),
+        targets: Vec::new(),
+        not_tables: Vec::new(),
+        referenced: Vec::new(),
+        statement_depth: 0,
+        facts: Facts::default(),
     };
     // The walker never breaks; the visitor's own recursion guard grows the stack on deep input.
     let _ = statement.visit(&mut walker);
@@ -46,9 +54,8 @@ struct Relation {
     role: TableRole,
 }
 
-#[derive(Default)]
 struct Walker<'a> {
-    write_functions: &'a [String],
+    functions: &'a Functions,
     relations: Vec<Relation>,
     cte_names: Vec<String>,
     /// Relation nodes that are statement targets, by address: the visitor hands us the same
@@ -84,8 +91,10 @@ impl Walker<'_> {
         });
     }
 
-    fn note_function(&mut self, name: &ObjectName) {
-        if is_write_function(name, self.write_functions) {
+    /// `args` is absent for a call in FROM, whose arguments are not inspected (fail closed).
+    fn note_function(&mut self, name: &ObjectName, args: Option<&FunctionArguments>) {
+        // One call that writes decides the statement; later calls need no lookup.
+        if !self.facts.calls_write_function && self.functions.call_writes(name, args) {
             self.facts.calls_write_function = true;
         }
     }
@@ -283,9 +292,9 @@ impl Visitor for Walker<'_> {
                 ..
             } => {
                 self.not_tables.push(name as *const ObjectName);
-                self.note_function(name);
+                self.note_function(name, None);
             }
-            TableFactor::Function { name, .. } => self.note_function(name),
+            TableFactor::Function { name, .. } => self.note_function(name, None),
             _ => {}
         }
         ControlFlow::Continue(())
@@ -307,7 +316,7 @@ impl Visitor for Walker<'_> {
 
     fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
         if let Expr::Function(function) = expr {
-            self.note_function(&function.name);
+            self.note_function(&function.name, Some(&function.args));
         }
         ControlFlow::Continue(())
     }
@@ -341,15 +350,4 @@ fn object_name(name: &ObjectName) -> (String, bool) {
         }
     }
     (text, parts > 1)
-}
-
-/// nextval/setval change sequences and the advisory-lock functions take locks a replica
-/// cannot hold for the primary; `extra` holds configured lowercase names (bare or qualified).
-fn is_write_function(name: &ObjectName, extra: &[String]) -> bool {
-    let (full, _) = object_name(name);
-    let bare = full.rsplit('.').next().unwrap_or(&full);
-    let builtin = matches!(bare, "nextval" | "setval")
-        || ((bare.starts_with("pg_advisory_") || bare.starts_with("pg_try_advisory_"))
-            && bare.contains("lock"));
-    builtin || extra.iter().any(|f| *f == full || *f == bare)
 }
