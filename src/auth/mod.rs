@@ -2,6 +2,7 @@
 //! verifier logic used to check clients against it without running PBKDF2 per login.
 
 pub mod scram;
+pub mod scram_client;
 pub mod userlist;
 
 pub use userlist::{Secret, UserEntry, UserList};

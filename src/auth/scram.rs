@@ -7,6 +7,7 @@ use base64::Engine;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
 
+use super::scram_client::ScramKeys;
 use super::AuthError;
 
 /// What PostgreSQL stores for a SCRAM-SHA-256 password.
@@ -45,7 +46,7 @@ pub(super) fn parse_verifier(s: &str) -> Option<ScramVerifier> {
     })
 }
 
-fn hmac(key: &[u8], msg: &[u8]) -> [u8; 32] {
+pub(super) fn hmac(key: &[u8], msg: &[u8]) -> [u8; 32] {
     let mut m =
         <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC accepts any key length");
     m.update(msg);
@@ -120,13 +121,14 @@ impl ScramExchange {
         Ok((ex, server_first))
     }
 
-    /// Verifies client-final-message; returns server-final-message on success.
+    /// Verifies client-final-message; returns server-final-message on success, and the keys
+    /// the client proved (for SCRAM passthrough to servers holding the same verifier).
     pub fn finish(
         &self,
         client_final: &[u8],
         verifier: &ScramVerifier,
         user: &str,
-    ) -> Result<String, AuthError> {
+    ) -> Result<(String, ScramKeys), AuthError> {
         let text = std::str::from_utf8(client_final).map_err(|_| protocol("not UTF-8"))?;
         let (without_proof, proof) = text
             .rsplit_once(",p=")
@@ -169,7 +171,13 @@ impl ScramExchange {
             return Err(AuthError::Failed(user.to_string()));
         }
         let server_signature = hmac(&verifier.server_key, auth_message.as_bytes());
-        Ok(format!("v={}", B64.encode(server_signature)))
+        let keys = ScramKeys {
+            client_key: client_key
+                .try_into()
+                .map_err(|_| AuthError::Failed(user.to_string()))?,
+            server_key: verifier.server_key,
+        };
+        Ok((format!("v={}", B64.encode(server_signature)), keys))
     }
 }
 
@@ -183,7 +191,7 @@ mod tests {
         let mut client = ScramSha256::new(client_pw.as_bytes(), ChannelBinding::unsupported());
         let (ex, server_first) = ScramExchange::start(client.message(), &verifier, "srvnonce")?;
         client.update(server_first.as_bytes()).unwrap();
-        let server_final = ex.finish(client.message(), &verifier, "u")?;
+        let (server_final, _) = ex.finish(client.message(), &verifier, "u")?;
         client
             .finish(server_final.as_bytes())
             .map_err(|e| AuthError::Protocol(e.to_string()))

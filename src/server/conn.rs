@@ -7,11 +7,11 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, BytesMut};
 use md5::{Digest, Md5};
-use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::prepared::ServerStatements;
+use super::sasl::Sasl;
 use crate::protocol::backend::{parse_error_fields, parse_parameter_status};
 use crate::protocol::frame::{decode_frame, Frame};
 use crate::protocol::startup::encode_startup;
@@ -34,6 +34,8 @@ pub enum ServerCredential {
     Plain(String),
     /// Hex of md5(password || user): enough for md5 challenges, not for SCRAM.
     Md5Hash(String),
+    /// Keys a client proved at login: enough for SCRAM with a server holding the same verifier.
+    ScramKeys(crate::auth::scram_client::ScramKeys),
 }
 
 impl std::fmt::Debug for ServerCredential {
@@ -42,6 +44,7 @@ impl std::fmt::Debug for ServerCredential {
             Self::None => "None",
             Self::Plain(_) => "Plain(..)",
             Self::Md5Hash(_) => "Md5Hash(..)",
+            Self::ScramKeys(_) => "ScramKeys(..)",
         })
     }
 }
@@ -190,7 +193,7 @@ impl ServerConn {
     }
 
     async fn login(&mut self, spec: &ServerSpec) -> Result<(), ServerError> {
-        let mut scram: Option<ScramSha256> = None;
+        let mut scram: Option<Sasl> = None;
         let mut welcome = Vec::new();
         loop {
             let f = self.read_frame().await?;
@@ -244,7 +247,7 @@ impl ServerConn {
         spec: &ServerSpec,
         code: i32,
         body: &[u8],
-        scram: &mut Option<ScramSha256>,
+        scram: &mut Option<Sasl>,
     ) -> Result<(), ServerError> {
         let mut out = BytesMut::new();
         match code {
@@ -266,7 +269,7 @@ impl ServerConn {
                         hex(&h)
                     }
                     ServerCredential::Md5Hash(h) => h.clone(),
-                    ServerCredential::None => {
+                    ServerCredential::None | ServerCredential::ScramKeys(_) => {
                         return Err(self.auth_err("server wants an md5 password; none configured"))
                     }
                 };
@@ -274,11 +277,8 @@ impl ServerConn {
                 password_message(format!("md5{salted}").as_bytes(), &mut out);
             }
             10 => {
-                let ServerCredential::Plain(pw) = &spec.credential else {
-                    return Err(self.auth_err("server wants SCRAM; a plaintext password is needed"));
-                };
-                let client = ScramSha256::new(pw.as_bytes(), ChannelBinding::unsupported());
-                let first = client.message().to_vec();
+                let (client, first) =
+                    Sasl::start(&spec.credential).map_err(|e| self.auth_err(&e))?;
                 out.put_u8(b'p');
                 let mech = b"SCRAM-SHA-256\0";
                 out.put_i32((4 + mech.len() + 4 + first.len()) as i32);
@@ -291,20 +291,13 @@ impl ServerConn {
                 let client = scram
                     .as_mut()
                     .ok_or_else(|| self.protocol("SASL without start"))?;
-                if code == 11 {
-                    client
-                        .update(body)
-                        .map_err(|e| self.auth_err(&e.to_string()))?;
-                    let msg = client.message();
-                    out.put_u8(b'p');
-                    out.put_i32((4 + msg.len()) as i32);
-                    out.put_slice(msg);
-                } else {
-                    client
-                        .finish(body)
-                        .map_err(|e| self.auth_err(&e.to_string()))?;
-                    return Ok(());
+                if code == 12 {
+                    return client.finish(body).map_err(|e| self.auth_err(&e));
                 }
+                let msg = client.client_final(body).map_err(|e| self.auth_err(&e))?;
+                out.put_u8(b'p');
+                out.put_i32((4 + msg.len()) as i32);
+                out.put_slice(&msg);
             }
             other => return Err(self.auth_err(&format!("unsupported method {other}"))),
         }

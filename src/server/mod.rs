@@ -4,6 +4,7 @@
 mod conn;
 mod prepared;
 mod query;
+mod sasl;
 pub mod tls;
 
 pub use conn::{ServerConn, ServerCredential, ServerError, ServerKey, ServerSpec};

@@ -9,21 +9,23 @@ use pgwire::messages::startup::Authentication;
 use super::io::ClientIo;
 use super::SessionError;
 use crate::auth::scram::{ScramExchange, ScramVerifier};
+use crate::auth::scram_client::ScramKeys;
 use crate::auth::{AuthError, Secret, UserList};
 use crate::config::AuthType;
 use crate::protocol::backend;
 use crate::protocol::frame::read_cstr;
 
-/// Authenticates `user`; returns once the client has proven its password.
+/// Authenticates `user`; returns once the client has proven its password, with the SCRAM keys
+/// the proof revealed when the exchange was SCRAM (for passthrough to servers).
 pub async fn authenticate(
     io: &mut ClientIo,
     users: &UserList,
     auth_type: AuthType,
     user: &str,
-) -> Result<(), SessionError> {
+) -> Result<Option<ScramKeys>, SessionError> {
     let entry = users.get(user);
     if auth_type == AuthType::Trust {
-        return Ok(());
+        return Ok(None);
     }
     let md5_secret = match entry.map(|e| &e.secret) {
         Some(Secret::Md5(h)) => Some(h.clone()),
@@ -32,18 +34,18 @@ pub async fn authenticate(
         }
         _ => None,
     };
-    let ok = match md5_secret {
-        Some(hash) => md5_exchange(io, &hash).await?,
+    let failed = || SessionError::Auth(AuthError::Failed(user.to_string()));
+    match md5_secret {
+        Some(hash) if md5_exchange(io, &hash).await? => Ok(None),
+        Some(_) => Err(failed()),
         None => {
             // Unknown users get a throwaway verifier so the exchange looks the same.
             let verifier = entry.map_or_else(|| users.dummy_verifier(), |e| e.scram());
-            scram_exchange(io, verifier, user).await? && entry.is_some()
+            match scram_exchange(io, verifier, user).await? {
+                Some(keys) if entry.is_some() => Ok(Some(keys)),
+                _ => Err(failed()),
+            }
         }
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(SessionError::Auth(AuthError::Failed(user.to_string())))
     }
 }
 
@@ -77,11 +79,12 @@ async fn md5_exchange(io: &mut ClientIo, stored_hash: &str) -> Result<bool, Sess
     Ok(got == want.as_bytes())
 }
 
+/// `None` when the proof is wrong.
 async fn scram_exchange(
     io: &mut ClientIo,
     verifier: &ScramVerifier,
     user: &str,
-) -> Result<bool, SessionError> {
+) -> Result<Option<ScramKeys>, SessionError> {
     backend::auth(
         Authentication::SASL(vec!["SCRAM-SHA-256".into()]),
         &mut io.wbuf,
@@ -107,14 +110,14 @@ async fn scram_exchange(
     );
     let body = read_password(io).await?;
     match exchange.finish(&body, verifier, user) {
-        Ok(server_final) => {
+        Ok((server_final, keys)) => {
             backend::auth(
                 Authentication::SASLFinal(Bytes::from(server_final)),
                 &mut io.wbuf,
             );
-            Ok(true)
+            Ok(Some(keys))
         }
-        Err(AuthError::Failed(_)) => Ok(false),
+        Err(AuthError::Failed(_)) => Ok(None),
         Err(e) => Err(e.into()),
     }
 }

@@ -12,6 +12,7 @@ use super::client::Login;
 use super::io::ClientIo;
 use super::params::ClientParams;
 use super::SessionError;
+use crate::auth::scram_client::ScramKeys;
 use crate::auth::Secret;
 use crate::config::Snapshot;
 use crate::pool::{checkout, PoolKey, Welcome};
@@ -74,8 +75,14 @@ async fn start_tls(io: &mut ClientIo, snap: &Snapshot) -> Result<(), SessionErro
     Ok(())
 }
 
-/// The user and secret pgdecomp logs in to servers with on behalf of `user`.
-pub fn server_credential(snap: &Snapshot, user: &str) -> (String, ServerCredential) {
+/// The user and secret pgdecomp logs in to servers with on behalf of `user`: `[server]`, else the
+/// user's own secret from the auth file; for a SCRAM verifier, the keys the client's own login
+/// proved (SCRAM passthrough).
+pub fn server_credential(
+    snap: &Snapshot,
+    user: &str,
+    proved: Option<ScramKeys>,
+) -> (String, ServerCredential) {
     if let Some(u) = &snap.server_user {
         let cred = snap
             .server_password
@@ -86,7 +93,10 @@ pub fn server_credential(snap: &Snapshot, user: &str) -> (String, ServerCredenti
     let cred = match snap.users.get(user).map(|e| &e.secret) {
         Some(Secret::Plain(p)) => ServerCredential::Plain(p.clone()),
         Some(Secret::Md5(h)) => ServerCredential::Md5Hash(h.clone()),
-        _ => ServerCredential::None,
+        Some(Secret::Scram(_)) => {
+            proved.map_or(ServerCredential::None, ServerCredential::ScramKeys)
+        }
+        None => ServerCredential::None,
     };
     (user.to_string(), cred)
 }
@@ -143,10 +153,10 @@ pub async fn handshake(
             "no more connections allowed (max_client_conn)",
         ));
     }
-    authenticate(io, shared, snap, &user, peer).await?;
+    let proved = authenticate(io, shared, snap, &user, peer).await?;
     // From here the login waits on servers, not on its client: it can no longer be evicted.
     pending.leave();
-    let (server_user, credential) = server_credential(snap, &user);
+    let (server_user, credential) = server_credential(snap, &user, proved);
     // Any main server gives the same parameter list: the primary, or during a switchover a
     // replica (through a replica pool, which does not insist on a primary).
     let view = shared.topology.view();
@@ -208,7 +218,7 @@ async fn authenticate(
     snap: &Snapshot,
     user: &str,
     peer: SocketAddr,
-) -> Result<(), SessionError> {
+) -> Result<Option<ScramKeys>, SessionError> {
     match super::auth::authenticate(io, &snap.users, snap.auth_type, user).await {
         Err(e @ SessionError::Auth(crate::auth::AuthError::Failed(_))) => {
             let delay = shared.logins.failed(peer.ip());
