@@ -69,6 +69,8 @@ pub fn show(what: &str, shared: &Shared) -> Result<Table, PgError> {
                 "port",
                 "connect_time",
                 "db_config_name",
+                "actor",
+                "rollout",
             ]);
             for (id, e) in shared.control.clients() {
                 let state = match e.state.load(Ordering::Relaxed) {
@@ -76,6 +78,9 @@ pub fn show(what: &str, shared: &Shared) -> Result<Table, PgError> {
                     2 => "active",
                     _ => "idle",
                 };
+                // The actor ci_read sees (ci_write's differs only if its `actor` source does).
+                let (actor, client_roll) = e.rollout();
+                let phase = &snap.phase;
                 let since = e
                     .since
                     .duration_since(std::time::UNIX_EPOCH)
@@ -90,6 +95,8 @@ pub fn show(what: &str, shared: &Shared) -> Result<Table, PgError> {
                     s(e.peer.port()),
                     s(since),
                     e.target().map(|t| t.label().to_string()),
+                    s(actor.name(phase.ci_read_rollout().actor)),
+                    s(phase.describe_rollouts(&actor, client_roll)),
                 ]);
             }
         }

@@ -67,6 +67,8 @@ pub struct Metrics {
     pub routed: IntCounterVec,
     pub rejected: IntCounterVec,
     pub replica_fallback: IntCounterVec,
+    /// Decisions of partial ci rollouts, `[RolloutName::index()][Side::index()]`.
+    pub rollout_decisions: [[IntCounter; 2]; 2],
     pub phase: IntGauge,
     pub reloads: IntCounterVec,
     pub catalog_reads: IntCounterVec,
@@ -96,6 +98,19 @@ fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCoun
 
 fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric literal");
+/// `pgdecomp_rollout_decisions_total{rollout, side}`, every series exported from start.
+fn rollout_decisions(r: &Registry) -> [[IntCounter; 2]; 2] {
+    let v = counter_vec(
+        r,
+        "pgdecomp_rollout_decisions_total",
+        "Statements a ci rollout below 100 % decided, by rollout (ci_read, ci_write) and side (new target or fallback)",
+        &["rollout", "side"],
+    );
+    ["ci_read", "ci_write"].map(|rollout| {
+        ["new", "fallback"].map(|side| v.with_label_values(&[rollout, side]))
+    })
+}
+
     r.register(Box::new(g.clone()))
         .expect("each metric is registered once");
     g
@@ -242,6 +257,7 @@ impl Metrics {
             ),
             rejected: counter_vec(
                 &r,
+            rollout_decisions: rollout_decisions(&r),
                 "pgdecomp_rejected_statements_total",
                 "Statements refused by an enforced rule",
                 &["kind"],

@@ -1,6 +1,7 @@
 //! Pipeline step 3 (client → framing → classify → **route** → pool → server): the `Decision`
 //! that `route` (in `policy`) returns, and the `Reason` it gives. Value types only.
 
+use super::phase::RolloutPick;
 use super::violation::Violation;
 use super::{Group, Target};
 
@@ -55,6 +56,9 @@ pub struct Decision {
     /// transaction's target may belong to the other group.
     pub group: Group,
     pub reason: Reason,
+    /// The side a partial ci rollout put the statement on (counted per side); `None` when no
+    /// rollout below 100 % decided it (main, pinned, unparsable, a deferred BEGIN).
+    pub rollout: Option<RolloutPick>,
     /// Empty (and unallocated) for almost every statement.
     pub violations: Vec<Violation>,
 }

@@ -21,7 +21,10 @@ mod txn;
 mod violation;
 
 pub use decision::{Decision, Reason};
-pub use phase::{CiWriteHost, GroupTargets, Phase, PhaseError, Rollout, RolloutMode};
+pub use phase::{
+    actor_hash, actor_point, Actor, ActorRolls, ActorSource, CiWriteHost, GroupTargets, Phase,
+    PhaseError, Rollout, RolloutMode, RolloutName, RolloutPick, Rolls, Side,
+};
 pub use policy::{route, route_on, route_shadow};
 pub use schemas::SchemaMask;
 pub use series::{known_series, Series, MODES};

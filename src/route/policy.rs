@@ -6,7 +6,7 @@
 use crate::classify::{Classification, GitlabSchema, StatementKind, TableRole, TxnCommand};
 
 use super::decision::{Decision, Reason};
-use super::phase::Phase;
+use super::phase::{Phase, RolloutPick, Side};
 use super::schemas::{table_group, SchemaMask};
 use super::state::{ConnectionKind, Pinned, RouteState, TxnState};
 use super::violation::{self, Violation, ViolationKind};
@@ -61,7 +61,7 @@ fn route_pinned(
         (ConnectionKind::Transparent, Some(g)) => (g, Reason::Write),
         (ConnectionKind::Transparent, None) => (state.current_group, Reason::SessionGroup),
     };
-    let (target, reason) = choose_target(c, phase, state, pinned, group, group_reason);
+    let (target, reason, rollout) = choose_target(c, phase, state, pinned, group, group_reason);
     // Most specific first: `rejected()` sends the first enforced one, so a phase-7 write to a
     // locked table gets GitLab's own 2F002 error, and wrong schema is the catch-all.
     let mut violations = Vec::new();
@@ -87,6 +87,7 @@ fn route_pinned(
         target,
         group,
         reason,
+        rollout,
         violations,
     }
 }
@@ -97,9 +98,7 @@ fn route_pinned(
 pub fn route_shadow(c: &Classification, phase: &Phase, state: &RouteState) -> Option<Decision> {
     let shadow = phase.shadow()?;
     let pinned = state.pinned().map(|p| Pinned {
-        target: shadow
-            .target_for(p.group, false, state.client_roll, state.txn_roll)
-            .0,
+        target: shadow.target_for(p.group, false, &state.rolls()).0,
         group: p.group,
     });
     Some(route_pinned(c, shadow, state, pinned))
@@ -112,37 +111,36 @@ fn choose_target(
     pinned: Option<Pinned>,
     group: Group,
     group_reason: Reason,
-) -> (Target, Reason) {
+) -> (Target, Reason, Option<RolloutPick>) {
     if c.kind == StatementKind::Unknown {
         // A transaction cannot move mid-way; a db_config connection names its database, so its
         // primary is the fail-closed choice (main's copy of ci tables is stale in phase 7).
         let target = match (pinned, state.connection) {
             (Some(p), _) => p.target,
-            (None, ConnectionKind::DbConfig(g)) => {
-                phase
-                    .target_for(g, false, state.client_roll, state.txn_roll)
-                    .0
-            }
+            (None, ConnectionKind::DbConfig(g)) => phase.target_for(g, false, &state.rolls()).0,
             (None, ConnectionKind::Transparent) => Target::Main,
         };
-        return (target, Reason::Unparsable);
+        return (target, Reason::Unparsable, None);
     }
     if let Some(p) = pinned {
-        return (p.target, Reason::Pinned);
+        return (p.target, Reason::Pinned, None);
     }
     let idle = state.txn == TxnState::Idle;
     let read = idle && c.kind == StatementKind::Read;
-    let (target, fell_back) = phase.target_for(group, read, state.client_roll, state.txn_roll);
-    let reason = if idle && matches!(c.kind, StatementKind::Transaction(TxnCommand::Begin { .. })) {
-        Reason::BeginDeferred
-    } else if fell_back {
+    let (target, pick) = phase.target_for(group, read, &state.rolls());
+    let fell_back = pick.is_some_and(|p| p.side == Side::Fallback);
+    if idle && matches!(c.kind, StatementKind::Transaction(TxnCommand::Begin { .. })) {
+        // Only a hint: the statement after BEGIN makes (and counts) the decision.
+        return (target, Reason::BeginDeferred, None);
+    }
+    let reason = if fell_back {
         Reason::RolloutFallback
     } else if group_reason == Reason::Write && read {
         Reason::Read
     } else {
         group_reason
     };
-    (target, reason)
+    (target, reason, pick)
 }
 
 fn cross_join(c: &Classification, phase: &Phase) -> Violation {

@@ -4,6 +4,7 @@
 use crate::classify::Classification;
 
 use super::decision::{Decision, Reason};
+use super::phase::{ActorRolls, Rolls};
 use super::schemas::SchemaMask;
 use super::txn::TxnTracker;
 use super::{Group, Target};
@@ -49,6 +50,9 @@ pub struct RouteState {
     pub client_roll: f64,
     /// Fresh per transaction (or per statement outside one), in [0, 100): `random` mode.
     pub txn_roll: f64,
+    /// The client's actor hashes (`actor` mode and allow lists), recomputed only when the
+    /// actor changes.
+    pub actor: ActorRolls,
     /// Writes of the open transaction, for the cross-database modification check.
     pub tracker: TxnTracker,
 }
@@ -65,7 +69,17 @@ impl RouteState {
             current_group,
             client_roll,
             txn_roll: 0.0,
+            actor: ActorRolls::default(),
             tracker: TxnTracker::default(),
+        }
+    }
+
+    /// What the phase's rollouts look at, copied (no allocation).
+    pub fn rolls(&self) -> Rolls {
+        Rolls {
+            client: self.client_roll,
+            txn: self.txn_roll,
+            actor: self.actor,
         }
     }
 

@@ -7,7 +7,7 @@ use super::io::ClientIo;
 use super::machine::Session;
 use super::params::ClientParams;
 use crate::config::{Database, Snapshot};
-use crate::route::ConnectionKind;
+use crate::route::{Actor, ConnectionKind};
 use crate::server::ServerSpec;
 use crate::shared::cancel::CancelSlot;
 use crate::topology::ReadYourWrites;
@@ -34,6 +34,8 @@ pub struct Client {
     /// side (`pool.client_buffer_bytes`), so a slow reader pushes back on a fast writer
     /// instead of growing memory.
     pub high_water: usize,
+    /// Who the client is for `actor` rollouts; `session.route.actor` holds its hashes.
+    pub actor: Actor,
 }
 
 /// What the handshake established about a client.
@@ -54,6 +56,9 @@ impl Client {
         let connection =
             l.db.db_config
                 .map_or(ConnectionKind::Transparent, ConnectionKind::DbConfig);
+        let actor = Actor::new(&l.user, l.params.get("application_name"), l.params.actor());
+        let mut session = Session::new(connection, l.snap.clone(), rand::random::<f64>() * 100.0);
+        session.route.actor = actor.rolls();
         Self {
             io,
             id: l.id,
@@ -69,8 +74,19 @@ impl Client {
                 l.snap.health.read_your_writes_timeout,
             ),
             high_water: l.snap.client_buffer,
-            session: Session::new(connection, l.snap, rand::random::<f64>() * 100.0),
+            session,
             to_server: bytes::BytesMut::with_capacity(8 * 1024),
+            actor,
+        }
+    }
+
+    /// Changes the actor (`SET`/`RESET pgdecomp.actor`): hashed here, once, and shown by
+    /// SHOW CLIENTS.
+    pub fn set_actor(&mut self, actor: Option<&str>, shared: &crate::shared::Shared) {
+        self.actor.set(actor);
+        self.session.route.actor = self.actor.rolls();
+        if let Some(entry) = shared.control.client(self.id) {
+            entry.set_rollout(&self.actor, self.session.route.client_roll);
         }
     }
 }

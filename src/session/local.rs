@@ -10,6 +10,8 @@ use crate::topology::Lsn;
 pub enum Local {
     SetReadYourWrites(bool),
     SetMinLsn(Lsn),
+    /// `pgdecomp.actor`: who the client is for `actor` rollouts (a project, a user, …).
+    SetActor(String),
     /// RESET of one parameter (`None`: RESET ALL is left to the server, so it is not here).
     Reset(Param),
     Show(Param),
@@ -22,6 +24,9 @@ pub enum Param {
     /// Read-only: a WAL position at or past the client's last write, to hand to another
     /// pgdecomp instance as its `pgdecomp.min_lsn`.
     WriteLsn,
+    /// The actor of `actor` rollouts; RESET goes back to the rollout's default (user or
+    /// application_name).
+    Actor,
 }
 
 impl Param {
@@ -30,6 +35,7 @@ impl Param {
             Self::ReadYourWrites => "pgdecomp.read_your_writes",
             Self::MinLsn => "pgdecomp.min_lsn",
             Self::WriteLsn => "pgdecomp.write_lsn",
+            Self::Actor => "pgdecomp.actor",
         }
     }
 }
@@ -83,6 +89,7 @@ pub fn parse(sql: &str) -> Option<Result<Local, LocalError>> {
         "pgdecomp.read_your_writes" => Param::ReadYourWrites,
         "pgdecomp.min_lsn" => Param::MinLsn,
         "pgdecomp.write_lsn" => Param::WriteLsn,
+        "pgdecomp.actor" => Param::Actor,
         _ => {
             return err(
                 "42704",
@@ -117,6 +124,10 @@ pub fn parse(sql: &str) -> Option<Result<Local, LocalError>> {
                     ),
                 },
                 Param::WriteLsn => None,
+                Param::Actor if value.eq_ignore_ascii_case("default") => {
+                    Some(Ok(Local::Reset(Param::Actor)))
+                }
+                Param::Actor => Some(Ok(Local::SetActor(value.replace("''", "'")))),
                 Param::MinLsn => match value.parse::<Lsn>() {
                     Ok(l) => Some(Ok(Local::SetMinLsn(l))),
                     Err(e) => err(
@@ -146,25 +157,6 @@ pub async fn answer(
         return false;
     };
     match cmd {
-        Ok(Local::SetReadYourWrites(on)) => {
-            c.ryw.enabled = on;
-            if !on {
-                c.ryw.clear();
-            }
-            backend::command_complete("SET", &mut c.io.wbuf);
-        }
-        Ok(Local::SetMinLsn(lsn)) => {
-            c.ryw.require(lsn, std::time::Instant::now());
-            backend::command_complete("SET", &mut c.io.wbuf);
-        }
-        Ok(Local::Reset(Param::ReadYourWrites)) => {
-            c.ryw.enabled = c.session.snap.health.read_your_writes;
-            backend::command_complete("RESET", &mut c.io.wbuf);
-        }
-        Ok(Local::Reset(_)) => {
-            c.ryw.clear();
-            backend::command_complete("RESET", &mut c.io.wbuf);
-        }
         Ok(Local::Show(Param::WriteLsn)) => {
             let value = write_lsn(c, shared).await;
             let mut t = Table::new(&[Param::WriteLsn.name()]);
@@ -174,6 +166,7 @@ pub async fn answer(
         Ok(Local::Show(p)) => {
             let value = match p {
                 Param::ReadYourWrites => if c.ryw.enabled { "on" } else { "off" }.to_string(),
+                Param::Actor => c.actor.explicit().unwrap_or_default().to_string(),
                 Param::MinLsn | Param::WriteLsn => {
                     c.ryw.required().map(|l| l.to_string()).unwrap_or_default()
                 }
@@ -182,10 +175,48 @@ pub async fn answer(
             t.row(vec![Some(value)]);
             t.encode(&mut c.io.wbuf);
         }
+        Ok(change) => {
+            let tag = apply(c, change, shared);
+            backend::command_complete(tag, &mut c.io.wbuf);
+        }
         Err(e) => PgError::error(e.code, e.message).encode(&mut c.io.wbuf),
     }
     backend::ready_for_query(c.session.status().byte(), &mut c.io.wbuf);
     true
+}
+
+/// Applies a SET or RESET and returns its command tag (SHOW is answered by `answer`).
+fn apply(c: &mut super::client::Client, cmd: Local, shared: &Shared) -> &'static str {
+    match cmd {
+        Local::SetReadYourWrites(on) => {
+            c.ryw.enabled = on;
+            if !on {
+                c.ryw.clear();
+            }
+            "SET"
+        }
+        Local::SetMinLsn(lsn) => {
+            c.ryw.require(lsn, std::time::Instant::now());
+            "SET"
+        }
+        Local::SetActor(actor) => {
+            c.set_actor(Some(&actor), shared);
+            "SET"
+        }
+        Local::Reset(Param::Actor) => {
+            c.set_actor(None, shared);
+            "RESET"
+        }
+        Local::Reset(Param::ReadYourWrites) => {
+            c.ryw.enabled = c.session.snap.health.read_your_writes;
+            "RESET"
+        }
+        Local::Reset(_) => {
+            c.ryw.clear();
+            "RESET"
+        }
+        Local::Show(_) => "SHOW",
+    }
 }
 
 /// The client's write position: waits (bounded by two health rounds) for the checker's first
@@ -248,6 +279,28 @@ mod tests {
         assert_eq!(
             ok("reset pgdecomp.read_your_writes"),
             Local::Reset(Param::ReadYourWrites)
+        );
+    }
+
+    #[test]
+    fn actor_set_show_reset() {
+        assert_eq!(
+            ok("SET pgdecomp.actor = 'project:42'"),
+            Local::SetActor("project:42".into())
+        );
+        assert_eq!(
+            ok("set pgdecomp.actor to 'Group:O''Brien';"),
+            Local::SetActor("Group:O'Brien".into())
+        );
+        assert_eq!(
+            ok("SET pgdecomp.actor=user:7"),
+            Local::SetActor("user:7".into())
+        );
+        assert_eq!(ok("SHOW pgdecomp.actor"), Local::Show(Param::Actor));
+        assert_eq!(ok("RESET pgdecomp.actor"), Local::Reset(Param::Actor));
+        assert_eq!(
+            ok("SET pgdecomp.actor TO DEFAULT"),
+            Local::Reset(Param::Actor)
         );
     }
 

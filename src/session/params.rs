@@ -21,6 +21,8 @@ pub struct ClientParams {
     values: Vec<(String, String)>,
     /// Hash of `values`: a server whose last sync had the same fingerprint needs no check.
     fingerprint: u64,
+    /// `pgdecomp.actor` from the startup `options` (`-c pgdecomp.actor=…`); never sent on.
+    actor: Option<String>,
 }
 
 impl ClientParams {
@@ -28,9 +30,17 @@ impl ClientParams {
     pub fn from_startup<'a>(params: impl Iterator<Item = (&'a str, &'a str)>) -> Self {
         let mut me = Self::default();
         for (k, v) in params {
+            if k == "options" {
+                me.actor = option_value(v, "pgdecomp.actor");
+            }
             me.set(k, v);
         }
         me
+    }
+
+    /// The actor the startup packet set for `actor` rollouts.
+    pub fn actor(&self) -> Option<&str> {
+        self.actor.as_deref()
     }
 
     /// Records a value (from startup or a ParameterStatus the client's own SET caused).
@@ -104,6 +114,39 @@ impl ClientParams {
     }
 }
 
+/// The value of `name` in a startup `options` string (`-c name=value`, `-cname=value` or
+/// `--name=value`); words split on spaces and `\\` escapes the next character, as PostgreSQL
+/// splits them.
+fn option_value(options: &str, name: &str) -> Option<String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut chars = options.chars();
+    while let Some(ch) = chars.next() {
+        match ch {
+            '\\' => word.extend(chars.next()),
+            c if c.is_ascii_whitespace() => {
+                words.extend((!word.is_empty()).then(|| std::mem::take(&mut word)))
+            }
+            c => word.push(c),
+        }
+    }
+    words.extend((!word.is_empty()).then_some(word));
+    let mut found = None;
+    let mut iter = words.iter();
+    while let Some(w) = iter.next() {
+        let setting = match w.as_str() {
+            "-c" => iter.next().map(String::as_str),
+            w => w.strip_prefix("--").or_else(|| w.strip_prefix("-c")),
+        };
+        if let Some((k, v)) = setting.and_then(|s| s.split_once('=')) {
+            if k.eq_ignore_ascii_case(name) {
+                found = Some(v.to_string());
+            }
+        }
+    }
+    found
+}
+
 fn quote(v: &str) -> String {
     format!("'{}'", v.replace('\'', "''"))
 }
@@ -111,6 +154,21 @@ fn quote(v: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn actor_from_startup_options() {
+        let actor = |o: &str| ClientParams::from_startup([("options", o)].into_iter()).actor;
+        assert_eq!(
+            actor("-c pgdecomp.actor=project:42"),
+            Some("project:42".into())
+        );
+        assert_eq!(
+            actor("-c statement_timeout=5s --pgdecomp.actor=user:7"),
+            Some("user:7".into())
+        );
+        assert_eq!(actor("-cpgdecomp.actor=a\\ b"), Some("a b".into()));
+        assert_eq!(actor("-c search_path=x"), None);
+    }
 
     #[test]
     fn sync_only_what_differs() {

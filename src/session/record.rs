@@ -20,6 +20,9 @@ impl Observer for Recorder<'_> {
         let tm = m.target(d.target);
         tm.statements[usize::from(c.kind.strictness())].inc();
         tm.routes[d.reason.index()].inc();
+        if let Some(p) = d.rollout {
+            m.rollout_decisions[p.rollout.index()][p.side.index()].inc();
+        }
         if c.kind == StatementKind::Unknown {
             m.unparsable.inc();
             tracing::warn!(client = self.client, error = ?c.error, sql = %truncate(e.sql), "unparsable statement sent to the main primary");

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{watch, Notify};
 
-use crate::route::Target;
+use crate::route::{Actor, Target};
 
 /// What SHOW CLIENTS lists about one client; `state` and `target` change per transaction.
 pub struct ClientEntry {
@@ -22,6 +22,9 @@ pub struct ClientEntry {
     /// `Target as u8 + 1` of the last server, 0 for none.
     pub target: AtomicU8,
     pub kill: Notify,
+    /// The client's actor and connection roll, for its rollout sides; changes only on
+    /// `SET`/`RESET pgdecomp.actor`.
+    rollout: Mutex<(Actor, f64)>,
 }
 
 impl ClientEntry {
@@ -29,6 +32,18 @@ impl ClientEntry {
         self.state.store(state, Ordering::Relaxed);
         self.target
             .store(target.map_or(0, |t| t as u8 + 1), Ordering::Relaxed);
+    }
+
+    pub fn set_rollout(&self, actor: &Actor, client_roll: f64) {
+        *self.rollout.lock().unwrap_or_else(|p| p.into_inner()) = (actor.clone(), client_roll);
+    }
+
+    /// The actor and connection roll SHOW CLIENTS describes the sides with.
+    pub fn rollout(&self) -> (Actor, f64) {
+        self.rollout
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn target(&self) -> Option<Target> {
@@ -73,6 +88,7 @@ impl Control {
             state: AtomicU8::new(0),
             target: AtomicU8::new(0),
             kill: Notify::new(),
+            rollout: Mutex::default(),
         });
         self.clients
             .lock()
@@ -86,6 +102,14 @@ impl Control {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&id);
+    }
+
+    pub fn client(&self, id: u64) -> Option<Arc<ClientEntry>> {
+        self.clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned()
     }
 
     pub fn clients(&self) -> Vec<(u64, Arc<ClientEntry>)> {

@@ -3,6 +3,7 @@
 
 use serde::Deserialize;
 
+use super::actor::{actor_hash, ActorSource, RolloutName};
 use super::{CiWriteHost, GroupTargets, Phase, Rollout, RolloutMode};
 use crate::route::violation::Mode;
 use crate::route::Target;
@@ -80,6 +81,12 @@ struct RolloutRaw {
     #[serde(default)]
     mode: RolloutMode,
     fallback: String,
+    #[serde(default)]
+    actor: ActorSource,
+    #[serde(default)]
+    actors: Vec<String>,
+    #[serde(default)]
+    exclude_actors: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -145,18 +152,48 @@ fn rule(ok: bool, key: &'static str, rule: &'static str) -> Result<(), PhaseErro
 
 fn rollout(
     raw: Option<RolloutRaw>,
+    name: RolloutName,
     target_now: Target,
     key: &'static str,
     fallback_key: &'static str,
 ) -> Result<Rollout, PhaseError> {
     let Some(raw) = raw else {
-        return Ok(Rollout::full(target_now));
+        return Ok(Rollout::full(name, target_now));
     };
+    let percent = percent(key, raw.percent)?;
+    let allow = hashes(name, &raw.actors);
+    let exclude = hashes(name, &raw.exclude_actors);
+    let (actors_key, exclude_key) = match name {
+        RolloutName::CiRead => ("rollout.ci_read.actors", "rollout.ci_read.exclude_actors"),
+        RolloutName::CiWrite => ("rollout.ci_write.actors", "rollout.ci_write.exclude_actors"),
+    };
+    rule(
+        percent < 100.0 || exclude.is_empty(),
+        exclude_key,
+        "needs percent below 100: at 100 the rollout is complete and nothing falls back",
+    )?;
+    rule(
+        !allow.iter().any(|h| exclude.binary_search(h).is_ok()),
+        actors_key,
+        "an actor is listed in both actors and exclude_actors",
+    )?;
     Ok(Rollout {
-        percent: percent(key, raw.percent)?,
+        name,
+        percent,
         mode: raw.mode,
         fallback: target(fallback_key, &raw.fallback)?,
+        actor: raw.actor,
+        allow,
+        exclude,
     })
+}
+
+/// The listed actors' hashes, sorted for a binary search per decision.
+fn hashes(name: RolloutName, actors: &[String]) -> std::sync::Arc<[u64]> {
+    let mut v: Vec<u64> = actors.iter().map(|a| actor_hash(name, a)).collect();
+    v.sort_unstable();
+    v.dedup();
+    v.into()
 }
 
 impl Phase {
@@ -184,12 +221,14 @@ impl Phase {
             ci_write_host: raw.ci.write_host,
             ci_read_rollout: rollout(
                 raw.rollout.ci_read,
+                RolloutName::CiRead,
                 ci.read,
                 "rollout.ci_read.percent",
                 "rollout.ci_read.fallback",
             )?,
             ci_write_rollout: rollout(
                 raw.rollout.ci_write,
+                RolloutName::CiWrite,
                 ci.write,
                 "rollout.ci_write.percent",
                 "rollout.ci_write.fallback",

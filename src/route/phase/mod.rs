@@ -4,9 +4,13 @@
 
 use serde::Deserialize;
 
+mod actor;
 mod load;
+mod rollout;
 
+pub use actor::{actor_hash, actor_point, Actor, ActorRolls, ActorSource, RolloutName};
 pub use load::PhaseError;
+pub use rollout::{Rollout, RolloutMode, RolloutPick, Rolls, Side};
 
 use super::schemas::SchemaMask;
 use super::violation::{Mode, ViolationKind};
@@ -20,51 +24,6 @@ pub enum CiWriteHost {
     MainPrimary,
     /// Phase 7: the promoted CI primary.
     CiPrimary,
-}
-
-/// How a rollout draws its number: per transaction, or once per client connection so a client
-/// sees one side consistently.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RolloutMode {
-    #[default]
-    Random,
-    Client,
-}
-
-/// A percentage of traffic moved to a new target; the rest stays on `fallback`.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Rollout {
-    pub percent: f64,
-    pub mode: RolloutMode,
-    pub fallback: Target,
-}
-
-impl Rollout {
-    /// `roll` in [0, 100): below `percent` takes `target`. Returns the target and whether the
-    /// fallback was taken. At 100 % the roll is not looked at, so a bad roll cannot fall back.
-    pub fn pick(&self, target: Target, client_roll: f64, txn_roll: f64) -> (Target, bool) {
-        if self.percent >= 100.0 {
-            return (target, false);
-        }
-        let roll = match self.mode {
-            RolloutMode::Random => txn_roll,
-            RolloutMode::Client => client_roll,
-        };
-        if roll < self.percent {
-            (target, false)
-        } else {
-            (self.fallback, true)
-        }
-    }
-
-    fn full(target: Target) -> Self {
-        Self {
-            percent: 100.0,
-            mode: RolloutMode::Random,
-            fallback: target,
-        }
-    }
 }
 
 /// The read and write target of one group.
@@ -131,12 +90,21 @@ impl Phase {
         self.ci_write_host
     }
 
-    pub fn ci_read_rollout(&self) -> Rollout {
-        self.ci_read_rollout
+    pub fn ci_read_rollout(&self) -> &Rollout {
+        &self.ci_read_rollout
     }
 
-    pub fn ci_write_rollout(&self) -> Rollout {
-        self.ci_write_rollout
+    pub fn ci_write_rollout(&self) -> &Rollout {
+        &self.ci_write_rollout
+    }
+
+    /// The partial rollouts' sides for one client, for SHOW CLIENTS (`ci_read=new ci_write=…`).
+    pub fn describe_rollouts(&self, actor: &Actor, client_roll: f64) -> String {
+        [&self.ci_read_rollout, &self.ci_write_rollout]
+            .iter()
+            .filter_map(|r| r.describe(actor, client_roll))
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 
     pub fn schemas_used_sample_percent(&self) -> f64 {
@@ -165,25 +133,26 @@ impl Phase {
         self.locked_writes
     }
 
-    /// The target for a group's read or write, with the ci rollout applied. Returns whether the
-    /// rollout fell back.
+    /// The target for a group's read or write, with the ci rollout applied, and the side a
+    /// partial rollout picked (`None` for main and for rollouts at 100 %).
     pub fn target_for(
         &self,
         group: Group,
         read: bool,
-        client_roll: f64,
-        txn_roll: f64,
-    ) -> (Target, bool) {
-        match (group, read) {
-            (Group::Main, true) => (self.main.read, false),
-            (Group::Main, false) => (self.main.write, false),
-            (Group::Ci, true) => self
-                .ci_read_rollout
-                .pick(self.ci.read, client_roll, txn_roll),
-            (Group::Ci, false) => self
-                .ci_write_rollout
-                .pick(self.ci.write, client_roll, txn_roll),
-        }
+        rolls: &Rolls,
+    ) -> (Target, Option<RolloutPick>) {
+        let (rollout, target) = match (group, read) {
+            (Group::Main, true) => return (self.main.read, None),
+            (Group::Main, false) => return (self.main.write, None),
+            (Group::Ci, true) => (&self.ci_read_rollout, self.ci.read),
+            (Group::Ci, false) => (&self.ci_write_rollout, self.ci.write),
+        };
+        let (target, side) = rollout.pick(target, rolls);
+        let pick = side.map(|side| RolloutPick {
+            rollout: rollout.name,
+            side,
+        });
+        (target, pick)
     }
 
     /// Ci traffic can land on the main cluster by design (not split yet, or a partial rollout).
@@ -224,5 +193,7 @@ impl Phase {
     }
 }
 
+#[cfg(test)]
+mod actor_tests;
 #[cfg(test)]
 pub(crate) mod tests;

@@ -230,6 +230,14 @@ fn invalid_files_are_refused_with_the_key() {
     }
 }
 
+fn rolls_at(client: f64, txn: f64) -> Rolls {
+    Rolls {
+        client,
+        txn,
+        ..Rolls::default()
+    }
+}
+
 #[test]
 fn rollout_share_matches_percent() {
     for pct in [0.0, 0.01, 1.0, 12.5, 50.0, 99.9, 100.0] {
@@ -240,7 +248,7 @@ fn rollout_share_matches_percent() {
         let rolls: Vec<f64> = (0..1000).map(|i| f64::from(i) * 0.1).collect();
         let on_ci = rolls
             .iter()
-            .filter(|r| p.target_for(Group::Ci, false, 0.0, **r).0 == Target::Ci)
+            .filter(|r| p.target_for(Group::Ci, false, &rolls_at(0.0, **r)).0 == Target::Ci)
             .count();
         let expected = (pct * 10.0_f64).ceil() as usize; // rolls are multiples of 0.1
         assert_eq!(on_ci, expected, "percent {pct}");
@@ -254,13 +262,21 @@ fn client_mode_uses_the_client_roll_only() {
     ))
     .unwrap();
     for txn_roll in [0.0, 29.0, 31.0, 99.9] {
+        let new = RolloutPick {
+            rollout: RolloutName::CiWrite,
+            side: Side::New,
+        };
+        let fallback = RolloutPick {
+            side: Side::Fallback,
+            ..new
+        };
         assert_eq!(
-            p.target_for(Group::Ci, false, 10.0, txn_roll),
-            (Target::Ci, false)
+            p.target_for(Group::Ci, false, &rolls_at(10.0, txn_roll)),
+            (Target::Ci, Some(new))
         );
         assert_eq!(
-            p.target_for(Group::Ci, false, 70.0, txn_roll),
-            (Target::Main, true)
+            p.target_for(Group::Ci, false, &rolls_at(70.0, txn_roll)),
+            (Target::Main, Some(fallback))
         );
     }
     assert!(

@@ -335,7 +335,7 @@ impl Session {
             PoolMode::Session => {
                 self.snap
                     .phase
-                    .target_for(d.group, false, self.route.client_roll, self.route.txn_roll)
+                    .target_for(d.group, false, &self.route.rolls())
                     .0
             }
         }
