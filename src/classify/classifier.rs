@@ -51,8 +51,7 @@ impl Classifier {
     /// The same classifier with the functions of one catalog read (`pg_proc`); they replace
     /// what an earlier read taught, the configured overrides stay.
     pub fn learn_functions(&self, rows: impl IntoIterator<Item = FunctionInfo>) -> Classifier {
-        let mut functions = (*self.functions).clone();
-        functions.forget_learned();
+        let mut functions = self.functions.without_learned();
         functions.learn(rows);
         Classifier {
             functions: Arc::new(functions),

@@ -89,11 +89,13 @@ impl Functions {
         }
     }
 
-    /// Forgets every learned row (the overrides stay): a new catalog read replaces the old one,
-    /// so a dropped or altered function does not linger.
-    pub fn forget_learned(&mut self) {
-        self.learned.clear();
-        self.count = 0;
+    /// The same overrides with nothing learned: a new catalog read replaces the old one, so a
+    /// dropped or altered function does not linger.
+    pub fn without_learned(&self) -> Self {
+        Self {
+            overrides: self.overrides.clone(),
+            ..Self::default()
+        }
     }
 
     /// How many (schema, function name) pairs the catalog taught.
