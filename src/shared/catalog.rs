@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::Shared;
 use crate::catalog::Catalog;
-use crate::classify::{Classifier, ClassifyCache};
+use crate::classify::{Classifier, ClassifyCache, FunctionInfo, Volatility};
 use crate::config::Snapshot;
 use crate::server::ServerSpec;
 use crate::topology::ClusterId;
@@ -23,10 +23,24 @@ pub fn classifier_with(base: &Classifier, catalog: &Catalog) -> Classifier {
     let dictionary = (*base.dictionary)
         .clone()
         .with_partitions(catalog.partitions.iter().cloned());
+    let functions = catalog.functions.iter().filter_map(|f| {
+        let volatility = match f.volatility {
+            'i' => Volatility::Immutable,
+            's' => Volatility::Stable,
+            'v' => Volatility::Volatile,
+            _ => return None,
+        };
+        Some(FunctionInfo {
+            schema: f.schema.clone(),
+            name: f.name.clone(),
+            volatility,
+        })
+    });
     Classifier {
         dictionary: Arc::new(dictionary),
         ..base.clone()
     }
+    .learn_functions(functions)
 }
 
 impl Shared {
