@@ -65,10 +65,10 @@ pub struct Metrics {
     pub shadow_violations: IntCounterVec,
     pub shadow_routes: IntCounterVec,
     pub routed: IntCounterVec,
-    pub rejected: IntCounterVec,
-    pub replica_fallback: IntCounterVec,
     /// Decisions of partial ci rollouts, `[RolloutName::index()][Side::index()]`.
     pub rollout_decisions: [[IntCounter; 2]; 2],
+    pub rejected: IntCounterVec,
+    pub replica_fallback: IntCounterVec,
     pub phase: IntGauge,
     pub reloads: IntCounterVec,
     pub catalog_reads: IntCounterVec,
@@ -96,8 +96,6 @@ fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCoun
     c
 }
 
-fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric literal");
 /// `pgdecomp_rollout_decisions_total{rollout, side}`, every series exported from start.
 fn rollout_decisions(r: &Registry) -> [[IntCounter; 2]; 2] {
     let v = counter_vec(
@@ -111,6 +109,8 @@ fn rollout_decisions(r: &Registry) -> [[IntCounter; 2]; 2] {
     })
 }
 
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric literal");
     r.register(Box::new(g.clone()))
         .expect("each metric is registered once");
     g
@@ -255,9 +255,9 @@ impl Metrics {
                 "Routing decisions by target and reason",
                 &["db_config_name", "reason"],
             ),
+            rollout_decisions: rollout_decisions(&r),
             rejected: counter_vec(
                 &r,
-            rollout_decisions: rollout_decisions(&r),
                 "pgdecomp_rejected_statements_total",
                 "Statements refused by an enforced rule",
                 &["kind"],

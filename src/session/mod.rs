@@ -151,9 +151,9 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let entry = shared
         .control
         .register(id, &client.user, &client.database, peer);
+    entry.set_rollout(&client.actor, client.session.route.client_roll);
     let result = tokio::select! {
         r = relay::run(&mut client, &shared, &entry) => r,
-    entry.set_rollout(&client.actor, client.session.route.client_roll);
         _ = entry.kill.notified() => Err(SessionError::Fatal(PgError::fatal("57P01", "terminated by the administrator (KILL)"))),
     };
     shared.control.unregister(id);
