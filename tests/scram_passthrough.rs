@@ -118,10 +118,9 @@ async fn drivers_log_in_to_scram_servers_with_the_keys_their_login_proved() {
         "{report}"
     );
 
-    let err = connect(&proxy.config(GITLAB.0, "wrong", DATABASE))
-        .await
-        .err()
-        .expect("a wrong password fails");
+    let Err(err) = connect(&proxy.config(GITLAB.0, "wrong", DATABASE)).await else {
+        panic!("a wrong password fails");
+    };
     let code = err.as_db_error().map(|e| e.code().code().to_string());
     assert_eq!(code.as_deref(), Some("28P01"), "{err:?}");
 }
@@ -132,10 +131,9 @@ async fn a_verifier_the_server_does_not_hold_cannot_log_in_to_it() {
     // pgdecomp succeeds, the server refuses the keys, and the client is told.
     let topo = Topology::shared(Kind::MainOnly);
     let proxy = Proxy::start(&ProxyConfig::new(topo).server(None).build());
-    let err = connect(&proxy.app_config())
-        .await
-        .err()
-        .expect("the server refuses keys of another verifier");
+    let Err(err) = connect(&proxy.app_config()).await else {
+        panic!("the server refuses keys of another verifier");
+    };
     let text = format!("{err:?}");
     assert!(
         err.as_db_error().is_some(),

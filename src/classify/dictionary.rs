@@ -59,7 +59,7 @@ impl Dictionary {
             self.patterns
                 .push((Box::from(glob), GitlabSchema::from_name(schema)));
         }
-        self.patterns.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        self.patterns.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
         Ok(self)
     }
 

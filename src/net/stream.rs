@@ -69,10 +69,7 @@ impl Stream {
                 let mut probe = [0u8; 64];
                 let mut buf = ReadBuf::new(&mut probe);
                 let mut cx = Context::from_waker(std::task::Waker::noop());
-                match Pin::new(tls).poll_read(&mut cx, &mut buf) {
-                    Poll::Pending => false,
-                    Poll::Ready(_) => true,
-                }
+                Pin::new(tls).poll_read(&mut cx, &mut buf).is_ready()
             }
         }
     }

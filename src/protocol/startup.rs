@@ -241,7 +241,7 @@ mod tests {
 
     #[test]
     fn newer_minor_versions_and_protocol_options_are_negotiated() {
-        let got = decode_startup(&mut packet((3 << 16) | 2, b"user\0u\0_pq_.x\01\0\0")).unwrap();
+        let got = decode_startup(&mut packet((3 << 16) | 2, b"user\0u\0_pq_.x\x001\0\0")).unwrap();
         let Some(StartupRequest::Startup(p)) = got else {
             panic!("{got:?}")
         };
