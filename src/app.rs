@@ -17,11 +17,32 @@ pub struct Running {
     pub metrics_addr: Option<SocketAddr>,
     pub shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
+    accepting: watch::Sender<bool>,
 }
 
 impl Running {
     pub fn shutdown(&self) {
+        let _ = self.accepting.send(false);
         let _ = self.shutdown.send(true);
+    }
+
+    /// SIGTERM / SHUTDOWN: stops accepting (the listener closes, so new connections are
+    /// refused), tells every client to leave at its next idle point, then waits until none is
+    /// left or `bound` passes. Returns how many clients were still connected.
+    pub async fn drain(&self, bound: Duration) -> usize {
+        let _ = self.accepting.send(false);
+        self.shared.control.drain();
+        let deadline = tokio::time::Instant::now() + bound;
+        loop {
+            let left = self
+                .shared
+                .clients
+                .load(std::sync::atomic::Ordering::Relaxed);
+            if left == 0 || tokio::time::Instant::now() >= deadline {
+                return left;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 
@@ -44,7 +65,8 @@ pub async fn start(snapshot: Snapshot) -> std::io::Result<Running> {
         let render: Arc<dyn Fn() -> String + Send + Sync> = Arc::new(move || s.render_metrics());
         tokio::spawn(crate::metrics::serve(l, render));
     }
-    tokio::spawn(accept_loop(listener, shared.clone(), rx.clone()));
+    let (accepting, accepting_rx) = watch::channel(true);
+    tokio::spawn(accept_loop(listener, shared.clone(), accepting_rx));
     tokio::spawn(maintenance(shared.clone(), rx.clone()));
     tokio::spawn(crate::shared::catalog::run(shared.clone(), rx.clone()));
     let s = shared.clone();
@@ -58,10 +80,16 @@ pub async fn start(snapshot: Snapshot) -> std::io::Result<Running> {
         metrics_addr,
         shared,
         shutdown: tx,
+        accepting,
     })
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+/// Accepts until `accepting` turns false (drain or shutdown); the listener closes with it.
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut accepting: watch::Receiver<bool>,
+) {
     let mut backoff = Duration::from_millis(5);
     loop {
         tokio::select! {
@@ -77,7 +105,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
                     backoff = (backoff * 2).min(Duration::from_secs(1));
                 }
             },
-            _ = stop.changed() => return,
+            _ = accepting.changed() => return,
         }
     }
 }

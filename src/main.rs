@@ -133,13 +133,26 @@ fn run(config: PathBuf) -> anyhow::Result<()> {
         let mut term = signal(SignalKind::terminate())?;
         let mut hup = signal(SignalKind::hangup())?;
         let mut shutdown = running.shared.shutdown.subscribe();
-        loop {
+        let graceful = loop {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => break,
-                _ = term.recv() => break,
-                _ = shutdown.changed() => break,
+                _ = tokio::signal::ctrl_c() => break false,
+                _ = term.recv() => break true,
+                _ = shutdown.changed() => break true,
                 // A failed reload is logged and counted; the old config keeps serving.
                 _ = hup.recv() => { let _ = running.shared.reload(); }
+            }
+        };
+        if graceful {
+            let bound = running.shared.config.load().shutdown_timeout;
+            tracing::info!(bound_seconds = bound.as_secs_f64(), "shutting down: no new connections; clients leave as their transactions end");
+            tokio::select! {
+                left = running.drain(bound) => {
+                    if left > 0 {
+                        tracing::warn!(clients = left, "shutdown_timeout passed; closing the remaining clients");
+                    }
+                }
+                // A second signal (Ctrl-C) does not wait any longer.
+                _ = tokio::signal::ctrl_c() => tracing::warn!("SIGINT during shutdown: closing now"),
             }
         }
         tracing::info!("shutting down");

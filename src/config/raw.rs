@@ -18,6 +18,9 @@ pub struct RawConfig {
     pub admin_users: Vec<String>,
     #[serde(default = "default_auth_timeout")]
     pub auth_timeout: f64,
+    /// Seconds SIGTERM / SHUTDOWN wait for running transactions before closing everything.
+    #[serde(default = "default_shutdown_timeout")]
+    pub shutdown_timeout: f64,
     pub phase_file: String,
     #[serde(default)]
     pub pool: RawPool,
@@ -29,15 +32,15 @@ pub struct RawConfig {
     pub classify: RawClassify,
     #[serde(default)]
     pub health: RawHealth,
+    /// Holds selected clients' transactions while WAL archiving lags (`config/throttle.rs`).
+    #[serde(default)]
+    pub throttle: RawThrottle,
     /// Reload when the config, phase or auth file changes on disk (polled every second).
     #[serde(default)]
     pub watch_files: bool,
     /// Largest client message accepted, in bytes (a bigger one closes the connection).
     #[serde(default = "default_max_message")]
     pub max_message_size: usize,
-}
-
-fn default_auth_type() -> String {
     /// TLS towards clients: disable, allow (prefer), require.
     pub client_tls_mode: Option<String>,
     pub client_tls_cert_file: Option<String>,
@@ -45,10 +48,16 @@ fn default_auth_type() -> String {
     /// TLS towards servers: disable, prefer, require, verify-ca, verify-full.
     pub server_tls_mode: Option<String>,
     pub server_tls_ca_file: Option<String>,
+}
+
+fn default_auth_type() -> String {
     "scram-sha-256".into()
 }
 fn default_auth_timeout() -> f64 {
     10.0
+}
+fn default_shutdown_timeout() -> f64 {
+    30.0
 }
 fn default_max_message() -> usize {
     256 * 1024 * 1024
@@ -65,12 +74,12 @@ pub struct RawPool {
     pub idle_timeout: f64,
     pub server_lifetime: f64,
     pub max_client_conn: usize,
-    /// Idle seconds after which a server connection is pinged before reuse.
-    pub server_check_delay: f64,
-    /// Statements kept prepared per server connection; the least recently used is closed.
     /// Connections still logging in (waiting on their client) kept at once; a new one beyond
     /// it closes the oldest, so half-open connections cannot lock logins out.
     pub max_pending_logins: usize,
+    /// Idle seconds after which a server connection is pinged before reuse.
+    pub server_check_delay: f64,
+    /// Statements kept prepared per server connection; the least recently used is closed.
     pub max_prepared_statements: usize,
     /// Named statements one client may hold; a Parse beyond it is refused (53400).
     pub max_client_prepared_statements: usize,
@@ -89,10 +98,10 @@ impl Default for RawPool {
             idle_timeout: 600.0,
             server_lifetime: 3600.0,
             max_client_conn: 1000,
+            max_pending_logins: 1000,
             server_check_delay: 30.0,
             max_prepared_statements: 200,
             max_client_prepared_statements: 5000,
-            max_pending_logins: 1000,
             client_buffer_bytes: 256 * 1024,
         }
     }
@@ -190,6 +199,31 @@ impl Default for RawClassify {
             cache_size: 10_000,
             table_patterns: BTreeMap::new(),
             catalog: true,
+        }
+    }
+}
+
+/// `[throttle]`: no client is selected by default, so nothing is held.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawThrottle {
+    /// Segments waiting for archiving (`.ready` files) above which selected clients wait.
+    pub archive_ready_threshold: u64,
+    /// application_name globs (`*` = any run of characters) of the throttled clients.
+    pub application_names: Vec<String>,
+    /// Logins of the throttled clients.
+    pub users: Vec<String>,
+    /// Seconds a transaction may be held before it is refused.
+    pub max_hold: f64,
+}
+
+impl Default for RawThrottle {
+    fn default() -> Self {
+        Self {
+            archive_ready_threshold: super::throttle::GITLAB_THRESHOLD,
+            application_names: vec![],
+            users: vec![],
+            max_hold: 300.0,
         }
     }
 }

@@ -57,6 +57,7 @@ pub struct Snapshot {
     pub auth_type: AuthType,
     pub admin_users: Vec<String>,
     pub auth_timeout: Duration,
+    pub shutdown_timeout: Duration,
     pub pool_mode: PoolMode,
     pub pool: PoolSettings,
     pub max_client_conn: usize,
@@ -67,6 +68,8 @@ pub struct Snapshot {
     pub main: Cluster,
     pub ci: Cluster,
     pub health: HealthSettings,
+    /// `[throttle]`: whose transactions wait while WAL archiving lags.
+    pub throttle: super::ThrottleSettings,
     pub classifier: Classifier,
     pub cache_size: usize,
     /// `[classify] catalog`: learn partitions and function volatility from the main primary.
@@ -76,12 +79,12 @@ pub struct Snapshot {
     pub phase_file: PathBuf,
     pub phase: Arc<Phase>,
     pub max_message_size: usize,
-    /// Statements kept prepared per server connection (least recently used closed first).
-    pub max_prepared_statements: usize,
     /// TLS towards clients (SSLRequest answers, the certificate presented).
     pub client_tls: super::ClientTls,
     /// TLS towards servers, copied into every server connection's spec.
     pub server_tls: crate::server::tls::ServerTls,
+    /// Statements kept prepared per server connection (least recently used closed first).
+    pub max_prepared_statements: usize,
     /// Named statements one client may hold.
     pub max_client_prepared_statements: usize,
     /// Bytes buffered per client in each direction before the other side is no longer read.
@@ -152,9 +155,9 @@ fn health(
     path: &Path,
     raw: &RawConfig,
     databases: &HashMap<String, Database>,
+    tls: &crate::server::tls::ServerTls,
 ) -> Result<HealthSettings, ConfigError> {
     let h: &RawHealth = &raw.health;
-    tls: &crate::server::tls::ServerTls,
     let user = h.user.clone().or_else(|| raw.server.user.clone());
     let password = h.password.clone().or_else(|| raw.server.password.clone());
     let dbname = h.dbname.clone().or_else(|| {
@@ -170,9 +173,9 @@ fn health(
             dbname,
             user,
             credential: password.map_or(ServerCredential::None, ServerCredential::Plain),
+            tls: tls.clone(),
         }),
         _ => None,
-            tls: tls.clone(),
     };
     let timeout = secs(path, "health.statement_timeout", h.statement_timeout)?;
     if timeout.is_zero() {
@@ -203,7 +206,11 @@ pub fn classifier_from(c: &RawClassify, dir: &Path) -> Result<Classifier, Config
             None => Dictionary::from_tsv(&read(&dir.join(name))?)?,
         },
     }
-    .with_patterns(c.table_patterns.iter().map(|(g, s)| (g.as_str(), s.as_str())))?;
+    .with_patterns(
+        c.table_patterns
+            .iter()
+            .map(|(g, s)| (g.as_str(), s.as_str())),
+    )?;
     let rules = match &c.schema_rules {
         Some(f) => SchemaRules::from_toml(&read(&dir.join(f))?)?,
         None => SchemaRules::gitlab_2022(),
@@ -330,16 +337,18 @@ impl Snapshot {
             auth_type,
             admin_users: raw.admin_users.clone(),
             auth_timeout: secs(path, "auth_timeout", raw.auth_timeout)?,
+            shutdown_timeout: secs(path, "shutdown_timeout", raw.shutdown_timeout)?,
             pool_mode,
             pool,
             max_client_conn: p.max_client_conn,
+            max_pending_logins: p.max_pending_logins.max(1),
             server_user: raw.server.user.clone(),
             server_password: raw.server.password.clone(),
-            max_pending_logins: p.max_pending_logins.max(1),
             databases,
             main,
             ci,
             health,
+            throttle: super::throttle::settings(path, &raw.throttle)?,
             classifier,
             cache_size: raw.classify.cache_size,
             learn_catalog: raw.classify.catalog,
@@ -351,6 +360,8 @@ impl Snapshot {
             phase_file: phase_file.clone(),
             phase,
             max_message_size: raw.max_message_size.max(1024),
+            client_tls,
+            server_tls,
             max_prepared_statements: p.max_prepared_statements.max(1),
             max_client_prepared_statements: p.max_client_prepared_statements.max(1),
             client_buffer: p.client_buffer_bytes.max(16 * 1024),
@@ -358,8 +369,6 @@ impl Snapshot {
             watched: vec![path.to_path_buf(), phase_file.clone(), rel(&raw.auth_file)],
         })
     }
-            client_tls,
-            server_tls,
 
     /// A one-paragraph summary for `pgdecomp check-config`.
     pub fn summary(&self) -> String {

@@ -9,11 +9,12 @@ use super::machine::{Ctx, Plan};
 use super::placement::{place, PlaceError};
 use super::pump::{pump, PumpEnd};
 use super::record::Recorder;
+use super::throttle;
 use super::SessionError;
 use crate::pool::CheckoutError;
 use crate::protocol::backend::PgError;
 use crate::protocol::frame::Frame;
-use crate::protocol::Front;
+use crate::protocol::{Front, TxnStatus};
 use crate::shared::Shared;
 use crate::topology::select::write_cluster;
 
@@ -23,9 +24,21 @@ pub async fn run(
     shared: &Shared,
     entry: &crate::shared::control::ClientEntry,
 ) -> Result<(), SessionError> {
+    // Pinned once: polling it at each idle point costs no new registration.
+    let drain = entry.drain.notified();
+    tokio::pin!(drain);
     loop {
         c.io.flush().await?;
-        let Some(first) = c.io.read_frame().await? else {
+        let idle = c.session.status() == TxnStatus::Idle;
+        let next = tokio::select! {
+            biased;
+            _ = &mut drain, if idle => return Err(SessionError::Fatal(PgError::fatal(
+                "57P01",
+                "pgdecomp is shutting down (SIGTERM or SHUTDOWN); connect again to reach another instance",
+            ))),
+            next = c.io.read_frame() => next?,
+        };
+        let Some(first) = next else {
             return Ok(());
         };
         match first.front() {
@@ -70,6 +83,12 @@ pub async fn run(
         };
         entry.set(1, Some(target));
         shared.control.wait_unpaused(target).await;
+        // Before the pool wait starts: a held transaction must not use up primary_wait.
+        if let Err(e) = throttle::hold(c, target, shared).await {
+            reject(c, &unit, &e);
+            entry.set(0, Some(target));
+            continue;
+        }
         let waited = Instant::now();
         let conn = match place(c, target, shared, waited).await {
             Ok(conn) => conn,
@@ -120,6 +139,7 @@ async fn collect_unit(c: &mut Client, first: Frame) -> Result<Option<Vec<Frame>>
             c.io.read_frame().await?
         };
         match next {
+            Some(f) if f.front() == Front::Terminate => return Ok(None),
             Some(f) => {
                 bytes += f.raw.len();
                 unit.push(f);
@@ -127,7 +147,6 @@ async fn collect_unit(c: &mut Client, first: Frame) -> Result<Option<Vec<Frame>>
             None => break,
         }
     }
-            Some(f) if f.front() == Front::Terminate => return Ok(None),
     Ok(Some(unit))
 }
 
@@ -138,6 +157,8 @@ fn reject(c: &mut Client, unit: &[Frame], e: &PlaceError) {
         PlaceError::Checkout(CheckoutError::WaitTimeout { .. }) => "53300",
         // PostgreSQL's own code for a server that is starting or stopping: clients retry it.
         PlaceError::NoWriter { .. } => "57P03",
+        // insufficient_resources: the primary's archive (and disk) cannot take more now.
+        PlaceError::Throttled { .. } => "53000",
         _ => "08006",
     };
     let synced = matches!(

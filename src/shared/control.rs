@@ -22,6 +22,9 @@ pub struct ClientEntry {
     /// `Target as u8 + 1` of the last server, 0 for none.
     pub target: AtomicU8,
     pub kill: Notify,
+    /// Told once on SIGTERM/SHUTDOWN: the session closes at its next idle point (between
+    /// transactions), so a transaction that has started is never cut.
+    pub drain: Notify,
     /// The client's actor and connection roll, for its rollout sides; changes only on
     /// `SET`/`RESET pgdecomp.actor`.
     rollout: Mutex<(Actor, f64)>,
@@ -60,6 +63,7 @@ pub struct Control {
     /// Bit `1 << target` set while that target is paused.
     paused: watch::Sender<u8>,
     active: [AtomicUsize; 4],
+    draining: std::sync::atomic::AtomicBool,
 }
 
 impl Default for Control {
@@ -68,6 +72,7 @@ impl Default for Control {
             clients: Mutex::default(),
             paused: watch::Sender::new(0),
             active: Default::default(),
+            draining: Default::default(),
         }
     }
 }
@@ -88,12 +93,17 @@ impl Control {
             state: AtomicU8::new(0),
             target: AtomicU8::new(0),
             kill: Notify::new(),
+            drain: Notify::new(),
             rollout: Mutex::default(),
         });
         self.clients
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id, entry.clone());
+        if self.draining() {
+            // Logged in while draining: it leaves at its first idle point, i.e. at once.
+            entry.drain.notify_one();
+        }
         entry
     }
 
@@ -120,6 +130,19 @@ impl Control {
     }
 
     /// Disconnects one client (by id) or every client whose last server was `target`.
+    /// Stops new work: every client is told to leave at its next idle point (a permit is kept
+    /// for clients that are mid-transaction now, and for those registering later).
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+        for (_, e) in self.clients() {
+            e.drain.notify_one();
+        }
+    }
+
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
     pub fn kill(&self, which: KillTarget) -> usize {
         let mut n = 0;
         for (id, e) in self.clients() {

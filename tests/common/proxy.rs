@@ -348,6 +348,29 @@ impl Proxy {
         std::fs::read_to_string(self.dir.join("pgdecomp.log")).unwrap_or_default()
     }
 
+    /// Sends `signal` (e.g. "TERM", "INT") to the proxy process.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} pgdecomp failed");
+    }
+
+    /// Waits up to `bound` for the process to exit; its status, or `None` if still running.
+    pub fn wait_exit(&mut self, bound: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + bound;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Asks the proxy to reload its config (SIGHUP).
     pub fn reload(&self) {
         let status = Command::new("kill")
