@@ -211,3 +211,97 @@ async fn terminate_while_a_batch_waits_for_sync_closes_the_connection() {
         closed.is_err()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_user_and_per_database_caps_refuse_the_next_login_only() {
+    let proxy = Proxy::with(topology(), |c| {
+        c.extra_pool("max_user_connections = 3\nmax_db_connections = 4")
+    });
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(connect(&proxy.app_config()).await.expect("under the cap"));
+    }
+    let Err(err) = connect(&proxy.app_config()).await else {
+        panic!("a fourth gitlab login is over max_user_connections");
+    };
+    let db = err.as_db_error().expect("an ErrorResponse");
+    assert_eq!(db.code().code(), "53300");
+    assert!(db.message().contains("max_user_connections"), "{db:?}");
+    for c in &held {
+        c.simple_query("select 1")
+            .await
+            .expect("the others carry on");
+    }
+    // Another user may still log in, up to the database's cap.
+    let other = connect(&proxy.config(
+        common::proxy::MD5_CLIENT.0,
+        common::proxy::MD5_CLIENT.1,
+        DATABASE,
+    ))
+    .await
+    .expect("another user, 4th client of the database");
+    let Err(err) = connect(&proxy.config(
+        common::proxy::MD5_CLIENT.0,
+        common::proxy::MD5_CLIENT.1,
+        DATABASE,
+    ))
+    .await
+    else {
+        panic!("a fifth client of the database is over max_db_connections");
+    };
+    assert!(format!("{err:?}").contains("max_db_connections"), "{err:?}");
+    drop(other);
+    held.pop();
+    wait_until("a slot is free again", || {
+        metric(&metrics(&proxy), "pgdecomp_clients", &[]) == 2.0
+    });
+    connect(&proxy.app_config())
+        .await
+        .expect("a freed slot is usable");
+    let m = metrics(&proxy);
+    assert_eq!(
+        metric(
+            &m,
+            "pgdecomp_client_limit_total",
+            &[("limit", "max_user_connections")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "pgdecomp_client_limit_total",
+            &[("limit", "max_db_connections")]
+        ),
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_client_is_closed_after_client_idle_timeout_but_not_inside_a_transaction() {
+    let proxy = Proxy::with(topology(), |c| c.extra_pool("client_idle_timeout = 1.0"));
+    let idle = connect(&proxy.app_config()).await.expect("login");
+    let busy = connect(&proxy.app_config()).await.expect("login");
+    busy.batch_execute("begin").await.expect("begin");
+    busy.simple_query("select 1")
+        .await
+        .expect("in a transaction");
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    assert!(
+        idle.simple_query("select 1").await.is_err(),
+        "closed after 1 s idle"
+    );
+    busy.simple_query("select 2")
+        .await
+        .expect("a transaction is not idle");
+    busy.batch_execute("commit").await.expect("commit");
+    let m = metrics(&proxy);
+    assert_eq!(
+        metric(
+            &m,
+            "pgdecomp_client_limit_total",
+            &[("limit", "client_idle_timeout")]
+        ),
+        1.0
+    );
+}

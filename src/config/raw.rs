@@ -77,6 +77,11 @@ pub struct RawPool {
     /// Connections still logging in (waiting on their client) kept at once; a new one beyond
     /// it closes the oldest, so half-open connections cannot lock logins out.
     pub max_pending_logins: usize,
+    /// Logged-in clients per user and per logical database (0: no limit).
+    pub max_user_connections: usize,
+    pub max_db_connections: usize,
+    /// Seconds a client may stay idle outside a transaction before it is closed (0: never).
+    pub client_idle_timeout: f64,
     /// Idle seconds after which a server connection is pinged before reuse.
     pub server_check_delay: f64,
     /// Statements kept prepared per server connection; the least recently used is closed.
@@ -99,6 +104,9 @@ impl Default for RawPool {
             server_lifetime: 3600.0,
             max_client_conn: 1000,
             max_pending_logins: 1000,
+            max_user_connections: 0,
+            max_db_connections: 0,
+            client_idle_timeout: 0.0,
             server_check_delay: 30.0,
             max_prepared_statements: 200,
             max_client_prepared_statements: 5000,

@@ -2,9 +2,11 @@
 //! metric names and labels are visible in one place. Sessions record what the pure steps return.
 
 mod http;
+mod throttle;
 mod topology;
 
 pub use http::serve;
+pub use throttle::{ThrottleMetrics, Waiting};
 pub use topology::TopologyMetrics;
 
 use prometheus::{
@@ -51,10 +53,11 @@ pub struct Metrics {
     pub client_connections: IntCounter,
     pub clients: IntGauge,
     pub login_failures: IntCounterVec,
-    pub server_connect_errors: IntCounterVec,
-    pub statements: IntCounterVec,
     pub pending_logins: IntGauge,
     pub login_delays: IntCounter,
+    pub client_limits: IntCounterVec,
+    pub server_connect_errors: IntCounterVec,
+    pub statements: IntCounterVec,
     pub transactions: IntCounterVec,
     pub unparsable: IntCounter,
     pub schemas_used: IntCounterVec,
@@ -168,6 +171,22 @@ impl Metrics {
                 "Client connections accepted",
             ),
             clients: gauge(&r, "pgdecomp_clients", "Client connections open now"),
+            pending_logins: gauge(
+                &r,
+                "pgdecomp_pending_logins",
+                "Connections logging in and waiting on their client now",
+            ),
+            client_limits: counter_vec(
+                &r,
+                "pgdecomp_client_limit_total",
+                "Clients refused or closed by a configured limit",
+                &["limit"],
+            ),
+            login_delays: counter(
+                &r,
+                "pgdecomp_login_delays_total",
+                "Failed logins whose answer was held back (repeated failures from one address)",
+            ),
             login_failures: counter_vec(
                 &r,
                 "pgdecomp_login_failures_total",
@@ -185,16 +204,6 @@ impl Metrics {
                 "pgdecomp_statements_total",
                 "Statements routed, by target and statement kind",
                 &["db_config_name", "kind"],
-            pending_logins: gauge(
-                &r,
-                "pgdecomp_pending_logins",
-                "Connections logging in and waiting on their client now",
-            ),
-            login_delays: counter(
-                &r,
-                "pgdecomp_login_delays_total",
-                "Failed logins whose answer was held back (repeated failures from one address)",
-            ),
             ),
             transactions: counter_vec(
                 &r,

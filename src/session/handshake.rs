@@ -153,6 +153,25 @@ pub async fn handshake(
             "no more connections allowed (max_client_conn)",
         ));
     }
+    let (of_user, of_db) = shared.control.connections_of(&user, &database);
+    if snap.max_user_connections > 0 && of_user >= snap.max_user_connections {
+        return Err(SessionError::Limit {
+            limit: "max_user_connections",
+            error: PgError::fatal(
+                "53300",
+                format!("too many connections for user \"{user}\" (max_user_connections)"),
+            ),
+        });
+    }
+    if snap.max_db_connections > 0 && of_db >= snap.max_db_connections {
+        return Err(SessionError::Limit {
+            limit: "max_db_connections",
+            error: PgError::fatal(
+                "53300",
+                format!("too many connections for database \"{database}\" (max_db_connections)"),
+            ),
+        });
+    }
     let proved = authenticate(io, shared, snap, &user, peer).await?;
     // From here the login waits on servers, not on its client: it can no longer be evicted.
     pending.leave();

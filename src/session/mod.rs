@@ -18,6 +18,7 @@ mod scan;
 #[cfg(test)]
 mod scan_tests;
 mod segment;
+mod throttle;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -26,6 +27,9 @@ use std::sync::Arc;
 use tokio::net::TcpStream;
 
 pub use io::ClientIo;
+/// The session machine's fake PostgreSQL and driver, for the fuzz targets.
+#[cfg(feature = "fuzzing")]
+pub use machine::{fake_pg, harness};
 pub use machine::{Ctx, Execution, Observer, Plan, Session};
 pub use params::ClientParams;
 pub use prepared::StatementRegistry;
@@ -52,6 +56,9 @@ pub enum SessionError {
     Auth(#[from] AuthError),
     #[error("{0}")]
     Fatal(PgError),
+    /// A configured limit refused or closed the client; `limit` names it for metrics.
+    #[error("{error}")]
+    Limit { limit: &'static str, error: PgError },
     #[error("{0}")]
     Checkout(#[from] CheckoutError),
     #[error("client disconnected")]
@@ -69,6 +76,7 @@ impl SessionError {
             Self::Fatal(e) if e.code == "3D000" => "database",
             Self::Fatal(e) if e.code == "53300" => "max_client_conn",
             Self::Fatal(_) => "refused",
+            Self::Limit { limit, .. } => limit,
             Self::Checkout(_) => "server",
         }
     }
@@ -81,7 +89,7 @@ impl SessionError {
             Self::Startup(e) => Some(PgError::fatal("08P01", e.to_string())),
             Self::Auth(AuthError::Failed(_)) => Some(PgError::fatal("28P01", self.to_string())),
             Self::Auth(e) => Some(PgError::fatal("28000", e.to_string())),
-            Self::Fatal(e) => Some(e.clone()),
+            Self::Fatal(e) | Self::Limit { error: e, .. } => Some(e.clone()),
             Self::Checkout(e) => Some(PgError::fatal("08006", e.to_string())),
         }
     }
@@ -98,9 +106,7 @@ impl Drop for ClientCount<'_> {
 
 /// Serves one accepted client connection until it ends. Never panics on client input.
 pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
-    shared.clients.fetch_add(1, Ordering::Relaxed);
     shared.metrics.client_connections.inc();
-    let _count = ClientCount(&shared.clients);
     let _ = stream.set_nodelay(true);
     let snapshot = shared.config.load_full();
     let mut io = io::ClientIo::new(stream, snapshot.max_message_size);
@@ -160,6 +166,13 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     match result {
         Ok(()) => tracing::debug!(client = id, %peer, "client disconnected"),
         Err(e) => {
+            if let SessionError::Limit { limit, .. } = &e {
+                shared
+                    .metrics
+                    .client_limits
+                    .with_label_values(&[limit])
+                    .inc();
+            }
             tracing::warn!(client = id, %peer, error = %e, "client session ended by an error");
             if let Some(pg) = e.to_pg() {
                 pg.encode(&mut client.io.wbuf);
@@ -171,6 +184,13 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
 }
 
 async fn fail(io: &mut io::ClientIo, peer: SocketAddr, e: SessionError, shared: &Shared) {
+    if let SessionError::Limit { limit, .. } = &e {
+        shared
+            .metrics
+            .client_limits
+            .with_label_values(&[limit])
+            .inc();
+    }
     tracing::warn!(%peer, error = %e, "login failed");
     shared
         .metrics
@@ -179,7 +199,6 @@ async fn fail(io: &mut io::ClientIo, peer: SocketAddr, e: SessionError, shared: 
         .inc();
     if let Some(pg) = e.to_pg() {
         pg.encode(&mut io.wbuf);
-        let _ = io.flush().await;
-    io.close_gracefully().await;
     }
+    io.close_gracefully().await;
 }

@@ -30,6 +30,7 @@ pub async fn run(
     loop {
         c.io.flush().await?;
         let idle = c.session.status() == TxnStatus::Idle;
+        let idle_limit = c.session.snap.client_idle_timeout;
         let next = tokio::select! {
             biased;
             _ = &mut drain, if idle => return Err(SessionError::Fatal(PgError::fatal(
@@ -37,6 +38,18 @@ pub async fn run(
                 "pgdecomp is shutting down (SIGTERM or SHUTDOWN); connect again to reach another instance",
             ))),
             next = c.io.read_frame() => next?,
+            // Built only when polled: no timer per request unless the limit is on.
+            _ = async {
+                match idle && !idle_limit.is_zero() {
+                    true => tokio::time::sleep(idle_limit).await,
+                    false => std::future::pending().await,
+                }
+            } => {
+                return Err(SessionError::Limit {
+                    limit: "client_idle_timeout",
+                    error: PgError::fatal("57P05", "terminating connection due to client_idle_timeout"),
+                });
+            }
         };
         let Some(first) = next else {
             return Ok(());

@@ -64,6 +64,8 @@ pub struct Control {
     paused: watch::Sender<u8>,
     active: [AtomicUsize; 4],
     draining: std::sync::atomic::AtomicBool,
+    /// Logged-in clients per user (`true`) and per database (`false`).
+    counts: Mutex<HashMap<(bool, String), usize>>,
 }
 
 impl Default for Control {
@@ -73,6 +75,7 @@ impl Default for Control {
             paused: watch::Sender::new(0),
             active: Default::default(),
             draining: Default::default(),
+            counts: Mutex::default(),
         }
     }
 }
@@ -100,6 +103,11 @@ impl Control {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id, entry.clone());
+        {
+            let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+            *counts.entry((true, user.to_string())).or_default() += 1;
+            *counts.entry((false, database.to_string())).or_default() += 1;
+        }
         if self.draining() {
             // Logged in while draining: it leaves at its first idle point, i.e. at once.
             entry.drain.notify_one();
@@ -108,10 +116,33 @@ impl Control {
     }
 
     pub fn unregister(&self, id: u64) {
-        self.clients
+        let gone = self
+            .clients
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&id);
+        if let Some(e) = gone {
+            let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+            for key in [(true, &e.user), (false, &e.database)] {
+                if let Some(n) = counts.get_mut(&(key.0, key.1.clone())) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        counts.remove(&(key.0, key.1.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Logged-in clients of `user` and of `database` now (max_user_connections,
+    /// max_db_connections).
+    pub fn connections_of(&self, user: &str, database: &str) -> (usize, usize) {
+        let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let of = |key: (bool, String)| counts.get(&key).copied().unwrap_or(0);
+        (
+            of((true, user.to_string())),
+            of((false, database.to_string())),
+        )
     }
 
     pub fn client(&self, id: u64) -> Option<Arc<ClientEntry>> {
