@@ -81,11 +81,7 @@ pub fn show(what: &str, shared: &Shared) -> Result<Table, PgError> {
                 // The actor ci_read sees (ci_write's differs only if its `actor` source does).
                 let (actor, client_roll) = e.rollout();
                 let phase = &snap.phase;
-                let since = e
-                    .since
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(0);
+                let since = iso_time(e.since);
                 t.row(vec![
                     s(id),
                     s(&e.user),
