@@ -29,6 +29,8 @@ pub struct TopologyMetrics {
     placed: Vec<[IntCounter; 4]>,
     pub primary_wait: Histogram,
     pub primary_unavailable: IntCounterVec,
+    /// The WAL archive backlog and the throttle that acts on it.
+    pub throttle: super::ThrottleMetrics,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -109,6 +111,7 @@ impl TopologyMetrics {
                 .expect("valid metric literal"),
             ),
             primary_unavailable,
+            throttle: super::ThrottleMetrics::new(r),
         }
     }
 
@@ -120,6 +123,7 @@ impl TopologyMetrics {
     /// Sets the per-server series from `next`, counts state changes against `prev`, and drops
     /// the series of servers that left.
     pub fn record(&self, prev: &View, next: &View) {
+        self.throttle.record(prev, next);
         for id in ClusterId::ALL {
             let (c, pc) = (next.cluster(id), prev.cluster(id));
             let cluster = id.label();

@@ -24,6 +24,12 @@ pub enum PlaceError {
     Checkout(#[from] CheckoutError),
     #[error("pgdecomp: {why}; waited {waited:.1} s (health.primary_wait). The statement was not run; retry it")]
     NoWriter { why: String, waited: f64 },
+    #[error("pgdecomp: WAL archiving lags on {server} ({ready} segments waiting, above throttle.archive_ready_threshold); this client's transaction waited {waited:.1} s (throttle.max_hold). The statement was not run; retry it later")]
+    Throttled {
+        server: String,
+        ready: u64,
+        waited: f64,
+    },
 }
 
 /// A server connection for `target`; `started` is when the request began waiting for one.

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use super::archive::{archive_ready, ArchiveNotes};
 use super::lsn::Lsn;
 use super::patroni;
 use super::view::{ClusterId, ClusterView, Health, Node, Probe, Role, View};
@@ -25,6 +26,16 @@ const CHECK_SQL: &str = "SELECT pg_is_in_recovery(), \
 
 const TIMED_OUT: &str = "check timed out";
 
+/// What one probe learned about a server.
+struct Outcome {
+    addr: String,
+    /// The connection, when it is still good for the next round.
+    conn: Option<ServerConn>,
+    health: Health,
+    /// `None` when not asked: not a primary, or the check itself failed.
+    archive: Option<Result<u64, String>>,
+}
+
 /// Kept between rounds: check connections and Patroni's last answers.
 pub struct Checker {
     conns: HashMap<String, ServerConn>,
@@ -35,6 +46,8 @@ pub struct Checker {
     last_error: HashMap<String, String>,
     /// Health from the previous round, so one slow check does not take a server out.
     previous: HashMap<String, Health>,
+    /// WAL archive backlogs and their errors from the previous round.
+    archive: ArchiveNotes,
 }
 
 impl Default for Checker {
@@ -95,6 +108,7 @@ pub fn rebase(snap: &Snapshot, prev: &View) -> View {
             {
                 n.health = o.health.clone();
                 n.lagging = o.lagging;
+                n.archive_ready = o.archive_ready;
             }
         }
     }
@@ -109,6 +123,7 @@ impl Checker {
             discovered: [None, None],
             last_error: HashMap::new(),
             previous: HashMap::new(),
+            archive: ArchiveNotes::default(),
         }
     }
 
@@ -145,30 +160,21 @@ impl Checker {
         }
         let mut results = HashMap::new();
         for job in jobs {
-            let Ok((addr, conn, health)) = job.await else {
+            let Ok(out) = job.await else {
                 continue;
             };
-            if let Some(c) = conn {
-                self.conns.insert(addr.clone(), c);
+            if let Some(c) = out.conn {
+                self.conns.insert(out.addr.clone(), c);
             }
-            // A single timeout on a busy machine keeps the last result; two in a row count.
-            let health = match (health, self.previous.get(&addr).cloned()) {
-                (Health::Down(e), Some(Health::Up(p))) if e == TIMED_OUT => {
-                    self.previous.insert(addr.clone(), Health::Down(e));
-                    Health::Up(p)
-                }
-                (h, _) => {
-                    self.previous.insert(addr.clone(), h.clone());
-                    h
-                }
-            };
-            self.note(&addr, &health);
-            results.insert(addr, health);
+            let settled = self.settle(&out.addr, out.health, out.archive);
+            self.note(&out.addr, &settled.0);
+            results.insert(out.addr, settled);
         }
         for c in &mut view.clusters {
             for n in &mut c.nodes {
-                if let Some(health) = results.get(&n.addr) {
+                if let Some((health, archive)) = results.get(&n.addr) {
                     n.health = health.clone();
+                    n.archive_ready = *archive;
                 }
             }
         }
@@ -181,7 +187,29 @@ impl Checker {
             .collect();
         self.conns.retain(|a, _| known.contains(a));
         self.previous.retain(|a, _| known.contains(a));
+        self.archive.retain(&known);
         view
+    }
+
+    /// A single timeout on a busy machine keeps the last result (archive backlog included);
+    /// two in a row count.
+    fn settle(
+        &mut self,
+        addr: &str,
+        health: Health,
+        archive: Option<Result<u64, String>>,
+    ) -> (Health, Option<u64>) {
+        let (health, carried) = match (health, self.previous.get(addr).cloned()) {
+            (Health::Down(e), Some(Health::Up(p))) if e == TIMED_OUT => {
+                self.previous.insert(addr.to_string(), Health::Down(e));
+                (Health::Up(p), true)
+            }
+            (h, _) => {
+                self.previous.insert(addr.to_string(), h.clone());
+                (h, false)
+            }
+        };
+        (health, self.archive.settle(addr, carried, archive))
     }
 
     async fn members(&mut self, id: ClusterId, c: &Cluster, h: &HealthSettings) -> ClusterView {
@@ -229,12 +257,8 @@ impl Checker {
     }
 }
 
-/// Checks one server, reusing its connection; returns the connection when it is still good.
-async fn probe(
-    spec: ServerSpec,
-    conn: Option<ServerConn>,
-    timeout: Duration,
-) -> (String, Option<ServerConn>, Health) {
+/// Checks one server, reusing its connection, which is returned when it is still good.
+async fn probe(spec: ServerSpec, conn: Option<ServerConn>, timeout: Duration) -> Outcome {
     let addr = spec.addr.clone();
     let result = tokio::time::timeout(timeout * 2, async {
         let mut conn = match conn {
@@ -249,11 +273,16 @@ async fn probe(
         };
         let sent = Instant::now();
         let row = conn.query_row(CHECK_SQL).await?;
-        Ok::<_, ServerError>((conn, sent, row))
+        let primary = row.first().cloned().flatten().as_deref() == Some("f");
+        let archive = match primary {
+            true => Some(archive_ready(&mut conn).await),
+            false => None,
+        };
+        Ok::<_, ServerError>((conn, sent, row, archive))
     })
     .await;
-    match result {
-        Err(_) => (addr, None, Health::Down(TIMED_OUT.into())),
+    let (conn, health, archive) = match result {
+        Err(_) => (None, Health::Down(TIMED_OUT.into()), None),
         Ok(Err(e)) => {
             let health = match &e {
                 // The checker's own login is wrong: that says nothing about the server.
@@ -264,29 +293,45 @@ async fn probe(
             if matches!(health, Health::Unknown) {
                 tracing::warn!(server = %addr, error = %e, "health check cannot log in; check [health] user/password");
             }
-            (addr, None, health)
+            (None, health, None)
         }
-        Ok(Ok((conn, sent, row))) => {
-            let get = |i: usize| row.get(i).cloned().flatten();
-            let in_recovery = get(0).as_deref() == Some("t");
-            let lsn_at = |i| {
-                get(i)
-                    .and_then(|l| l.parse::<Lsn>().ok())
-                    .unwrap_or_default()
-            };
-            let (lsn, flushed) = (lsn_at(1), lsn_at(3));
-            let replay_age = get(2).and_then(|s| s.parse::<f64>().ok());
-            let probe = Probe {
-                in_recovery,
-                lsn,
-                flushed,
-                lag_bytes: 0,
-                // Filled in by `apply_lag` once the primary's position is known.
-                lag_seconds: replay_age.unwrap_or(f64::INFINITY),
-                sent,
-            };
-            (addr, Some(conn), Health::Up(probe))
+        Ok(Ok((conn, sent, row, archive))) => {
+            // A refused query leaves the connection in step; any other failure does not.
+            let keep = !matches!(&archive, Some(Err(e)) if !matches!(e, ServerError::Query { .. }));
+            let archive = archive.map(|r| r.map_err(|e| e.to_string()));
+            (
+                keep.then_some(conn),
+                Health::Up(read_probe(&row, sent)),
+                archive,
+            )
         }
+    };
+    Outcome {
+        addr,
+        conn,
+        health,
+        archive,
+    }
+}
+
+/// The check query's row as a probe; lag is filled in by `apply_lag`.
+fn read_probe(row: &[Option<String>], sent: Instant) -> Probe {
+    let get = |i: usize| row.get(i).cloned().flatten();
+    let in_recovery = get(0).as_deref() == Some("t");
+    let lsn_at = |i| {
+        get(i)
+            .and_then(|l| l.parse::<Lsn>().ok())
+            .unwrap_or_default()
+    };
+    let replay_age = get(2).and_then(|s| s.parse::<f64>().ok());
+    Probe {
+        in_recovery,
+        lsn: lsn_at(1),
+        flushed: lsn_at(3),
+        lag_bytes: 0,
+        // Filled in by `apply_lag` once the primary's position is known.
+        lag_seconds: replay_age.unwrap_or(f64::INFINITY),
+        sent,
     }
 }
 

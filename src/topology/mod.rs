@@ -3,11 +3,13 @@
 //! current `View`, which the health checker (`checker`, with Patroni discovery in `patroni`)
 //! replaces every round. `ryw` keeps each client's reads behind its own writes.
 
+mod archive;
 pub mod checker;
 pub mod lsn;
 pub mod patroni;
 pub mod ryw;
 pub mod select;
+pub mod throttle;
 #[cfg(test)]
 mod tests;
 pub mod view;

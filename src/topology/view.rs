@@ -114,6 +114,9 @@ pub struct Node {
     pub health: Health,
     /// Replay lag past both thresholds (GitLab's rule: up to date if either is within bounds).
     pub lagging: bool,
+    /// WAL segments waiting to be archived (`.ready` files), read on primaries only; `None`
+    /// when unknown: not a primary, not checked yet, or the check login lacks pg_monitor.
+    pub archive_ready: Option<u64>,
 }
 
 impl Node {
@@ -124,6 +127,7 @@ impl Node {
             patroni: None,
             health: Health::Unknown,
             lagging: false,
+            archive_ready: None,
         }
     }
 

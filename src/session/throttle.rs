@@ -1,0 +1,84 @@
+//! Session step between route and pool (… → route → **throttle** → pool): carries out
+//! `topology::throttle::decide` for one transaction of a throttled client. A held transaction
+//! has no server connection yet, so it holds no locks and adds no WAL while it waits; it is
+//! looked at again on every new topology view (each health round) and at least every second,
+//! so a reload of `[throttle]` applies at once.
+
+use std::time::{Duration, Instant};
+
+use super::client::Client;
+use super::placement::PlaceError;
+use crate::metrics::Waiting;
+use crate::route::Target;
+use crate::shared::Shared;
+use crate::topology::throttle::{decide, Decision, Who};
+
+/// The longest a held transaction goes without looking at the config again.
+const RECHECK: Duration = Duration::from_secs(1);
+
+/// Returns once the transaction may take a server; refuses it after `throttle.max_hold`.
+pub async fn hold(c: &Client, target: Target, shared: &Shared) -> Result<(), PlaceError> {
+    let who = Who {
+        user: &c.user,
+        application_name: c.params.get("application_name"),
+    };
+    let ci_host = c.session.snap.phase.ci_write_host();
+    let look = || {
+        let snap = shared.config.load();
+        let d = decide(
+            &snap.throttle,
+            who,
+            target,
+            ci_host,
+            &shared.topology.view(),
+        );
+        (d, snap.throttle.max_hold)
+    };
+    let Decision::Hold {
+        cluster,
+        server,
+        ready,
+        threshold,
+    } = look().0
+    else {
+        return Ok(());
+    };
+    // Subscribed before the next look, so a view published in between is not missed.
+    let mut changes = shared.topology.subscribe();
+    let m = &shared.metrics.topology.throttle;
+    m.held.inc();
+    let _waiting = Waiting::new(&m.waiting);
+    let started = Instant::now();
+    tracing::info!(client = c.id, user = %c.user, application_name = who.application_name.unwrap_or(""),
+        target = target.label(), cluster = cluster.label(), %server, ready, threshold,
+        "transaction held: WAL archiving lags on the primary");
+    loop {
+        let (decision, max_hold) = look();
+        let waited = started.elapsed();
+        let Decision::Hold { server, ready, .. } = decision else {
+            m.hold_seconds.observe(waited.as_secs_f64());
+            tracing::info!(
+                client = c.id,
+                waited_seconds = waited.as_secs_f64(),
+                "held transaction released"
+            );
+            return Ok(());
+        };
+        if waited >= max_hold {
+            m.hold_seconds.observe(waited.as_secs_f64());
+            m.refused.inc();
+            tracing::warn!(client = c.id, waited_seconds = waited.as_secs_f64(), %server, ready,
+                "held transaction refused after throttle.max_hold");
+            return Err(PlaceError::Throttled {
+                server,
+                ready,
+                waited: waited.as_secs_f64(),
+            });
+        }
+        let pause = RECHECK.min(max_hold - waited);
+        if let Ok(Err(_)) = tokio::time::timeout(pause, changes.changed()).await {
+            // No more views will come (shutting down): fall back to the clock.
+            tokio::time::sleep(pause).await;
+        }
+    }
+}
