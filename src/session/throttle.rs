@@ -34,24 +34,17 @@ pub async fn hold(c: &Client, target: Target, shared: &Shared) -> Result<(), Pla
         );
         (d, snap.throttle.max_hold)
     };
-    let Decision::Hold {
-        cluster,
-        server,
-        ready,
-        threshold,
-    } = look().0
-    else {
+    let first = look().0;
+    if first == Decision::Go {
         return Ok(());
-    };
+    }
     // Subscribed before the next look, so a view published in between is not missed.
     let mut changes = shared.topology.subscribe();
     let m = &shared.metrics.topology.throttle;
     m.held.inc();
     let _waiting = Waiting::new(&m.waiting);
     let started = Instant::now();
-    tracing::info!(client = c.id, user = %c.user, application_name = who.application_name.unwrap_or(""),
-        target = target.label(), cluster = cluster.label(), %server, ready, threshold,
-        "transaction held: WAL archiving lags on the primary");
+    log_start(c, who, target, &first);
     loop {
         let (decision, max_hold) = look();
         let waited = started.elapsed();
@@ -80,5 +73,20 @@ pub async fn hold(c: &Client, target: Target, shared: &Shared) -> Result<(), Pla
             // No more views will come (shutting down): fall back to the clock.
             tokio::time::sleep(pause).await;
         }
+    }
+}
+
+/// The one line a hold starts with: who waits, for which primary, and why.
+fn log_start(c: &Client, who: Who<'_>, target: Target, decision: &Decision) {
+    if let Decision::Hold {
+        cluster,
+        server,
+        ready,
+        threshold,
+    } = decision
+    {
+        tracing::info!(client = c.id, user = %c.user, application_name = who.application_name.unwrap_or(""),
+            target = target.label(), cluster = cluster.label(), %server, ready, threshold,
+            "transaction held: WAL archiving lags on the primary");
     }
 }
