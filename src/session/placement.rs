@@ -66,13 +66,13 @@ pub async fn place(
                     target,
                     spec: ServerSpec {
                         addr: addr.clone(),
+                        tls: snap.server_tls.clone(),
                         ..c.spec.clone()
                     },
                 };
                 let pool = shared.pools.load().pool(&key);
                 match checkout(&pool, target).await {
                     Ok(conn) => {
-                        tls: snap.server_tls.clone(),
                         if waited {
                             tm.primary_wait.observe(started.elapsed().as_secs_f64());
                         }
