@@ -124,6 +124,9 @@ impl Shared {
                 _ => continue,
             };
         }
+        for limit in ["max_user_connections", "max_db_connections", "client_idle_timeout"] {
+            let _ = m.client_limits.with_label_values(&[limit]);
+        }
         for kind in K::ALL {
             let _ = m.rejected.with_label_values(&[kind.label()]);
             for mode in MODES {
