@@ -7,14 +7,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::raw::{RawClassify, RawCluster, RawConfig, RawHealth};
+use super::raw::{RawClassify, RawCluster, RawConfig};
 use super::HealthSettings;
 use super::{read, ConfigError};
 use crate::auth::UserList;
 use crate::classify::{Classifier, Dictionary, SchemaRules};
 use crate::pool::{ConnLimits, PoolSettings};
 use crate::route::{Group, Phase};
-use crate::server::{ServerCredential, ServerSpec};
 
 /// How long a client keeps a server connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,7 +97,7 @@ pub struct Snapshot {
     pub watched: Vec<PathBuf>,
 }
 
-fn invalid(path: &Path, key: &str, message: impl Into<String>) -> ConfigError {
+pub(super) fn invalid(path: &Path, key: &str, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         path: path.into(),
         key: key.into(),
@@ -106,7 +105,7 @@ fn invalid(path: &Path, key: &str, message: impl Into<String>) -> ConfigError {
     }
 }
 
-fn secs(path: &Path, key: &str, v: f64) -> Result<Duration, ConfigError> {
+pub(super) fn secs(path: &Path, key: &str, v: f64) -> Result<Duration, ConfigError> {
     if !(v.is_finite() && v >= 0.0) {
         return Err(invalid(
             path,
@@ -151,53 +150,6 @@ fn cluster(path: &Path, name: &str, raw: &RawCluster) -> Result<Cluster, ConfigE
         primary,
         replicas: list("replicas", &raw.replicas)?,
         patroni: list("patroni", &raw.patroni)?,
-    })
-}
-
-/// `[health]`: checks log in with their own credentials, else `[server]`'s.
-fn health(
-    path: &Path,
-    raw: &RawConfig,
-    databases: &HashMap<String, Database>,
-    tls: &crate::server::tls::ServerTls,
-) -> Result<HealthSettings, ConfigError> {
-    let h: &RawHealth = &raw.health;
-    let user = h.user.clone().or_else(|| raw.server.user.clone());
-    let password = h.password.clone().or_else(|| raw.server.password.clone());
-    let dbname = h.dbname.clone().or_else(|| {
-        raw.databases
-            .keys()
-            .next()
-            .and_then(|k| databases.get(k))
-            .map(|d| d.dbname.clone())
-    });
-    let login = match (user, dbname) {
-        (Some(user), Some(dbname)) => Some(ServerSpec {
-            addr: String::new(),
-            dbname,
-            user,
-            credential: password.map_or(ServerCredential::None, ServerCredential::Plain),
-            tls: tls.clone(),
-        }),
-        _ => None,
-    };
-    let timeout = secs(path, "health.statement_timeout", h.statement_timeout)?;
-    if timeout.is_zero() {
-        return Err(invalid(path, "health.statement_timeout", "must be above 0"));
-    }
-    Ok(HealthSettings {
-        interval: secs(path, "health.interval", h.interval)?,
-        statement_timeout: timeout,
-        max_lag_seconds: secs(path, "health.max_lag_seconds", h.max_lag_seconds)?,
-        max_lag_bytes: h.max_lag_bytes,
-        login,
-        primary_wait: secs(path, "health.primary_wait", h.primary_wait)?,
-        read_your_writes: h.read_your_writes,
-        read_your_writes_timeout: secs(
-            path,
-            "health.read_your_writes_timeout",
-            h.read_your_writes_timeout,
-        )?,
     })
 }
 
@@ -319,7 +271,7 @@ impl Snapshot {
         let phase = Arc::new(load_phase(&phase_file)?);
         let server_tls = super::tls::server_tls(path, &raw, dir)?;
         let client_tls = super::tls::client_tls(path, &raw, dir)?;
-        let health = health(path, &raw, &databases, &server_tls)?;
+        let health = super::health::from_raw(path, &raw, &databases, &server_tls)?;
         let (main, ci) = (
             cluster(path, "main", &raw.clusters.main)?,
             cluster(path, "ci", &raw.clusters.ci)?,
