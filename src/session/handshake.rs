@@ -147,31 +147,7 @@ pub async fn handshake(
             format!("database \"{database}\" does not exist"),
         ));
     };
-    if shared.clients.load(Ordering::Relaxed) >= snap.max_client_conn {
-        return Err(fatal(
-            "53300",
-            "no more connections allowed (max_client_conn)",
-        ));
-    }
-    let (of_user, of_db) = shared.control.connections_of(&user, &database);
-    if snap.max_user_connections > 0 && of_user >= snap.max_user_connections {
-        return Err(SessionError::Limit {
-            limit: "max_user_connections",
-            error: PgError::fatal(
-                "53300",
-                format!("too many connections for user \"{user}\" (max_user_connections)"),
-            ),
-        });
-    }
-    if snap.max_db_connections > 0 && of_db >= snap.max_db_connections {
-        return Err(SessionError::Limit {
-            limit: "max_db_connections",
-            error: PgError::fatal(
-                "53300",
-                format!("too many connections for database \"{database}\" (max_db_connections)"),
-            ),
-        });
-    }
+    check_capacity(shared, snap, &user, &database)?;
     let proved = authenticate(io, shared, snap, &user, peer).await?;
     // From here the login waits on servers, not on its client: it can no longer be evicted.
     pending.leave();
@@ -249,6 +225,42 @@ async fn authenticate(
         }
         other => other,
     }
+}
+
+/// max_client_conn, max_user_connections and max_db_connections, checked before the password
+/// exchange so a refused client costs no authentication.
+fn check_capacity(
+    shared: &Shared,
+    snap: &Snapshot,
+    user: &str,
+    database: &str,
+) -> Result<(), SessionError> {
+    if shared.clients.load(Ordering::Relaxed) >= snap.max_client_conn {
+        return Err(fatal(
+            "53300",
+            "no more connections allowed (max_client_conn)",
+        ));
+    }
+    let (of_user, of_db) = shared.control.connections_of(user, database);
+    if snap.max_user_connections > 0 && of_user >= snap.max_user_connections {
+        return Err(SessionError::Limit {
+            limit: "max_user_connections",
+            error: PgError::fatal(
+                "53300",
+                format!("too many connections for user \"{user}\" (max_user_connections)"),
+            ),
+        });
+    }
+    if snap.max_db_connections > 0 && of_db >= snap.max_db_connections {
+        return Err(SessionError::Limit {
+            limit: "max_db_connections",
+            error: PgError::fatal(
+                "53300",
+                format!("too many connections for database \"{database}\" (max_db_connections)"),
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Who logged in.

@@ -29,29 +29,7 @@ pub async fn run(
     tokio::pin!(drain);
     loop {
         c.io.flush().await?;
-        let idle = c.session.status() == TxnStatus::Idle;
-        let idle_limit = c.session.snap.client_idle_timeout;
-        let next = tokio::select! {
-            biased;
-            _ = &mut drain, if idle => return Err(SessionError::Fatal(PgError::fatal(
-                "57P01",
-                "pgdecomp is shutting down (SIGTERM or SHUTDOWN); connect again to reach another instance",
-            ))),
-            next = c.io.read_frame() => next?,
-            // Built only when polled: no timer per request unless the limit is on.
-            _ = async {
-                match idle && !idle_limit.is_zero() {
-                    true => tokio::time::sleep(idle_limit).await,
-                    false => std::future::pending().await,
-                }
-            } => {
-                return Err(SessionError::Limit {
-                    limit: "client_idle_timeout",
-                    error: PgError::fatal("57P05", "terminating connection due to client_idle_timeout"),
-                });
-            }
-        };
-        let Some(first) = next else {
+        let Some(first) = next_request(c, drain.as_mut()).await? else {
             return Ok(());
         };
         match first.front() {
@@ -132,6 +110,34 @@ pub async fn run(
         if end == PumpEnd::ClientGone {
             return Ok(());
         }
+    }
+}
+
+/// Waits for the client's next message. Between transactions it may instead end the session:
+/// on a drain (SIGTERM, SHUTDOWN) or after client_idle_timeout. `None`: the client hung up.
+async fn next_request(
+    c: &mut Client,
+    drain: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>,
+) -> Result<Option<Frame>, SessionError> {
+    let idle = c.session.status() == TxnStatus::Idle;
+    let idle_limit = c.session.snap.client_idle_timeout;
+    tokio::select! {
+        biased;
+        _ = drain, if idle => Err(SessionError::Fatal(PgError::fatal(
+            "57P01",
+            "pgdecomp is shutting down (SIGTERM or SHUTDOWN); connect again to reach another instance",
+        ))),
+        next = c.io.read_frame() => next,
+        // Built only when polled: no timer per request unless the limit is on.
+        _ = async {
+            match idle && !idle_limit.is_zero() {
+                true => tokio::time::sleep(idle_limit).await,
+                false => std::future::pending().await,
+            }
+        } => Err(SessionError::Limit {
+            limit: "client_idle_timeout",
+            error: PgError::fatal("57P05", "terminating connection due to client_idle_timeout"),
+        }),
     }
 }
 
