@@ -80,11 +80,17 @@ fn dictionary_check_lists_what_the_dictionary_does_not_know() {
     let proxy = start(NEWER);
     let (code, report) = dictionary_check(&proxy);
     assert_eq!(code, 1, "unknown tables make it fail:\n{report}");
-    assert!(report.contains("  public.decomp_unknown_widgets\n"), "{report}");
+    assert!(
+        report.contains("  public.decomp_unknown_widgets\n"),
+        "{report}"
+    );
     // The partitioned table is in the newer dictionary; its partition is learned from the catalog.
     assert!(!report.contains("public.p_ci_builds\n"), "{report}");
     assert!(!report.contains("public.oddly_named_builds"), "{report}");
-    assert!(report.contains("  ci_runner_machine_builds\tgitlab_ci\n"), "{report}");
+    assert!(
+        report.contains("  ci_runner_machine_builds\tgitlab_ci\n"),
+        "{report}"
+    );
 
     let old = start("");
     let (code, report) = dictionary_check(&old);
@@ -100,9 +106,18 @@ async fn partitions_take_their_parents_schema_at_start_and_after_reload() {
     let client = proxy.connect().await;
     let read = |table: &str| format!("SELECT inet_server_port(), (SELECT count(*) FROM {table})");
     // Phase 4: ci reads go to the CI standby's replica, main reads to the main replica.
-    assert_eq!(port_of(&client, &read("p_ci_builds")).await, i32::from(topo.ci_replica()));
-    assert_eq!(port_of(&client, &read("oddly_named_builds")).await, i32::from(topo.ci_replica()));
-    assert_eq!(port_of(&client, &read("projects")).await, i32::from(topo.main_replica()));
+    assert_eq!(
+        port_of(&client, &read("p_ci_builds")).await,
+        i32::from(topo.ci_replica())
+    );
+    assert_eq!(
+        port_of(&client, &read("oddly_named_builds")).await,
+        i32::from(topo.ci_replica())
+    );
+    assert_eq!(
+        port_of(&client, &read("projects")).await,
+        i32::from(topo.main_replica())
+    );
 
     // A partition created after start is unknown (main) until a reload reads the catalog again.
     topo.psql_script(
@@ -113,10 +128,16 @@ async fn partitions_take_their_parents_schema_at_start_and_after_reload() {
          RESET ROLE;",
     );
     topo.sync_replicas();
-    assert_eq!(port_of(&client, &read("later_builds_part")).await, i32::from(topo.main_replica()));
+    assert_eq!(
+        port_of(&client, &read("later_builds_part")).await,
+        i32::from(topo.main_replica())
+    );
     proxy.reload();
     wait_catalog_reads(&proxy, 2.0);
-    assert_eq!(port_of(&client, &read("later_builds_part")).await, i32::from(topo.ci_replica()));
+    assert_eq!(
+        port_of(&client, &read("later_builds_part")).await,
+        i32::from(topo.ci_replica())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -128,7 +149,10 @@ async fn a_transaction_writing_main_and_an_undefined_table_is_a_cross_database_m
         metric(
             text,
             "pgdecomp_cross_database_modification_total",
-            &[("gitlab_schemas", "gitlab_main,undefined_decomp_unknown_widgets")],
+            &[(
+                "gitlab_schemas",
+                "gitlab_main,undefined_decomp_unknown_widgets",
+            )],
         )
     };
     client

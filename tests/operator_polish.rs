@@ -22,7 +22,10 @@ async fn violation_counters_start_at_zero_and_violations_show_readable_times() {
     let proxy = Proxy::with(topo, |c| c.phase(1));
     let fresh = metrics(&proxy);
     for (name, labels) in [
-        ("pgdecomp_cross_join_total", r#"gitlab_schemas="gitlab_ci,gitlab_main""#),
+        (
+            "pgdecomp_cross_join_total",
+            r#"gitlab_schemas="gitlab_ci,gitlab_main""#,
+        ),
         (
             "pgdecomp_cross_database_modification_total",
             r#"gitlab_schemas="gitlab_ci,gitlab_main""#,
@@ -63,8 +66,12 @@ async fn violation_counters_start_at_zero_and_violations_show_readable_times() {
         .expect("observed, not refused, in phase 1");
     let after = metrics(&proxy);
     assert_eq!(
-        sample(&after, "pgdecomp_cross_join_total", r#"gitlab_schemas="gitlab_ci,gitlab_main""#)
-            .as_deref(),
+        sample(
+            &after,
+            "pgdecomp_cross_join_total",
+            r#"gitlab_schemas="gitlab_ci,gitlab_main""#
+        )
+        .as_deref(),
         Some("1"),
         "{after}"
     );
@@ -79,7 +86,11 @@ async fn violation_counters_start_at_zero_and_violations_show_readable_times() {
         BOUND,
     );
     let shown = String::from_utf8_lossy(&out.stdout).to_string();
-    let at = shown.lines().next().and_then(|l| l.split('|').next()).unwrap_or("");
+    let at = shown
+        .lines()
+        .next()
+        .and_then(|l| l.split('|').next())
+        .unwrap_or("");
     let iso = at.len() == 20
         && at.as_bytes().iter().enumerate().all(|(i, b)| match i {
             4 | 7 => *b == b'-',
@@ -93,5 +104,8 @@ async fn violation_counters_start_at_zero_and_violations_show_readable_times() {
 
     let log = proxy.log();
     assert!(log.contains("cross"), "the violation is logged: {log}");
-    assert!(!log.contains('\u{1b}'), "a log file has no escape codes: {log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "a log file has no escape codes: {log}"
+    );
 }

@@ -4,10 +4,10 @@
 mod health;
 mod raw;
 mod snapshot;
-mod throttle;
-mod tls;
 #[cfg(test)]
 mod tests;
+mod throttle;
+mod tls;
 
 pub use health::HealthSettings;
 pub use raw::RawConfig;

@@ -107,9 +107,8 @@ fn rollout_decisions(r: &Registry) -> [[IntCounter; 2]; 2] {
         "Statements a ci rollout below 100 % decided, by rollout (ci_read, ci_write) and side (new target or fallback)",
         &["rollout", "side"],
     );
-    ["ci_read", "ci_write"].map(|rollout| {
-        ["new", "fallback"].map(|side| v.with_label_values(&[rollout, side]))
-    })
+    ["ci_read", "ci_write"]
+        .map(|rollout| ["new", "fallback"].map(|side| v.with_label_values(&[rollout, side])))
 }
 
 fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {

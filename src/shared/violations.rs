@@ -124,7 +124,11 @@ impl Shared {
                 _ => continue,
             };
         }
-        for limit in ["max_user_connections", "max_db_connections", "client_idle_timeout"] {
+        for limit in [
+            "max_user_connections",
+            "max_db_connections",
+            "client_idle_timeout",
+        ] {
             let _ = m.client_limits.with_label_values(&[limit]);
         }
         for kind in K::ALL {

@@ -9,9 +9,9 @@ pub mod lsn;
 pub mod patroni;
 pub mod ryw;
 pub mod select;
-pub mod throttle;
 #[cfg(test)]
 mod tests;
+pub mod throttle;
 pub mod view;
 pub mod watch;
 
