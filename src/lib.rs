@@ -11,6 +11,8 @@ pub mod auth;
 pub mod catalog;
 pub mod classify;
 pub mod config;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod metrics;
 pub mod net;
 pub mod pool;

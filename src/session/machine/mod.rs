@@ -5,11 +5,11 @@
 //! carry these out. Every execution (a Query, or a Bind of a prepared statement) is
 //! classified, routed, checked and counted here, once.
 
-#[cfg(test)]
-mod fake_pg;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fake_pg;
 mod forward;
-#[cfg(test)]
-mod harness;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod harness;
 mod local;
 mod plan;
 mod refuse;
@@ -167,7 +167,7 @@ impl Session {
     }
 
     /// The target of the attached server connection.
-    #[cfg(test)]
+    #[cfg(any(test, feature = "fuzzing"))]
     pub fn attached(&self) -> Option<Target> {
         self.link.as_ref().map(|a| a.pin.target)
     }

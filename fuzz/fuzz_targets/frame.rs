@@ -1,0 +1,4 @@
+//! cargo-fuzz entry for `pgdecomp::fuzzing::frame` (the body lives in the library).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| pgdecomp::fuzzing::frame(data));
