@@ -69,7 +69,7 @@ impl FakePg {
         if let Some(rest) =
             sql.strip_prefix("DO $pgdecomp$ BEGIN RAISE EXCEPTION USING ERRCODE = '")
         {
-            let code: &'static str = match &rest[..5] {
+            let code: &'static str = match rest.get(..5).unwrap_or_default() {
                 "2F002" => "2F002",
                 "26000" => "26000",
                 "53400" => "53400",
@@ -178,7 +178,7 @@ impl FakePg {
                 }
                 b'C' => {
                     let kind = b.first().copied();
-                    b = &b[1..];
+                    b = b.get(1..).unwrap_or_default();
                     let name = cstr(&mut b);
                     if kind == Some(b'S') {
                         self.statements.remove(&name);
