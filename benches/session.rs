@@ -100,7 +100,7 @@ fn bench(c: &mut Criterion) {
         {
             session.attach(target, group, hold_status, prepares);
             for f in unit {
-                session.client_frame(f, &mut ctx, &mut server, &mut out);
+                session.client_frame_copied(f, &mut ctx, &mut server, &mut out);
             }
             input.extend_from_slice(server_reply);
             session

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use quick_cache::sync::Cache;
 use quick_cache::Weighter;
 
-use super::{cache_key, Classification, Classifier};
+use super::normalize::cache_key_within;
+use super::{Classification, Classifier};
 
 /// Rough bytes a cached classification costs beyond its key: the budget is `capacity` entries of
 /// this size plus their text, so a few huge statements cannot blow the memory bound.
@@ -23,7 +24,12 @@ pub struct ClassifyCache {
     entries: Cache<Box<str>, Arc<Classification>, EntryWeight>,
     /// The statements of multi-statement strings, one classification each.
     each: Cache<Box<str>, Arc<[Arc<Classification>]>>,
+    /// Longer statements are parsed from their literal-free key, or not at all.
+    max_statement: usize,
 }
+
+/// `classify.max_statement_bytes` by default: parsing costs many times the text in tokens.
+pub const MAX_STATEMENT_BYTES: usize = 1 << 20;
 
 /// Multi-statement strings kept classified statement by statement (they are rare in
 /// application traffic: scripts, migrations, psql).
@@ -53,7 +59,14 @@ impl ClassifyCache {
             generation,
             entries: Cache::with_weighter(capacity, weight, EntryWeight),
             each: Cache::new(EACH_CAPACITY),
+            max_statement: MAX_STATEMENT_BYTES,
         }
+    }
+
+    /// Sets the longest text parsed as it is; see [`ClassifyCache::get`].
+    pub fn with_max_statement(mut self, bytes: usize) -> Self {
+        self.max_statement = bytes.max(1);
+        self
     }
 
     pub fn generation(&self) -> u64 {
@@ -64,13 +77,23 @@ impl ClassifyCache {
         &self.classifier
     }
 
-    /// Returns the cached classification of `sql`, classifying and inserting on a miss.
+    /// Returns the cached classification of `sql`, classifying and inserting on a miss. A
+    /// statement longer than `max_statement` is classified from its key (literals do not
+    /// change where a statement goes, which is why the cache may share them), and is unknown
+    /// when even that is too long: the parser's tokens would cost many times the text.
     pub fn get(&self, sql: &str) -> Arc<Classification> {
-        let key = cache_key(sql);
+        let Some(key) = cache_key_within(sql, self.max_statement) else {
+            return Arc::new(self.classifier.too_long(sql.len(), self.max_statement));
+        };
         if let Some(hit) = self.entries.get(key.as_ref()) {
             return hit;
         }
-        let classification = Arc::new(self.classifier.classify(sql));
+        let text = if sql.len() > self.max_statement {
+            key.as_ref()
+        } else {
+            sql
+        };
+        let classification = Arc::new(self.classifier.classify(text));
         // A parse error quotes the literal it tripped on: share it only with identical text.
         if classification.error.is_none() || key.as_ref() == sql {
             self.entries
@@ -85,13 +108,19 @@ impl ClassifyCache {
         if whole.statements.len() <= 1 {
             return None;
         }
-        let key = cache_key(sql);
+        // `whole` has several statements, so the key fits (see `get`).
+        let key = cache_key_within(sql, self.max_statement)?;
         if let Some(hit) = self.each.get(key.as_ref()) {
             return Some(hit);
         }
+        let text = if sql.len() > self.max_statement {
+            key.as_ref()
+        } else {
+            sql
+        };
         let parts: Arc<[Arc<Classification>]> = self
             .classifier
-            .classify_each(sql)
+            .classify_each(text)
             .into_iter()
             .map(Arc::new)
             .collect();
@@ -159,5 +188,27 @@ mod tests {
             cache.get(&format!("SELECT * FROM t{i}"));
         }
         assert!(cache.len() <= 20, "{}", cache.len());
+    }
+
+    #[test]
+    fn long_statements_are_parsed_from_their_key_or_fail_closed() {
+        let cache = ClassifyCache::new(Classifier::gitlab_default(), 100).with_max_statement(64);
+        let note = "x".repeat(10_000);
+        let long = format!("INSERT INTO ci_builds (name) VALUES ('{note}')");
+        let short = cache.get(&long);
+        assert_eq!(
+            *short,
+            cache
+                .classifier()
+                .classify("INSERT INTO ci_builds (name) VALUES ('')")
+        );
+        assert!(short.error.is_none());
+        let dense = format!("SELECT {} FROM ci_builds", "1, ".repeat(100));
+        let refused = cache.get(&dense);
+        assert_eq!(refused.kind, crate::classify::StatementKind::Unknown);
+        let error = refused.error.as_deref().unwrap_or_default();
+        assert!(error.contains("max_statement_bytes (64)"), "{error}");
+        let backslash = format!("INSERT INTO ci_builds (name) VALUES ('{note}\\')");
+        assert!(cache.get(&backslash).error.is_some());
     }
 }

@@ -90,6 +90,16 @@ impl Classifier {
         self.assemble(parts, error)
     }
 
+    /// A statement too long to parse within the memory bound: unknown, so it fails closed
+    /// (main primary, counted) like any statement the parser cannot read.
+    pub fn too_long(&self, len: usize, limit: usize) -> Classification {
+        let message = format!(
+            "statement of {len} bytes not parsed: its literal-free text is longer than \
+             classify.max_statement_bytes ({limit})"
+        );
+        self.assemble(vec![unknown()], Some(message))
+    }
+
     /// Each statement of a multi-statement string classified on its own, in order: the session
     /// routes, checks and counts them one by one. A single statement gives one entry.
     pub fn classify_each(&self, sql: &str) -> Vec<Classification> {

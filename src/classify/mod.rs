@@ -19,7 +19,7 @@ mod rules;
 mod tables;
 mod types;
 
-pub use cache::ClassifyCache;
+pub use cache::{ClassifyCache, MAX_STATEMENT_BYTES};
 pub use classifier::Classifier;
 pub use dictionary::Dictionary;
 pub use functions::{FunctionInfo, Functions, Volatility};

@@ -14,7 +14,17 @@ use std::borrow::Cow;
 /// The cache key of `sql`: string literals become `''` and numbers `0`; comments, identifiers
 /// and `$n` parameters stay. Borrowed when nothing was replaced or the text is not safe to touch.
 pub fn cache_key(sql: &str) -> Cow<'_, str> {
-    normalize(sql).map_or(Cow::Borrowed(sql), Cow::Owned)
+    normalize(sql, usize::MAX).map_or(Cow::Borrowed(sql), Cow::Owned)
+}
+
+/// The cache key of `sql` when it is at most `limit` bytes long, built without holding more
+/// than that: a huge statement made of a few huge literals still gets a short key.
+pub fn cache_key_within(sql: &str, limit: usize) -> Option<Cow<'_, str>> {
+    match normalize(sql, limit) {
+        Some(key) => Some(Cow::Owned(key)),
+        // Replacing never lengthens: unchanged text is the key, if it fits.
+        None => (sql.len() <= limit).then_some(Cow::Borrowed(sql)),
+    }
 }
 
 /// Bytes the scanner must look at: quotes, comment starts, `$` and digits. Everything else is
@@ -35,9 +45,10 @@ fn is_ident(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80
 }
 
-/// The text with literals replaced, or `None` when there is nothing to replace or the text
-/// must stay as it is. Only ASCII bytes are cut at, so every slice is valid UTF-8.
-fn normalize(sql: &str) -> Option<String> {
+/// The text with literals replaced, or `None` when there is nothing to replace, the text must
+/// stay as it is, or the result would pass `limit` bytes. Only ASCII bytes are cut at, so every
+/// slice is valid UTF-8.
+fn normalize(sql: &str, limit: usize) -> Option<String> {
     let bytes = sql.as_bytes();
     let mut out = String::new();
     let mut copied = 0;
@@ -57,7 +68,7 @@ fn normalize(sql: &str) -> Option<String> {
             }
             b'0'..=b'9' => {
                 let end = number_end(bytes, i)?;
-                replace(&mut out, sql, &mut copied, i, end, "0");
+                replace(&mut out, sql, &mut copied, (i, end), "0", limit)?;
                 i = end;
             }
             b'\'' => {
@@ -69,7 +80,7 @@ fn normalize(sql: &str) -> Option<String> {
                 if bytes[i..end].contains(&b'\\') {
                     return None;
                 }
-                replace(&mut out, sql, &mut copied, i, end, "''");
+                replace(&mut out, sql, &mut copied, (i, end), "''", limit)?;
                 i = end;
             }
             b'"' => i = quoted_end(bytes, i, b'"')?,
@@ -98,16 +109,25 @@ fn normalize(sql: &str) -> Option<String> {
         return None;
     }
     out.push_str(&sql[copied..]);
-    Some(out)
+    (out.len() <= limit).then_some(out)
 }
 
-fn replace(out: &mut String, sql: &str, copied: &mut usize, start: usize, end: usize, with: &str) {
+/// Copies up to `span` and its replacement; `None` once the key passes `limit`.
+fn replace(
+    out: &mut String,
+    sql: &str,
+    copied: &mut usize,
+    (start, end): (usize, usize),
+    with: &str,
+    limit: usize,
+) -> Option<()> {
     if out.capacity() == 0 {
-        out.reserve(sql.len());
+        out.reserve(sql.len().min(limit));
     }
     out.push_str(&sql[*copied..start]);
     out.push_str(with);
     *copied = end;
+    (out.len() <= limit).then_some(())
 }
 
 /// End (exclusive) of a quoted token starting at `start`, with doubled quotes as escapes.
@@ -180,7 +200,19 @@ fn number_end(bytes: &[u8], start: usize) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
-    use super::cache_key;
+    use super::{cache_key, cache_key_within};
+
+    #[test]
+    fn bounded_keys_stop_at_the_limit() {
+        let long = format!("SELECT '{}' FROM t", "x".repeat(1000));
+        assert_eq!(
+            cache_key_within(&long, 20).as_deref(),
+            Some("SELECT '' FROM t")
+        );
+        assert_eq!(cache_key_within("SELECT 1, 2, 3", 8), None);
+        assert_eq!(cache_key_within("SELECT a", 8).as_deref(), Some("SELECT a"));
+        assert_eq!(cache_key_within("SELECT abc", 8), None);
+    }
 
     #[test]
     fn literals_become_placeholders() {

@@ -82,6 +82,10 @@ pub struct RawPool {
     pub max_db_connections: usize,
     /// Seconds a client may stay idle outside a transaction before it is closed (0: never).
     pub client_idle_timeout: f64,
+    /// Seconds a client may stay idle inside a transaction, holding its server (0: never).
+    pub idle_transaction_timeout: f64,
+    /// Seconds one request may wait on the server before it is cancelled (0: never).
+    pub query_timeout: f64,
     /// Idle seconds after which a server connection is pinged before reuse.
     pub server_check_delay: f64,
     /// Statements kept prepared per server connection; the least recently used is closed.
@@ -107,6 +111,8 @@ impl Default for RawPool {
             max_user_connections: 0,
             max_db_connections: 0,
             client_idle_timeout: 0.0,
+            idle_transaction_timeout: 0.0,
+            query_timeout: 0.0,
             server_check_delay: 30.0,
             max_prepared_statements: 200,
             max_client_prepared_statements: 5000,
@@ -192,6 +198,8 @@ pub struct RawClassify {
     pub schema_rules: Option<String>,
     pub write_functions: Vec<String>,
     pub cache_size: usize,
+    /// Longer statements are parsed from their literal-free text, or fail closed.
+    pub max_statement_bytes: usize,
     /// Glob → gitlab_schema for tables the dictionary does not list (e.g. partitions).
     pub table_patterns: BTreeMap<String, String>,
     /// Learn partitions (and function volatility) from the main primary's catalog.
@@ -205,6 +213,7 @@ impl Default for RawClassify {
             schema_rules: None,
             write_functions: vec![],
             cache_size: 10_000,
+            max_statement_bytes: crate::classify::MAX_STATEMENT_BYTES,
             table_patterns: BTreeMap::new(),
             catalog: true,
         }

@@ -65,6 +65,8 @@ pub struct Snapshot {
     pub max_db_connections: usize,
     /// Zero: never.
     pub client_idle_timeout: Duration,
+    pub idle_transaction_timeout: Duration,
+    pub query_timeout: Duration,
     pub server_user: Option<String>,
     pub server_password: Option<String>,
     pub databases: HashMap<String, Database>,
@@ -75,6 +77,7 @@ pub struct Snapshot {
     pub throttle: super::ThrottleSettings,
     pub classifier: Classifier,
     pub cache_size: usize,
+    pub max_statement_bytes: usize,
     /// `[classify] catalog`: learn partitions and function volatility from the main primary.
     pub learn_catalog: bool,
     /// `[classify] dictionary` as written (a shipped name or a file), for reports.
@@ -301,6 +304,12 @@ impl Snapshot {
             max_user_connections: p.max_user_connections,
             max_db_connections: p.max_db_connections,
             client_idle_timeout: secs(path, "pool.client_idle_timeout", p.client_idle_timeout)?,
+            idle_transaction_timeout: secs(
+                path,
+                "pool.idle_transaction_timeout",
+                p.idle_transaction_timeout,
+            )?,
+            query_timeout: secs(path, "pool.query_timeout", p.query_timeout)?,
             server_user: raw.server.user.clone(),
             server_password: raw.server.password.clone(),
             databases,
@@ -310,6 +319,7 @@ impl Snapshot {
             throttle: super::throttle::settings(path, &raw.throttle)?,
             classifier,
             cache_size: raw.classify.cache_size,
+            max_statement_bytes: raw.classify.max_statement_bytes,
             learn_catalog: raw.classify.catalog,
             dictionary_name: raw
                 .classify

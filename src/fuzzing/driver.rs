@@ -99,7 +99,7 @@ impl Driver {
             observer: &mut self.tally,
         };
         let mut detached_out = BytesMut::new();
-        self.s.client_frame(
+        self.s.client_frame_copied(
             &unit[0],
             &mut ctx,
             &mut ServerStatements::default(),
@@ -129,7 +129,7 @@ impl Driver {
         let mut out = BytesMut::new();
         self.s.send_held(&mut out);
         for f in &unit {
-            self.s.client_frame(f, &mut ctx, stmts, &mut out);
+            self.s.client_frame_copied(f, &mut ctx, stmts, &mut out);
         }
         self.s.batch_done();
         self.exchange(target, out);
@@ -157,7 +157,7 @@ impl Driver {
                 self.gone = true;
                 return false;
             }
-            self.s.client_frame(&f, &mut ctx, stmts, &mut out);
+            self.s.client_frame_copied(&f, &mut ctx, stmts, &mut out);
         }
         if out.is_empty() {
             if self.s.may_release(false) {

@@ -49,8 +49,11 @@ pub fn peek_header(buf: &[u8], max_len: usize) -> Result<Option<(u8, usize)>, Fr
     Ok(Some((tag, len + 1)))
 }
 
-/// Splits one complete frame off the front of `buf`, reserving space for the rest of a
-/// partially received one so the next read completes it without reallocating twice.
+/// Bytes reserved at once for the rest of a partly received message.
+const READ_AHEAD: usize = 64 * 1024;
+
+/// Splits one complete frame off the front of `buf`, reserving space for more of a partially
+/// received one (at most as much again as has arrived).
 pub fn decode_frame(buf: &mut BytesMut, max_len: usize) -> Result<Option<Frame>, FrameError> {
     match peek_header(buf, max_len)? {
         None => Ok(None),
@@ -59,7 +62,10 @@ pub fn decode_frame(buf: &mut BytesMut, max_len: usize) -> Result<Option<Frame>,
             Ok(Some(Frame { tag, raw }))
         }
         Some((_, total)) => {
-            buf.reserve(total - buf.len());
+            // Room for what has arrived again, not for what the header claims: a header alone
+            // must not commit max_len bytes (a long message grows its buffer by doubling).
+            let ahead = buf.len().max(READ_AHEAD);
+            buf.reserve((total - buf.len()).min(ahead));
             Ok(None)
         }
     }
@@ -100,6 +106,13 @@ mod tests {
             decode_frame(&mut b, 1024),
             Err(FrameError::TooLong { .. })
         ));
+    }
+
+    #[test]
+    fn a_header_alone_reserves_little() {
+        let mut b = BytesMut::from(&b"Q\x0f\0\0\0"[..]);
+        assert_eq!(decode_frame(&mut b, usize::MAX).unwrap(), None);
+        assert!(b.capacity() < 1 << 20, "{}", b.capacity());
     }
 
     #[test]

@@ -63,19 +63,26 @@ pub fn write_parse(name: &str, sql: &str, param_types: &[u8], out: &mut BytesMut
 
 /// Writes a Bind identical to `f` but naming server statement `name`.
 pub fn write_bind_renamed(f: &Frame, name: &str, out: &mut BytesMut) -> Option<()> {
+    let rest = write_bind_head(f, name, out)?;
+    out.put_slice(&f.raw[rest..]);
+    Some(())
+}
+
+/// Writes the head of that renamed Bind (its header, portal and `name`) and returns where the
+/// rest of `f` (formats and parameters, unchanged) starts, so a long Bind's parameters can be
+/// sent from the client's buffer instead of copied.
+pub fn write_bind_head(f: &Frame, name: &str, out: &mut BytesMut) -> Option<usize> {
     let mut b = f.body();
     let portal = read_cstr(&mut b)?;
     read_cstr(&mut b)?;
-    let start = out.len();
+    let len = i32::try_from(4 + portal.len() + 1 + name.len() + 1 + b.len()).ok()?;
     out.put_u8(b'B');
-    out.put_i32(0);
+    out.put_i32(len);
     out.put_slice(portal);
     out.put_u8(0);
     out.put_slice(name.as_bytes());
     out.put_u8(0);
-    out.put_slice(b);
-    finish(out, start);
-    Some(())
+    Some(f.raw.len() - b.len())
 }
 
 /// Writes a Describe or Close (`tag`) of kind `kind` for `name`.

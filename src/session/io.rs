@@ -6,7 +6,31 @@ use tokio::net::TcpStream;
 
 use super::SessionError;
 use crate::net::Stream;
-use crate::protocol::frame::{decode_frame, Frame};
+use crate::protocol::backend::PgError;
+use crate::protocol::frame::{decode_frame, Frame, FrameError};
+
+/// The read buffer a client starts with.
+const READ_BUFFER: usize = 8 * 1024;
+
+/// A message longer than this leaves a fresh read buffer behind it.
+const SHRINK_AFTER: usize = 256 * 1024;
+
+/// A message over `max_message_size` is a limit like the others: its own error and counter.
+fn too_long(e: FrameError) -> SessionError {
+    match e {
+        FrameError::TooLong { tag, len, max } => SessionError::Limit {
+            limit: "max_message_size",
+            error: PgError::fatal(
+                "54000",
+                format!(
+                    "message '{}' of {len} bytes exceeds max_message_size ({max} bytes)",
+                    tag as char
+                ),
+            ),
+        },
+        other => SessionError::Frame(other),
+    }
+}
 
 pub struct ClientIo {
     pub stream: Stream,
@@ -20,7 +44,7 @@ impl ClientIo {
     pub fn new(stream: TcpStream, max_message: usize) -> Self {
         Self {
             stream: Stream::Plain(stream),
-            rbuf: BytesMut::with_capacity(8 * 1024),
+            rbuf: BytesMut::with_capacity(READ_BUFFER),
             wbuf: BytesMut::with_capacity(8 * 1024),
             max_message,
         }
@@ -33,7 +57,15 @@ impl ClientIo {
 
     /// The next complete frame already buffered, if any.
     pub fn buffered_frame(&mut self) -> Result<Option<Frame>, SessionError> {
-        Ok(decode_frame(&mut self.rbuf, self.max_message)?)
+        let frame = decode_frame(&mut self.rbuf, self.max_message).map_err(too_long)?;
+        if frame.as_ref().is_some_and(|f| f.raw.len() > SHRINK_AFTER) {
+            // The read buffer still shares the long message's allocation: start a small one,
+            // so the memory goes as soon as the message has been forwarded.
+            let mut fresh = BytesMut::with_capacity(READ_BUFFER.max(self.rbuf.len()));
+            fresh.extend_from_slice(&self.rbuf);
+            self.rbuf = fresh;
+        }
+        Ok(frame)
     }
 
     /// Reads until one whole frame is available; `Ok(None)` when the client hung up.

@@ -8,6 +8,7 @@ mod handshake;
 mod io;
 mod local;
 mod machine;
+mod outbox;
 mod params;
 mod placement;
 mod prepared;
@@ -19,6 +20,7 @@ mod scan;
 mod scan_tests;
 mod segment;
 mod throttle;
+mod timeouts;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -176,7 +178,9 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
             tracing::warn!(client = id, %peer, error = %e, "client session ended by an error");
             if let Some(pg) = e.to_pg() {
                 pg.encode(&mut client.io.wbuf);
-                let _ = client.io.flush().await;
+                // The client may still be sending (a message over the limit): linger, or the
+                // close resets the connection and the error is lost.
+                client.io.close_gracefully().await;
             }
         }
     }

@@ -3,7 +3,8 @@
 //! to the server; server bytes come back raw through the machine's scanner. Ends when the
 //! transaction ends (transaction pooling) or the client leaves.
 
-use std::time::Instant;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use deadpool::managed::Object;
@@ -11,14 +12,16 @@ use tokio::io::AsyncReadExt;
 
 use super::client::Client;
 use super::machine::Ctx;
+use super::outbox::Outbox;
 use super::record::Recorder;
+use super::timeouts::{timer_for, Expiry};
 use super::SessionError;
 use crate::config::PoolMode;
 use crate::pool::PooledConn;
 use crate::protocol::frame::{peek_header, Frame};
 use crate::protocol::Front;
 use crate::server::ServerConn;
-use crate::shared::cancel::CancelSlot;
+use crate::shared::cancel::{cancel_server, CancelSlot};
 use crate::shared::Shared;
 
 /// How a relay ended.
@@ -32,8 +35,12 @@ pub enum PumpEnd {
 
 enum Outcome {
     Released,
-    Gone { clean: bool },
+    Gone {
+        clean: bool,
+    },
     ServerLost(String),
+    /// query_timeout: the request was cancelled on the server and the connection given up.
+    TimedOut(Expiry),
 }
 
 /// Runs `unit` (already planned onto this connection) and everything after it until the
@@ -49,17 +56,17 @@ pub async fn pump(
     sc.in_use = true;
     sc.prepared.set_cap(c.session.snap.max_prepared_statements);
     set_cancel(&c.cancel_slot, Some(sc));
-    let mut out = std::mem::take(&mut c.to_server);
-    out.clear();
+    let mut out = Outbox::new(std::mem::take(&mut c.to_server));
+    out.buf.clear();
     if sc.params_fingerprint != c.params.fingerprint() {
         let defaults = sc.defaults.clone();
         if let Some(sql) = c.params.sync_sql(&sc.params, &defaults) {
-            c.session.proxy_query(&sql, &mut out);
+            c.session.proxy_query(&sql, &mut out.buf);
             c.params.apply_to(&mut sc.params, &defaults);
         }
         sc.params_fingerprint = c.params.fingerprint();
     }
-    c.session.send_held(&mut out);
+    c.session.send_held(&mut out.buf);
     let cache = shared.cache.load();
     let mut recorder = Recorder {
         shared,
@@ -71,13 +78,16 @@ pub async fn pump(
         observer: &mut recorder,
     };
     for f in &unit {
-        c.session
-            .client_frame(f, &mut ctx, &mut sc.prepared, &mut out);
+        forward(c, f, &mut ctx, &mut sc.prepared, &mut out);
     }
     drop(unit);
     let outcome = relay_loop(c, sc, &mut out, &mut ctx, statement_seconds).await;
     set_cancel(&c.cancel_slot, None);
-    c.to_server = out;
+    if let Ok(Outcome::TimedOut(e)) = &outcome {
+        let limits = &shared.metrics.client_limits;
+        limits.with_label_values(&[e.label()]).inc();
+    }
+    c.to_server = out.into_buf(KEEP_BUFFER);
     match outcome {
         Ok(o) => finish(c, conn, o).await,
         Err(e) => {
@@ -86,6 +96,23 @@ pub async fn pump(
             discard_if_broken(conn);
             Err(e)
         }
+    }
+}
+
+/// A server buffer grown past this by one large batch is not kept for the next one.
+const KEEP_BUFFER: usize = 64 * 1024;
+
+/// One client message through the machine into the outbox.
+fn forward(
+    c: &mut Client,
+    f: &Frame,
+    ctx: &mut Ctx<'_>,
+    prepared: &mut crate::server::ServerStatements,
+    out: &mut Outbox,
+) {
+    c.session.client_frame(f, ctx, prepared, &mut out.buf);
+    if let Some(long) = c.session.take_deferred() {
+        out.defer(long);
     }
 }
 
@@ -98,12 +125,20 @@ fn wants_client_bytes(rbuf: &BytesMut, max: usize, high_water: usize) -> bool {
 async fn relay_loop(
     c: &mut Client,
     sc: &mut ServerConn,
-    out: &mut BytesMut,
+    out: &mut Outbox,
     ctx: &mut Ctx<'_>,
     statement_seconds: &prometheus::Histogram,
 ) -> Result<Outcome, SessionError> {
     let mut terminate = false;
     let mut client_eof = false;
+    let limits = (
+        c.session.snap.query_timeout,
+        c.session.snap.idle_transaction_timeout,
+    );
+    // One timer per attachment, and none at all unless a limit is on.
+    let timed = !limits.0.is_zero() || !limits.1.is_zero();
+    let mut timer = std::pin::pin!(timed.then(|| tokio::time::sleep(Duration::ZERO)));
+    let mut armed: Option<Expiry> = None;
     loop {
         while !terminate
             && out.len() < c.high_water
@@ -111,7 +146,7 @@ async fn relay_loop(
         {
             match c.io.buffered_frame()? {
                 Some(f) if f.front() == Front::Terminate => terminate = true,
-                Some(f) => c.session.client_frame(&f, ctx, &mut sc.prepared, out),
+                Some(f) => forward(c, &f, ctx, &mut sc.prepared, out),
                 None => break,
             }
         }
@@ -130,18 +165,32 @@ async fn relay_loop(
         let read_client = out.len() < c.high_water
             && wants_client_bytes(&c.io.rbuf, c.io.max_message, c.high_water);
         let read_server = c.io.wbuf.len() < c.high_water;
-        match next_event(c, sc, out, read_client, read_server).await {
+        let want = timer_for(c.session.waiting(), limits.0, limits.1);
+        if want != armed {
+            if let (Some(e), Some(t)) = (want, timer.as_mut().as_pin_mut()) {
+                t.reset(tokio::time::Instant::now() + e.after());
+            }
+            armed = want;
+        }
+        let running = armed.and(timer.as_mut().as_pin_mut());
+        match next_event(c, sc, out, (read_client, read_server), running).await {
+            Event::Expired => {
+                if let Some(e) = armed {
+                    return expire(e, sc);
+                }
+            }
             Event::ClientRead(n) => {
                 if !matches!(n, Ok(n) if n > 0) {
                     client_eof = true;
                 }
             }
             Event::ServerRead(n) => match n {
-                Ok(n) if n > 0 => {
-                    if let Err(lost) = on_server_bytes(c, sc, statement_seconds) {
-                        return Ok(lost);
-                    }
-                }
+                Ok(n) if n > 0 => match on_server_bytes(c, sc, statement_seconds) {
+                    // An answer came: the next outstanding request gets its own full time.
+                    Ok(ready) if ready > 0 => armed = None,
+                    Ok(_) => {}
+                    Err(lost) => return Ok(lost),
+                },
                 Ok(_) => {
                     return Ok(Outcome::ServerLost(
                         "server closed the connection unexpectedly".into(),
@@ -164,12 +213,30 @@ async fn relay_loop(
     }
 }
 
+/// A timer ran out: a query timeout cancels the request on the server and answers the client;
+/// an idle transaction ends the session.
+fn expire(e: Expiry, sc: &ServerConn) -> Result<Outcome, SessionError> {
+    match e {
+        Expiry::Query(_) => {
+            let key = sc.cancel_key.clone();
+            // Closing the socket alone would leave the backend running the statement.
+            tokio::spawn(async move { cancel_server(&key).await });
+            Ok(Outcome::TimedOut(e))
+        }
+        Expiry::IdleTransaction(_) => Err(SessionError::Limit {
+            limit: e.label(),
+            error: e.error(),
+        }),
+    }
+}
+
 /// What one wait of the relay loop brought.
 enum Event {
     ClientRead(std::io::Result<usize>),
     ServerRead(std::io::Result<usize>),
     ClientWrote(std::io::Result<()>),
     ServerWrote(std::io::Result<()>),
+    Expired,
 }
 
 /// Waits for the first of: client bytes, server bytes, client writable, server writable. Each
@@ -179,13 +246,18 @@ enum Event {
 async fn next_event(
     c: &mut Client,
     sc: &mut ServerConn,
-    out: &mut BytesMut,
-    read_client: bool,
-    read_server: bool,
+    out: &mut Outbox,
+    (read_client, read_server): (bool, bool),
+    mut timer: Option<Pin<&mut tokio::time::Sleep>>,
 ) -> Event {
     use std::future::Future;
     use std::task::Poll;
     std::future::poll_fn(|cx| {
+        if let Some(t) = timer.as_mut() {
+            if t.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::Expired);
+            }
+        }
         if read_client {
             let mut f = std::pin::pin!(c.io.stream.read_buf(&mut c.io.rbuf));
             if let Poll::Ready(r) = f.as_mut().poll(cx) {
@@ -205,7 +277,7 @@ async fn next_event(
             }
         }
         if !out.is_empty() || sc.stream.needs_flush() {
-            let mut f = std::pin::pin!(write_some(&mut sc.stream, out));
+            let mut f = std::pin::pin!(write_outbox(&mut sc.stream, out));
             if let Poll::Ready(r) = f.as_mut().poll(cx) {
                 return Poll::Ready(Event::ServerWrote(r));
             }
@@ -227,13 +299,29 @@ async fn write_some(stream: &mut crate::net::Stream, buf: &mut BytesMut) -> std:
     Ok(())
 }
 
-/// Server bytes arrived: the machine scans them into client bytes and events; `Err` carries
-/// the outcome when the server broke the protocol.
+/// Writes what the server socket takes now from the outbox (or the pending TLS records).
+async fn write_outbox(stream: &mut crate::net::Stream, out: &mut Outbox) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    if !out.is_empty() {
+        let n = stream.write(out.chunk()).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        out.advance(n);
+    }
+    if stream.needs_flush() {
+        stream.flush().await?;
+    }
+    Ok(())
+}
+
+/// Server bytes arrived: the machine scans them into client bytes and events. `Ok`: how many
+/// requests were answered; `Err` carries the outcome when the server broke the protocol.
 fn on_server_bytes(
     c: &mut Client,
     sc: &mut ServerConn,
     statement_seconds: &prometheus::Histogram,
-) -> Result<(), Outcome> {
+) -> Result<u32, Outcome> {
     let ev = match c.session.scan(
         &mut sc.rbuf,
         &mut c.io.wbuf,
@@ -260,7 +348,7 @@ fn on_server_bytes(
     if let Some((code, msg)) = ev.proxy_error {
         tracing::warn!(client = c.id, %code, %msg, "proxy statement failed on the server");
     }
-    Ok(())
+    Ok(ev.ready)
 }
 
 async fn finish(
@@ -302,6 +390,13 @@ async fn finish(
             // Keep the client usable: the machine reports the loss and answers every request
             // still waiting.
             c.session.server_lost(&reason, &mut c.io.wbuf);
+            Ok(PumpEnd::Released)
+        }
+        Outcome::TimedOut(e) => {
+            tracing::warn!(client = c.id, server = %conn.addr, limit = e.label(), "request cancelled on the server; its connection is closed");
+            conn.broken = true;
+            discard_if_broken(conn);
+            c.session.server_gone(e.error(), &mut c.io.wbuf);
             Ok(PumpEnd::Released)
         }
     }

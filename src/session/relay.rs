@@ -2,7 +2,7 @@
 //! machine plan it, check out a connection to the planned target, hand over to the pump until
 //! the transaction (or session) ends.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::client::Client;
 use super::machine::{Ctx, Plan};
@@ -10,6 +10,7 @@ use super::placement::{place, PlaceError};
 use super::pump::{pump, PumpEnd};
 use super::record::Recorder;
 use super::throttle;
+use super::timeouts::{timer_for, Expiry, Waiting};
 use super::SessionError;
 use crate::pool::CheckoutError;
 use crate::protocol::backend::PgError;
@@ -114,13 +115,23 @@ pub async fn run(
 }
 
 /// Waits for the client's next message. Between transactions it may instead end the session:
-/// on a drain (SIGTERM, SHUTDOWN) or after client_idle_timeout. `None`: the client hung up.
+/// on a drain (SIGTERM, SHUTDOWN) or after client_idle_timeout; inside a transaction whose BEGIN
+/// pgdecomp holds, after idle_transaction_timeout. `None`: the client hung up.
 async fn next_request(
     c: &mut Client,
     drain: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>,
 ) -> Result<Option<Frame>, SessionError> {
     let idle = c.session.status() == TxnStatus::Idle;
-    let idle_limit = c.session.snap.client_idle_timeout;
+    let snap = &c.session.snap;
+    let limit = match idle {
+        true => Some(snap.client_idle_timeout).filter(|d| !d.is_zero()),
+        false => timer_for(
+            Waiting::ClientInTransaction,
+            Duration::ZERO,
+            snap.idle_transaction_timeout,
+        )
+        .map(Expiry::after),
+    };
     tokio::select! {
         biased;
         _ = drain, if idle => Err(SessionError::Fatal(PgError::fatal(
@@ -128,17 +139,29 @@ async fn next_request(
             "pgdecomp is shutting down (SIGTERM or SHUTDOWN); connect again to reach another instance",
         ))),
         next = c.io.read_frame() => next,
-        // Built only when polled: no timer per request unless the limit is on.
+        // Built only when polled: no timer per request unless a limit is on.
         _ = async {
-            match idle && !idle_limit.is_zero() {
-                true => tokio::time::sleep(idle_limit).await,
-                false => std::future::pending().await,
+            match limit {
+                Some(after) => tokio::time::sleep(after).await,
+                None => std::future::pending().await,
             }
-        } => Err(SessionError::Limit {
-            limit: "client_idle_timeout",
-            error: PgError::fatal("57P05", "terminating connection due to client_idle_timeout"),
-        }),
+        } => Err(idle_limit(idle, limit.unwrap_or_default())),
     }
+}
+
+/// The error that ends a client idle past its limit, outside or inside a transaction.
+fn idle_limit(idle: bool, after: Duration) -> SessionError {
+    let (limit, error) = match idle {
+        true => (
+            "client_idle_timeout",
+            PgError::fatal("57P05", "terminating connection due to client_idle_timeout"),
+        ),
+        false => {
+            let e = Expiry::IdleTransaction(after);
+            (e.label(), e.error())
+        }
+    };
+    SessionError::Limit { limit, error }
 }
 
 /// Reads the rest of an extended-protocol batch (up to Sync or Flush), which is planned as one;

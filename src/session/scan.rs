@@ -198,6 +198,11 @@ impl Tracker {
         self.pending.is_none() && self.segments.is_empty()
     }
 
+    /// The server waits for the client's COPY data, not the other way round.
+    pub fn copy_in(&self) -> bool {
+        self.copy_in
+    }
+
     /// Number of client Sync/Query still waiting for ReadyForQuery.
     pub fn client_waiting(&self) -> usize {
         self.segments

@@ -53,14 +53,20 @@ impl CancelRegistry {
             tracing::info!(pid, "cancel request for a client without a running query");
             return;
         };
-        let mut out = BytesMut::new();
-        encode_cancel(target.pid, target.secret, &mut out);
-        match tokio::net::TcpStream::connect(&target.addr).await {
-            Ok(mut s) => {
-                let _ = s.write_all(&out).await;
-                tracing::info!(server = %target.addr, server_pid = target.pid, "cancel forwarded");
-            }
-            Err(e) => tracing::warn!(server = %target.addr, error = %e, "cancel: cannot connect"),
+        cancel_server(&target).await;
+    }
+}
+
+/// Sends PostgreSQL's CancelRequest for one server connection (a client's cancel, or the
+/// proxy's own after query_timeout).
+pub async fn cancel_server(target: &ServerKey) {
+    let mut out = BytesMut::new();
+    encode_cancel(target.pid, target.secret, &mut out);
+    match tokio::net::TcpStream::connect(&target.addr).await {
+        Ok(mut s) => {
+            let _ = s.write_all(&out).await;
+            tracing::info!(server = %target.addr, server_pid = target.pid, "cancel forwarded");
         }
+        Err(e) => tracing::warn!(server = %target.addr, error = %e, "cancel: cannot connect"),
     }
 }

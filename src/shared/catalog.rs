@@ -57,11 +57,14 @@ impl Shared {
         self.catalog.store(Some(Arc::new(catalog)));
         let snapshot = self.config.load();
         let generation = self.cache.load().generation() + 1;
-        self.cache.store(Arc::new(ClassifyCache::with_generation(
-            self.classifier_for(&snapshot),
-            snapshot.cache_size,
-            generation,
-        )));
+        self.cache.store(Arc::new(
+            ClassifyCache::with_generation(
+                self.classifier_for(&snapshot),
+                snapshot.cache_size,
+                generation,
+            )
+            .with_max_statement(snapshot.max_statement_bytes),
+        ));
     }
 
     /// Where and as whom to read the catalog: the main cluster's writer as the health checker

@@ -61,10 +61,10 @@ pub struct Shared {
 impl Shared {
     pub fn new(snapshot: Snapshot) -> Arc<Self> {
         let pools = ArcSwap::new(Pools::new(snapshot.pool.clone()));
-        let cache = ArcSwap::from_pointee(ClassifyCache::new(
-            snapshot.classifier.clone(),
-            snapshot.cache_size,
-        ));
+        let cache = ArcSwap::from_pointee(
+            ClassifyCache::new(snapshot.classifier.clone(), snapshot.cache_size)
+                .with_max_statement(snapshot.max_statement_bytes),
+        );
         let metrics = Metrics::new();
         metrics.phase.set(i64::from(snapshot.phase.number()));
         let topology =

@@ -21,11 +21,14 @@ impl Shared {
                     self.pools.store(Pools::new(new.pool.clone()));
                 }
                 let generation = self.cache.load().generation() + 1;
-                self.cache.store(Arc::new(ClassifyCache::with_generation(
-                    self.classifier_for(&new),
-                    new.cache_size,
-                    generation,
-                )));
+                self.cache.store(Arc::new(
+                    ClassifyCache::with_generation(
+                        self.classifier_for(&new),
+                        new.cache_size,
+                        generation,
+                    )
+                    .with_max_statement(new.max_statement_bytes),
+                ));
                 // Servers added or removed take effect now, not at the next health round.
                 let view = crate::topology::checker::rebase(&new, &self.topology.view());
                 self.export_violation_series(&new.classifier);

@@ -128,6 +128,9 @@ impl Shared {
             "max_user_connections",
             "max_db_connections",
             "client_idle_timeout",
+            "idle_transaction_timeout",
+            "query_timeout",
+            "max_message_size",
         ] {
             let _ = m.client_limits.with_label_values(&[limit]);
         }

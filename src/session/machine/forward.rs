@@ -9,7 +9,7 @@ use super::refuse::own_error;
 use super::{execute, Attachment, Ctx, Session};
 use crate::protocol::frame::Frame;
 use crate::protocol::frontend::{
-    bind_statement, parse_view, query_sql, target_of, write_bind_renamed, write_parse, write_query,
+    bind_statement, parse_view, query_sql, target_of, write_bind_head, write_parse, write_query,
     write_target,
 };
 use crate::protocol::Front;
@@ -57,7 +57,7 @@ impl Session {
                 a.tracker.sync();
             }
             Front::FunctionCall => {
-                out.extend_from_slice(&f.raw);
+                a.put_raw(&f.raw, out);
                 a.tracker.close(SegmentOwner::Client);
             }
             Front::CopyDone | Front::CopyFail => {
@@ -70,9 +70,9 @@ impl Session {
                 a.tracker.proxy_sync();
             }
             // CopyData and Flush belong to requests already sent.
-            Front::CopyData | Front::Flush => out.extend_from_slice(&f.raw),
+            Front::CopyData | Front::Flush => a.put_raw(&f.raw, out),
             Front::Execute | Front::Terminate | Front::Other(_) => {
-                out.extend_from_slice(&f.raw);
+                a.put_raw(&f.raw, out);
                 a.tracker.client_message();
             }
         }
@@ -132,7 +132,7 @@ impl Session {
             }
             None => {}
         }
-        out.extend_from_slice(&f.raw);
+        a.put_raw(&f.raw, out);
         a.tracker.close(SegmentOwner::Client);
     }
 
@@ -232,7 +232,7 @@ impl Session {
             a.tracker.parse_sent(None, true);
             a.unnamed_here = true;
         }
-        out.extend_from_slice(&f.raw);
+        a.put_raw(&f.raw, out);
         a.tracker.bind_sent(false);
     }
 
@@ -273,8 +273,9 @@ impl Session {
             return refuse(a, skip, v.pg_error(&stmt.sql), out);
         }
         ensure_prepared(&stmt, a, server, out);
-        if write_bind_renamed(f, &stmt.server_name, out).is_none() {
-            out.extend_from_slice(&f.raw);
+        match write_bind_head(f, &stmt.server_name, out) {
+            Some(rest) => a.put_raw_from(&f.raw, rest, out),
+            None => a.put_raw(&f.raw, out),
         }
         a.tracker.bind_sent(false);
     }

@@ -183,7 +183,7 @@ impl World {
             observer: &mut c.tally,
         };
         let mut detached_out = BytesMut::new();
-        c.s.client_frame(
+        c.s.client_frame_copied(
             &unit[0],
             &mut ctx,
             &mut ServerStatements::default(),
@@ -207,7 +207,7 @@ impl World {
         let mut out = BytesMut::new();
         c.s.send_held(&mut out);
         for f in &unit {
-            c.s.client_frame(f, &mut ctx, stmts, &mut out);
+            c.s.client_frame_copied(f, &mut ctx, stmts, &mut out);
         }
         c.s.batch_done();
         self.exchange(c, target, out);
@@ -227,7 +227,7 @@ impl World {
             let Some(f) = c.pending.pop_front() else {
                 break;
             };
-            c.s.client_frame(&f, &mut ctx, stmts, &mut out);
+            c.s.client_frame_copied(&f, &mut ctx, stmts, &mut out);
         }
         if out.is_empty() {
             if c.s.may_release(false) {

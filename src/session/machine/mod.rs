@@ -11,6 +11,7 @@ mod forward;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod harness;
 mod local;
+mod outgoing;
 mod plan;
 mod refuse;
 #[cfg(test)]
@@ -37,6 +38,7 @@ use crate::route::{
 };
 use crate::server::ServerStatements;
 
+pub use outgoing::splice;
 pub use plan::Plan;
 
 /// One routed execution, as the observer sees it before the session applies it.
@@ -79,6 +81,9 @@ struct Attachment {
     /// Attached for a batch that executes nothing: a Flush ending it gets a Sync of the
     /// proxy's, so the server is released and the next execution routed on its own.
     prepares: bool,
+    /// A long client message left for the relay to send from the client's buffer, with the
+    /// length of the server buffer it follows (see `outgoing.rs`).
+    deferred: Option<(usize, bytes::Bytes)>,
 }
 
 /// The per-client protocol state, all of it.
@@ -227,6 +232,7 @@ impl Session {
             tracker,
             unnamed_here: false,
             prepares,
+            deferred: None,
         });
     }
 
@@ -300,32 +306,6 @@ impl Session {
             }
             self.spare = Some(a.tracker);
         }
-    }
-
-    /// The server connection died: answer every request still waiting (unless the server's
-    /// own error, downgraded from FATAL, already did) and forget the server's transaction.
-    pub fn server_lost(&mut self, reason: &str, reply: &mut BytesMut) {
-        let Some(a) = self.link.take() else { return };
-        let t = &a.tracker;
-        let unnoticed =
-            self.pool_mode == PoolMode::Transaction && t.client_waiting() == 0 && t.status == b'I';
-        if !t.server_fatal && !unnoticed {
-            PgError::error(
-                "08006",
-                format!("server connection lost ({reason}); the transaction was aborted"),
-            )
-            .encode(reply);
-        }
-        if a.tracker.hold_status.is_some() && self.held != Held::None {
-            self.held = Held::Begin { failed: true };
-        } else {
-            self.held = Held::None;
-            self.route.on_ready_for_query(b'I');
-        }
-        for _ in 0..t.client_waiting() {
-            backend::ready_for_query(self.status().byte(), reply);
-        }
-        self.skip = t.client_open();
     }
 
     /// In session pooling one server serves the whole session: the group's write target.
