@@ -77,6 +77,8 @@ pub struct RawPool {
     /// Connections still logging in (waiting on their client) kept at once; a new one beyond
     /// it closes the oldest, so half-open connections cannot lock logins out.
     pub max_pending_logins: usize,
+    /// New logins admitted per second, in bursts of up to a second's worth (0: no limit).
+    pub max_logins_per_second: u32,
     /// Logged-in clients per user and per logical database (0: no limit).
     pub max_user_connections: usize,
     pub max_db_connections: usize,
@@ -108,6 +110,7 @@ impl Default for RawPool {
             server_lifetime: 3600.0,
             max_client_conn: 1000,
             max_pending_logins: 1000,
+            max_logins_per_second: 0,
             max_user_connections: 0,
             max_db_connections: 0,
             client_idle_timeout: 0.0,

@@ -61,6 +61,7 @@ pub struct Snapshot {
     pub pool: PoolSettings,
     pub max_client_conn: usize,
     pub max_pending_logins: usize,
+    pub max_logins_per_second: u32,
     pub max_user_connections: usize,
     pub max_db_connections: usize,
     /// Zero: never.
@@ -301,6 +302,7 @@ impl Snapshot {
             pool,
             max_client_conn: p.max_client_conn,
             max_pending_logins: p.max_pending_logins.max(1),
+            max_logins_per_second: p.max_logins_per_second,
             max_user_connections: p.max_user_connections,
             max_db_connections: p.max_db_connections,
             client_idle_timeout: secs(path, "pool.client_idle_timeout", p.client_idle_timeout)?,

@@ -123,7 +123,10 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let login = tokio::select! {
         login = tokio::time::timeout(
             snapshot.auth_timeout,
-            handshake::handshake(&mut io, &shared, &snapshot, peer, &pending),
+            async {
+                login_rate(&shared, &snapshot).await?;
+                handshake::handshake(&mut io, &shared, &snapshot, peer, &pending).await
+            },
         ) => login,
         _ = pending.evicted() => {
             tracing::warn!(%peer, "login abandoned: too many connections logging in (max_pending_logins)");
@@ -185,6 +188,31 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         }
     }
     shared.cancels.unregister(key);
+}
+
+/// Waits for the login's turn under max_logins_per_second; refuses a login whose turn would
+/// come after its auth_timeout.
+async fn login_rate(
+    shared: &Shared,
+    snapshot: &crate::config::Snapshot,
+) -> Result<(), SessionError> {
+    use crate::shared::login_rate::Admit;
+    let rate = snapshot.max_logins_per_second;
+    // Half the deadline at most: the login still needs time for its handshake.
+    match shared.login_rate.admit(rate, snapshot.auth_timeout / 2) {
+        Admit::Now => Ok(()),
+        Admit::After(wait) => {
+            tokio::time::sleep(wait).await;
+            Ok(())
+        }
+        Admit::Refused => Err(SessionError::Limit {
+            limit: "max_logins_per_second",
+            error: PgError::fatal(
+                "53300",
+                format!("too many logins: more than max_logins_per_second ({rate}) for longer than auth_timeout; try again"),
+            ),
+        }),
+    }
 }
 
 async fn fail(io: &mut io::ClientIo, peer: SocketAddr, e: SessionError, shared: &Shared) {

@@ -6,6 +6,7 @@
 pub mod cancel;
 pub mod catalog;
 pub mod control;
+pub mod login_rate;
 pub mod logins;
 mod reload;
 mod statements;
@@ -52,6 +53,7 @@ pub struct Shared {
     pub topology: crate::topology::Topology,
     /// Connections logging in, and failed logins per address.
     pub logins: logins::Logins,
+    pub login_rate: login_rate::LoginRate,
     /// The last catalog read from the main primary (`None` until one succeeds).
     pub catalog: arc_swap::ArcSwapOption<crate::catalog::Catalog>,
     /// Notified by reload: read the catalog again.
@@ -87,6 +89,7 @@ impl Shared {
             shutdown: tokio::sync::watch::Sender::new(false),
             topology,
             logins: logins::Logins::default(),
+            login_rate: login_rate::LoginRate::default(),
             catalog: arc_swap::ArcSwapOption::empty(),
             catalog_refresh: tokio::sync::Notify::new(),
         });

@@ -131,6 +131,7 @@ impl Shared {
             "idle_transaction_timeout",
             "query_timeout",
             "max_message_size",
+            "max_logins_per_second",
         ] {
             let _ = m.client_limits.with_label_values(&[limit]);
         }
