@@ -6,7 +6,7 @@
 mod common;
 
 use common::cluster::{run_bounded, running_as_root, Kind, Topology, BOUND, DATABASE};
-use common::proxy::{Proxy, GITLAB};
+use common::proxy::{Proxy, ADMIN, GITLAB};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -85,15 +85,24 @@ fn cert_dir(topo: &Topology) -> PathBuf {
 }
 
 fn psql(proxy: &Proxy, conninfo: &str, sql: &str) -> Output {
+    psql_as(proxy, GITLAB, DATABASE, conninfo, sql)
+}
+
+fn psql_as(
+    proxy: &Proxy,
+    (user, password): (&str, &str),
+    db: &str,
+    conninfo: &str,
+    sql: &str,
+) -> Output {
     let dsn = format!(
-        "host=127.0.0.1 port={} user={} dbname={DATABASE} {conninfo}",
-        proxy.port(),
-        GITLAB.0
+        "host=127.0.0.1 port={} user={user} dbname={db} {conninfo}",
+        proxy.port()
     );
     run_bounded(
         Command::new("psql")
             .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-d", &dsn, "-c", sql])
-            .env("PGPASSWORD", GITLAB.1),
+            .env("PGPASSWORD", password),
         "",
         BOUND,
     )
@@ -139,6 +148,16 @@ fn clients_verify_full_through_pgdecomp_and_plaintext_is_refused() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("SSL required"), "{err}");
+    // The admin console is served through the same handshake: TLS verified, plaintext refused.
+    let out = psql_as(&proxy, ADMIN, "pgdecomp", &verify, "SHOW VERSION");
+    let version = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        version.contains("pgdecomp"),
+        "{version} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = psql_as(&proxy, ADMIN, "pgdecomp", "sslmode=disable", "SHOW VERSION");
+    assert!(!out.status.success(), "the admin console without TLS");
 }
 
 #[test]

@@ -4,7 +4,7 @@
 //! transaction ends (transaction pooling) or the client leaves.
 
 use std::pin::Pin;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::BytesMut;
 use deadpool::managed::Object;
@@ -14,7 +14,7 @@ use super::client::Client;
 use super::machine::Ctx;
 use super::outbox::Outbox;
 use super::record::Recorder;
-use super::timeouts::{timer_for, Expiry};
+use super::timeouts::{Expiry, Watch};
 use super::SessionError;
 use crate::config::PoolMode;
 use crate::pool::PooledConn;
@@ -131,14 +131,12 @@ async fn relay_loop(
 ) -> Result<Outcome, SessionError> {
     let mut terminate = false;
     let mut client_eof = false;
-    let limits = (
-        c.session.snap.query_timeout,
-        c.session.snap.idle_transaction_timeout,
-    );
+    let snap = &c.session.snap;
+    let limits = (snap.query_timeout, snap.idle_transaction_timeout);
     // One timer per attachment, and none at all unless a limit is on.
     let timed = !limits.0.is_zero() || !limits.1.is_zero();
-    let mut timer = std::pin::pin!(timed.then(|| tokio::time::sleep(Duration::ZERO)));
-    let mut armed: Option<Expiry> = None;
+    let mut watch = Watch::new(timed, limits);
+    let mut timer = std::pin::pin!(watch.sleep());
     loop {
         while !terminate
             && out.len() < c.high_water
@@ -165,51 +163,57 @@ async fn relay_loop(
         let read_client = out.len() < c.high_water
             && wants_client_bytes(&c.io.rbuf, c.io.max_message, c.high_water);
         let read_server = c.io.wbuf.len() < c.high_water;
-        let want = timer_for(c.session.waiting(), limits.0, limits.1);
-        if want != armed {
-            if let (Some(e), Some(t)) = (want, timer.as_mut().as_pin_mut()) {
-                t.reset(tokio::time::Instant::now() + e.after());
-            }
-            armed = want;
-        }
-        let running = armed.and(timer.as_mut().as_pin_mut());
+        let running = watch.update(c.session.waiting(), timer.as_mut());
         match next_event(c, sc, out, (read_client, read_server), running).await {
             Event::Expired => {
-                if let Some(e) = armed {
+                if let Some(e) = watch.armed() {
                     return expire(e, sc);
                 }
             }
-            Event::ClientRead(n) => {
-                if !matches!(n, Ok(n) if n > 0) {
-                    client_eof = true;
-                }
-            }
-            Event::ServerRead(n) => match n {
-                Ok(n) if n > 0 => match on_server_bytes(c, sc, statement_seconds) {
-                    // An answer came: the next outstanding request gets its own full time.
-                    Ok(ready) if ready > 0 => armed = None,
-                    Ok(_) => {}
-                    Err(lost) => return Ok(lost),
-                },
-                Ok(_) => {
-                    return Ok(Outcome::ServerLost(
-                        "server closed the connection unexpectedly".into(),
-                    ))
-                }
-                Err(e) => return Ok(Outcome::ServerLost(e.to_string())),
+            ev => match on_event(ev, c, sc, statement_seconds) {
+                Step::Go => {}
+                Step::ClientGone => client_eof = true,
+                Step::Answered => watch.answered(),
+                Step::End(outcome) => return Ok(outcome),
             },
-            Event::ClientWrote(w) => {
-                if w.is_err() {
-                    client_eof = true;
-                    c.io.wbuf.clear();
-                }
-            }
-            Event::ServerWrote(w) => {
-                if let Err(e) = w {
-                    return Ok(Outcome::ServerLost(e.to_string()));
-                }
-            }
         }
+    }
+}
+
+/// Where the relay loop goes after one I/O event.
+enum Step {
+    Go,
+    ClientGone,
+    /// A request was answered: the next outstanding one gets its own full time.
+    Answered,
+    End(Outcome),
+}
+
+fn on_event(
+    ev: Event,
+    c: &mut Client,
+    sc: &mut ServerConn,
+    statement_seconds: &prometheus::Histogram,
+) -> Step {
+    match ev {
+        Event::ClientRead(Ok(n)) if n > 0 => Step::Go,
+        Event::ClientRead(_) => Step::ClientGone,
+        Event::ServerRead(Ok(0)) => Step::End(Outcome::ServerLost(
+            "server closed the connection unexpectedly".into(),
+        )),
+        Event::ServerRead(Ok(_)) => match on_server_bytes(c, sc, statement_seconds) {
+            Ok(0) => Step::Go,
+            Ok(_) => Step::Answered,
+            Err(lost) => Step::End(lost),
+        },
+        Event::ServerRead(Err(e)) | Event::ServerWrote(Err(e)) => {
+            Step::End(Outcome::ServerLost(e.to_string()))
+        }
+        Event::ClientWrote(Err(_)) => {
+            c.io.wbuf.clear();
+            Step::ClientGone
+        }
+        Event::ClientWrote(Ok(())) | Event::ServerWrote(Ok(())) | Event::Expired => Step::Go,
     }
 }
 

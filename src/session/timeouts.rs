@@ -2,7 +2,10 @@
 //! (`query_timeout`, `idle_transaction_timeout`). Which one runs is a pure choice made here; the
 //! relay loop polls the one timer it was given.
 
+use std::pin::Pin;
 use std::time::Duration;
+
+use tokio::time::Sleep;
 
 use crate::protocol::backend::PgError;
 
@@ -60,6 +63,54 @@ impl Expiry {
                 ),
             ),
         }
+    }
+}
+
+/// The relay loop's one timer: which limit it enforces now. Re-armed only when that changes
+/// (or a request is answered), so a steady stream of requests resets no timer.
+pub struct Watch {
+    timed: bool,
+    limits: (Duration, Duration),
+    armed: Option<Expiry>,
+}
+
+impl Watch {
+    /// `limits`: query_timeout, idle_transaction_timeout.
+    pub fn new(timed: bool, limits: (Duration, Duration)) -> Self {
+        Self {
+            timed,
+            limits,
+            armed: None,
+        }
+    }
+
+    /// The timer to pin for the attachment: none unless a limit is on.
+    pub fn sleep(&self) -> Option<Sleep> {
+        self.timed.then(|| tokio::time::sleep(Duration::ZERO))
+    }
+
+    /// Re-arms for what the session waits on; the timer to poll, if one runs.
+    pub fn update<'a>(
+        &mut self,
+        waiting: Waiting,
+        mut timer: Pin<&'a mut Option<Sleep>>,
+    ) -> Option<Pin<&'a mut Sleep>> {
+        let want = timer_for(waiting, self.limits.0, self.limits.1);
+        if want != self.armed {
+            if let (Some(e), Some(t)) = (want, timer.as_mut().as_pin_mut()) {
+                t.reset(tokio::time::Instant::now() + e.after());
+            }
+            self.armed = want;
+        }
+        self.armed.and(timer.as_pin_mut())
+    }
+
+    pub fn armed(&self) -> Option<Expiry> {
+        self.armed
+    }
+
+    pub fn answered(&mut self) {
+        self.armed = None;
     }
 }
 
