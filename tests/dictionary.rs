@@ -128,9 +128,14 @@ async fn partitions_take_their_parents_schema_at_start_and_after_reload() {
          RESET ROLE;",
     );
     topo.sync_replicas();
-    assert_eq!(
-        port_of(&client, &read("later_builds_part")).await,
-        i32::from(topo.main_replica())
+    // Unknown: a main server. Under load the health check may see the DDL's WAL as replica lag
+    // for a moment and send the read to the main primary; either way it is not the CI side.
+    let port = port_of(&client, &read("later_builds_part")).await;
+    assert!(
+        [topo.main_replica(), topo.main_primary()]
+            .map(i32::from)
+            .contains(&port),
+        "an unknown table read on {port}"
     );
     proxy.reload();
     wait_catalog_reads(&proxy, 2.0);
