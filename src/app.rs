@@ -65,6 +65,8 @@ pub async fn start(snapshot: Snapshot) -> std::io::Result<Running> {
         let render: Arc<dyn Fn() -> String + Send + Sync> = Arc::new(move || s.render_metrics());
         tokio::spawn(crate::metrics::serve(l, render));
     }
+    // With [fleet], the phase comes from etcd before the first client is accepted.
+    crate::fleet::start(shared.clone(), rx.clone()).await;
     let (accepting, accepting_rx) = watch::channel(true);
     tokio::spawn(accept_loop(listener, shared.clone(), accepting_rx));
     tokio::spawn(maintenance(shared.clone(), rx.clone()));

@@ -55,6 +55,11 @@ enum Command {
         #[command(subcommand)]
         action: DictionaryAction,
     },
+    /// The fleet's phase in etcd (needs a [fleet] section).
+    Phase {
+        #[command(subcommand)]
+        action: PhaseAction,
+    },
     /// Classify SQL (from the argument, or stdin when absent).
     Classify {
         #[arg(long)]
@@ -77,6 +82,28 @@ enum DictionaryAction {
     },
 }
 
+#[derive(Subcommand)]
+enum PhaseAction {
+    /// Store a phase (N for phases/phase-N.toml, or a phase file name) in etcd and wait until
+    /// every registered instance runs it (exit 1 when some do not within --wait).
+    Set {
+        phase: String,
+        #[arg(long)]
+        config: PathBuf,
+        /// Allow entering or leaving phase 7 (normally the cutover's job).
+        #[arg(long)]
+        force: bool,
+        /// Seconds to wait for the fleet to apply it (0: do not wait).
+        #[arg(long, default_value_t = 10.0)]
+        wait: f64,
+    },
+    /// Show the stored phase and each instance's applied phase and revision.
+    Show {
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
 fn main() {
     let cli = Cli::parse();
     init_logging(cli.log_format);
@@ -95,6 +122,7 @@ fn main() {
             format,
             sql,
         }) => classify(config, format, sql),
+        Some(Command::Phase { action }) => phase(action),
     };
     if let Err(e) = result {
         // One line with the cause chain: operators read this in a terminal or a log.
@@ -159,6 +187,35 @@ fn run(config: PathBuf) -> anyhow::Result<()> {
         running.shutdown();
         Ok(())
     })
+}
+
+/// `pgdecomp phase set|show`: the fleet's phase in etcd (`src/fleet/cli.rs`).
+fn phase(action: PhaseAction) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    match action {
+        PhaseAction::Show { config } => {
+            let snap = load(&config)?;
+            let view = rt.block_on(pgdecomp::fleet::cli::show(&snap))?;
+            print!("{}", view.to_text());
+        }
+        PhaseAction::Set {
+            phase,
+            config,
+            force,
+            wait,
+        } => {
+            let snap = load(&config)?;
+            let wait = Duration::try_from_secs_f64(wait).context("--wait: seconds >= 0")?;
+            let outcome = rt.block_on(pgdecomp::fleet::cli::set(&snap, &phase, force, wait))?;
+            print!("{}", outcome.to_text());
+            if !outcome.converged {
+                std::process::exit(1);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `pgdecomp classify`: unparsable SQL is an answer (kind "unknown"), not a failure.

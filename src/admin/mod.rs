@@ -84,7 +84,7 @@ pub async fn execute(sql: &str, shared: &Shared) -> Result<Reply, PgError> {
         _ => Err(PgError::error(
             "42601",
             format!(
-                "unsupported admin command: {sql:?}; try SHOW VERSION|PHASE|POOLS|SERVERS|CLIENTS|STATS|CONFIG|DATABASES|SCHEMAS|VIOLATIONS, \
+                "unsupported admin command: {sql:?}; try SHOW VERSION|PHASE|FLEET|POOLS|SERVERS|CLIENTS|STATS|CONFIG|DATABASES|SCHEMAS|VIOLATIONS, \
                  RELOAD, PAUSE [target], RESUME [target], KILL [target|client id], SHUTDOWN"
             ),
         )),

@@ -31,6 +31,33 @@ pub fn show(what: &str, shared: &Shared) -> Result<Table, PgError> {
                 s(p.locked_writes()),
             ]);
         }
+        "FLEET" => {
+            t = Table::new(&[
+                "instance",
+                "etcd",
+                "connected",
+                "phase",
+                "source",
+                "revision",
+                "last_error",
+            ]);
+            let st = shared.fleet.status();
+            if let Some(f) = &snap.fleet {
+                let source = match &st.applied {
+                    crate::fleet::Applied::Etcd { value, .. } => format!("etcd: {value}"),
+                    crate::fleet::Applied::File => format!("file: {}", snap.phase_file.display()),
+                };
+                t.row(vec![
+                    s(&f.instance),
+                    s(f.endpoints.join(",")),
+                    s(st.connected),
+                    s(snap.phase.number()),
+                    s(source),
+                    s(st.applied.revision()),
+                    st.last_error,
+                ]);
+            }
+        }
         "POOLS" | "SERVERS" => {
             t = Table::new(&[
                 "database",

@@ -64,10 +64,19 @@ pub fn load_classifier(path: &Path) -> Result<crate::classify::Classifier, Confi
 
 /// Loads and validates the config at `path` and everything it references.
 pub fn load(path: &Path) -> Result<Snapshot, ConfigError> {
+    load_with_phase(path, None)
+}
+
+/// `load`, with `phase_file` replaced by the phase file the fleet chose through etcd (`None`:
+/// the config's own), so a phase from etcd takes the same path as one from the config.
+pub fn load_with_phase(path: &Path, phase_file: Option<&Path>) -> Result<Snapshot, ConfigError> {
     let text = read(path)?;
-    let raw: RawConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+    let mut raw: RawConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
         path: path.into(),
         message: e.to_string(),
     })?;
+    if let Some(file) = phase_file {
+        raw.phase_file = file.to_string_lossy().into_owned();
+    }
     Snapshot::from_raw(raw, path)
 }

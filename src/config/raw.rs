@@ -48,6 +48,8 @@ pub struct RawConfig {
     /// TLS towards servers: disable, prefer, require, verify-ca, verify-full.
     pub server_tls_mode: Option<String>,
     pub server_tls_ca_file: Option<String>,
+    /// `[fleet]`: follow the phase stored in etcd (`src/fleet/`); absent, `phase_file` rules.
+    pub fleet: Option<crate::fleet::RawFleet>,
 }
 
 fn default_auth_type() -> String {

@@ -99,6 +99,8 @@ pub struct Snapshot {
     pub watch_files: bool,
     /// Files whose change triggers a reload when `watch_files` is on.
     pub watched: Vec<PathBuf>,
+    /// `[fleet]`: the etcd the phase comes from; `None` when the config has no such table.
+    pub fleet: Option<crate::fleet::FleetSettings>,
 }
 
 pub(super) fn invalid(path: &Path, key: &str, message: impl Into<String>) -> ConfigError {
@@ -273,6 +275,7 @@ impl Snapshot {
         let classifier = classifier_from(&raw.classify, dir)?;
         let phase_file = rel(&raw.phase_file);
         let phase = Arc::new(load_phase(&phase_file)?);
+        let fleet = crate::fleet::settings(path, raw.fleet.as_ref(), listen, &phase_file)?;
         let server_tls = super::tls::server_tls(path, &raw, dir)?;
         let client_tls = super::tls::client_tls(path, &raw, dir)?;
         let health = super::health::from_raw(path, &raw, &databases, &server_tls)?;
@@ -338,6 +341,7 @@ impl Snapshot {
             client_buffer: p.client_buffer_bytes.max(16 * 1024),
             watch_files: raw.watch_files,
             watched: vec![path.to_path_buf(), phase_file.clone(), rel(&raw.auth_file)],
+            fleet,
         })
     }
 

@@ -73,6 +73,10 @@ pub struct Metrics {
     pub rejected: IntCounterVec,
     pub replica_fallback: IntCounterVec,
     pub phase: IntGauge,
+    /// etcd mod_revision of the phase applied from `[fleet]` (0: the phase came from the file).
+    pub fleet_phase_revision: IntGauge,
+    /// 1 while the `[fleet]` watch on etcd is up.
+    pub fleet_connected: IntGauge,
     pub reloads: IntCounterVec,
     pub catalog_reads: IntCounterVec,
     pub checkout_wait: Histogram,
@@ -277,6 +281,16 @@ impl Metrics {
                 &["db_config_name"],
             ),
             phase: gauge(&r, "pgdecomp_phase", "The active decomposition phase"),
+            fleet_phase_revision: gauge(
+                &r,
+                "pgdecomp_fleet_phase_revision",
+                "etcd revision of the phase applied from [fleet] (0: from phase_file)",
+            ),
+            fleet_connected: gauge(
+                &r,
+                "pgdecomp_fleet_connected",
+                "1 while this instance follows the phase in etcd ([fleet])",
+            ),
             reloads: counter_vec(
                 &r,
                 "pgdecomp_config_reload_total",

@@ -58,6 +58,8 @@ pub struct Shared {
     pub catalog: arc_swap::ArcSwapOption<crate::catalog::Catalog>,
     /// Notified by reload: read the catalog again.
     pub catalog_refresh: tokio::sync::Notify,
+    /// The phase chosen through etcd (`[fleet]`) and the link's status.
+    pub fleet: crate::fleet::FleetState,
 }
 
 impl Shared {
@@ -92,6 +94,7 @@ impl Shared {
             login_rate: login_rate::LoginRate::default(),
             catalog: arc_swap::ArcSwapOption::empty(),
             catalog_refresh: tokio::sync::Notify::new(),
+            fleet: crate::fleet::FleetState::default(),
         });
         shared.export_violation_series(&classifier);
         shared
