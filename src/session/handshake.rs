@@ -11,6 +11,7 @@ use pgwire::messages::startup::Authentication;
 use super::client::Login;
 use super::io::ClientIo;
 use super::params::ClientParams;
+use super::seat::Seat;
 use super::SessionError;
 use crate::auth::scram_client::ScramKeys;
 use crate::auth::Secret;
@@ -101,13 +102,13 @@ pub fn server_credential(
     (user.to_string(), cred)
 }
 
-pub async fn handshake(
+pub async fn handshake<'a>(
     io: &mut ClientIo,
-    shared: &Arc<Shared>,
+    shared: &'a Arc<Shared>,
     snap: &Snapshot,
     peer: SocketAddr,
     pending: &PendingLogin<'_>,
-) -> Result<Option<Accepted>, SessionError> {
+) -> Result<Option<Accepted<'a>>, SessionError> {
     let Some(startup) = read_startup(io, shared, snap).await? else {
         return Ok(None);
     };
@@ -147,7 +148,7 @@ pub async fn handshake(
             format!("database \"{database}\" does not exist"),
         ));
     };
-    check_capacity(shared, snap, &user, &database)?;
+    let seat = Seat::take(shared, snap, &user, &database)?;
     let proved = authenticate(io, shared, snap, &user, peer).await?;
     // From here the login waits on servers, not on its client: it can no longer be evicted.
     pending.leave();
@@ -192,17 +193,20 @@ pub async fn handshake(
     io.flush().await?;
     let id = shared.next_client_id.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(client = id, %peer, %user, %database, "client logged in");
-    Ok(Some(Accepted::Client(Box::new(Login {
-        id,
-        user,
-        database,
-        db,
-        params,
-        spec,
-        cancel_key,
-        cancel_slot,
-        snap: shared.config.load_full(),
-    }))))
+    Ok(Some(Accepted::Client(
+        Box::new(Login {
+            id,
+            user,
+            database,
+            db,
+            params,
+            spec,
+            cancel_key,
+            cancel_slot,
+            snap: shared.config.load_full(),
+        }),
+        seat,
+    )))
 }
 
 /// Authenticates `user`; a wrong password from an address that failed repeatedly is answered
@@ -227,45 +231,9 @@ async fn authenticate(
     }
 }
 
-/// max_client_conn, max_user_connections and max_db_connections, checked before the password
-/// exchange so a refused client costs no authentication.
-fn check_capacity(
-    shared: &Shared,
-    snap: &Snapshot,
-    user: &str,
-    database: &str,
-) -> Result<(), SessionError> {
-    if shared.clients.load(Ordering::Relaxed) >= snap.max_client_conn {
-        return Err(fatal(
-            "53300",
-            "no more connections allowed (max_client_conn)",
-        ));
-    }
-    let (of_user, of_db) = shared.control.connections_of(user, database);
-    if snap.max_user_connections > 0 && of_user >= snap.max_user_connections {
-        return Err(SessionError::Limit {
-            limit: "max_user_connections",
-            error: PgError::fatal(
-                "53300",
-                format!("too many connections for user \"{user}\" (max_user_connections)"),
-            ),
-        });
-    }
-    if snap.max_db_connections > 0 && of_db >= snap.max_db_connections {
-        return Err(SessionError::Limit {
-            limit: "max_db_connections",
-            error: PgError::fatal(
-                "53300",
-                format!("too many connections for database \"{database}\" (max_db_connections)"),
-            ),
-        });
-    }
-    Ok(())
-}
-
-/// Who logged in.
-pub enum Accepted {
-    Client(Box<Login>),
+/// Who logged in. A client holds its seat (see `seat.rs`) until it registers.
+pub enum Accepted<'a> {
+    Client(Box<Login>, Seat<'a>),
     Admin { user: String },
 }
 

@@ -18,6 +18,7 @@ mod relay;
 mod scan;
 #[cfg(test)]
 mod scan_tests;
+mod seat;
 mod segment;
 mod throttle;
 mod timeouts;
@@ -137,12 +138,17 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         }
     };
     drop(pending);
-    // Counted from here: only logged-in clients take max_client_conn slots.
-    shared.clients.fetch_add(1, Ordering::Relaxed);
-    let _count = ClientCount(&shared.clients);
+    // Only logged-in clients take max_client_conn slots: a client's was taken with its seat.
+    let _count;
     let client = match login {
-        Ok(Ok(Some(handshake::Accepted::Client(login)))) => client::Client::new(io, peer, *login),
+        Ok(Ok(Some(handshake::Accepted::Client(login, seat)))) => {
+            seat.keep();
+            _count = ClientCount(&shared.clients);
+            client::Client::new(io, peer, *login)
+        }
         Ok(Ok(Some(handshake::Accepted::Admin { user }))) => {
+            shared.clients.fetch_add(1, Ordering::Relaxed);
+            _count = ClientCount(&shared.clients);
             tracing::info!(%peer, %user, "admin console session");
             if let Err(e) = console::serve(&mut io, &shared).await {
                 tracing::info!(%peer, error = %e, "admin session ended");

@@ -103,16 +103,56 @@ impl Control {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id, entry.clone());
-        {
-            let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-            *counts.entry((true, user.to_string())).or_default() += 1;
-            *counts.entry((false, database.to_string())).or_default() += 1;
-        }
         if self.draining() {
             // Logged in while draining: it leaves at its first idle point, i.e. at once.
             entry.drain.notify_one();
         }
         entry
+    }
+
+    /// Takes one of `user`'s and one of `database`'s places when both are below their limits
+    /// (0: none), in one step, so logins racing each other cannot pass a limit together. The
+    /// place is freed by `unregister` of the client that registers with it, or `release`.
+    pub fn reserve(
+        &self,
+        user: &str,
+        database: &str,
+        (max_user, max_db): (usize, usize),
+    ) -> Result<(), &'static str> {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let of = |counts: &HashMap<(bool, String), usize>, key: (bool, &str)| {
+            counts
+                .get(&(key.0, key.1.to_string()))
+                .copied()
+                .unwrap_or(0)
+        };
+        if max_user > 0 && of(&counts, (true, user)) >= max_user {
+            return Err("max_user_connections");
+        }
+        if max_db > 0 && of(&counts, (false, database)) >= max_db {
+            return Err("max_db_connections");
+        }
+        *counts.entry((true, user.to_string())).or_default() += 1;
+        *counts.entry((false, database.to_string())).or_default() += 1;
+        Ok(())
+    }
+
+    /// Frees a place `reserve` took for a login that did not register.
+    pub fn release(&self, user: &str, database: &str) {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        Self::decrement(&mut counts, user, database);
+    }
+
+    fn decrement(counts: &mut HashMap<(bool, String), usize>, user: &str, database: &str) {
+        for key in [(true, user), (false, database)] {
+            let key = (key.0, key.1.to_string());
+            if let Some(n) = counts.get_mut(&key) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    counts.remove(&key);
+                }
+            }
+        }
     }
 
     pub fn unregister(&self, id: u64) {
@@ -123,26 +163,8 @@ impl Control {
             .remove(&id);
         if let Some(e) = gone {
             let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-            for key in [(true, &e.user), (false, &e.database)] {
-                if let Some(n) = counts.get_mut(&(key.0, key.1.clone())) {
-                    *n = n.saturating_sub(1);
-                    if *n == 0 {
-                        counts.remove(&(key.0, key.1.clone()));
-                    }
-                }
-            }
+            Self::decrement(&mut counts, &e.user, &e.database);
         }
-    }
-
-    /// Logged-in clients of `user` and of `database` now (max_user_connections,
-    /// max_db_connections).
-    pub fn connections_of(&self, user: &str, database: &str) -> (usize, usize) {
-        let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        let of = |key: (bool, String)| counts.get(&key).copied().unwrap_or(0);
-        (
-            of((true, user.to_string())),
-            of((false, database.to_string())),
-        )
     }
 
     pub fn client(&self, id: u64) -> Option<Arc<ClientEntry>> {
