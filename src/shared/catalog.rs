@@ -56,15 +56,20 @@ impl Shared {
     pub fn learn_catalog(&self, catalog: Catalog) {
         self.catalog.store(Some(Arc::new(catalog)));
         let snapshot = self.config.load();
+        self.renew_cache(&snapshot);
+    }
+
+    /// Swaps in an empty classification cache for `snapshot` (and the catalog known now): a
+    /// new dictionary, catalog or limit must not answer from classifications made without it.
+    pub(super) fn renew_cache(&self, snapshot: &Snapshot) {
         let generation = self.cache.load().generation() + 1;
-        self.cache.store(Arc::new(
-            ClassifyCache::with_generation(
-                self.classifier_for(&snapshot),
-                snapshot.cache_size,
-                generation,
-            )
-            .with_max_statement(snapshot.max_statement_bytes),
-        ));
+        let cache = ClassifyCache::with_generation(
+            self.classifier_for(snapshot),
+            snapshot.cache_size,
+            generation,
+        );
+        let cache = cache.with_max_statement(snapshot.max_statement_bytes);
+        self.cache.store(Arc::new(cache));
     }
 
     /// Where and as whom to read the catalog: the main cluster's writer as the health checker

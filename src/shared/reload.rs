@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, MutexGuard};
 
 use super::Shared;
-use crate::classify::ClassifyCache;
 use crate::pool::Pools;
 
 impl Shared {
@@ -51,15 +50,7 @@ impl Shared {
                     tracing::info!("pool settings changed: new pools; the old ones drain");
                     self.pools.store(Pools::new(new.pool.clone()));
                 }
-                let generation = self.cache.load().generation() + 1;
-                self.cache.store(Arc::new(
-                    ClassifyCache::with_generation(
-                        self.classifier_for(&new),
-                        new.cache_size,
-                        generation,
-                    )
-                    .with_max_statement(new.max_statement_bytes),
-                ));
+                self.renew_cache(&new);
                 // Servers added or removed take effect now, not at the next health round.
                 let view = crate::topology::checker::rebase(&new, &self.topology.view());
                 self.export_violation_series(&new.classifier);
