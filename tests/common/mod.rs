@@ -5,6 +5,7 @@
 
 pub mod cluster;
 pub mod drivers;
+pub mod load;
 pub mod patroni;
 pub mod proxy;
 pub mod raw;
