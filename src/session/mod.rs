@@ -113,14 +113,10 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let _ = stream.set_nodelay(true);
     let snapshot = shared.config.load_full();
     let mut io = io::ClientIo::new(stream, snapshot.max_message_size);
-    let (pending, evicted_other) = shared.logins.enter(snapshot.max_pending_logins);
-    if evicted_other {
-        shared
-            .metrics
-            .login_failures
-            .with_label_values(&["evicted"])
-            .inc();
-    }
+    // An eviction is counted by the connection evicted, and only if it had not logged in by
+    // then: counting where the oldest is pushed out would count a login that completes in the
+    // same instant.
+    let (pending, _) = shared.logins.enter(snapshot.max_pending_logins);
     let login = tokio::select! {
         login = tokio::time::timeout(
             snapshot.auth_timeout,
@@ -130,6 +126,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
             },
         ) => login,
         _ = pending.evicted() => {
+            shared.metrics.login_failures.with_label_values(&["evicted"]).inc();
             tracing::warn!(%peer, "login abandoned: too many connections logging in (max_pending_logins)");
             let pg = PgError::fatal("53300", "too many connections are logging in (max_pending_logins); this one waited longest");
             pg.encode(&mut io.wbuf);

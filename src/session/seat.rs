@@ -35,8 +35,11 @@ impl<'a> Seat<'a> {
             })
             .is_err()
         {
-            let e = PgError::fatal("53300", "no more connections allowed (max_client_conn)");
-            return Err(SessionError::Fatal(e));
+            let error = PgError::fatal("53300", "no more connections allowed (max_client_conn)");
+            return Err(SessionError::Limit {
+                limit: "max_client_conn",
+                error,
+            });
         }
         let limits = (snap.max_user_connections, snap.max_db_connections);
         if let Err(limit) = shared.control.reserve(user, database, limits) {

@@ -125,6 +125,7 @@ impl Shared {
             };
         }
         for limit in [
+            "max_client_conn",
             "max_user_connections",
             "max_db_connections",
             "client_idle_timeout",
