@@ -22,6 +22,7 @@ mod seat;
 mod segment;
 mod throttle;
 mod timeouts;
+mod wait;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};

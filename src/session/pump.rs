@@ -3,18 +3,17 @@
 //! to the server; server bytes come back raw through the machine's scanner. Ends when the
 //! transaction ends (transaction pooling) or the client leaves.
 
-use std::pin::Pin;
 use std::time::Instant;
 
 use bytes::BytesMut;
 use deadpool::managed::Object;
-use tokio::io::AsyncReadExt;
 
 use super::client::Client;
 use super::machine::Ctx;
 use super::outbox::Outbox;
 use super::record::Recorder;
 use super::timeouts::{Expiry, Watch};
+use super::wait::{next_event, Event};
 use super::SessionError;
 use crate::config::PoolMode;
 use crate::pool::PooledConn;
@@ -232,91 +231,6 @@ fn expire(e: Expiry, sc: &ServerConn) -> Result<Outcome, SessionError> {
             error: e.error(),
         }),
     }
-}
-
-/// What one wait of the relay loop brought.
-enum Event {
-    ClientRead(std::io::Result<usize>),
-    ServerRead(std::io::Result<usize>),
-    ClientWrote(std::io::Result<()>),
-    ServerWrote(std::io::Result<()>),
-    Expired,
-}
-
-/// Waits for the first of: client bytes, server bytes, client writable, server writable. Each
-/// operation is polled through a short-lived future on the one stream, so a TLS stream (which
-/// cannot be split into halves) serves reads and writes alike. A TLS session with records still
-/// buffered is flushed as part of its write.
-async fn next_event(
-    c: &mut Client,
-    sc: &mut ServerConn,
-    out: &mut Outbox,
-    (read_client, read_server): (bool, bool),
-    mut timer: Option<Pin<&mut tokio::time::Sleep>>,
-) -> Event {
-    use std::future::Future;
-    use std::task::Poll;
-    std::future::poll_fn(|cx| {
-        if let Some(t) = timer.as_mut() {
-            if t.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Event::Expired);
-            }
-        }
-        if read_client {
-            let mut f = std::pin::pin!(c.io.stream.read_buf(&mut c.io.rbuf));
-            if let Poll::Ready(r) = f.as_mut().poll(cx) {
-                return Poll::Ready(Event::ClientRead(r));
-            }
-        }
-        if read_server {
-            let mut f = std::pin::pin!(sc.stream.read_buf(&mut sc.rbuf));
-            if let Poll::Ready(r) = f.as_mut().poll(cx) {
-                return Poll::Ready(Event::ServerRead(r));
-            }
-        }
-        if !c.io.wbuf.is_empty() || c.io.stream.needs_flush() {
-            let mut f = std::pin::pin!(write_some(&mut c.io.stream, &mut c.io.wbuf));
-            if let Poll::Ready(r) = f.as_mut().poll(cx) {
-                return Poll::Ready(Event::ClientWrote(r));
-            }
-        }
-        if !out.is_empty() || sc.stream.needs_flush() {
-            let mut f = std::pin::pin!(write_outbox(&mut sc.stream, out));
-            if let Poll::Ready(r) = f.as_mut().poll(cx) {
-                return Poll::Ready(Event::ServerWrote(r));
-            }
-        }
-        Poll::Pending
-    })
-    .await
-}
-
-/// Writes what the socket takes now (at least one byte, or the pending TLS records).
-async fn write_some(stream: &mut crate::net::Stream, buf: &mut BytesMut) -> std::io::Result<()> {
-    use tokio::io::AsyncWriteExt;
-    if !buf.is_empty() {
-        stream.write_buf(buf).await?;
-    }
-    if stream.needs_flush() {
-        stream.flush().await?;
-    }
-    Ok(())
-}
-
-/// Writes what the server socket takes now from the outbox (or the pending TLS records).
-async fn write_outbox(stream: &mut crate::net::Stream, out: &mut Outbox) -> std::io::Result<()> {
-    use tokio::io::AsyncWriteExt;
-    if !out.is_empty() {
-        let n = stream.write(out.chunk()).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        out.advance(n);
-    }
-    if stream.needs_flush() {
-        stream.flush().await?;
-    }
-    Ok(())
 }
 
 /// Server bytes arrived: the machine scans them into client bytes and events. `Ok`: how many

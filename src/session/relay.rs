@@ -10,7 +10,7 @@ use super::placement::{place, PlaceError};
 use super::pump::{pump, PumpEnd};
 use super::record::Recorder;
 use super::throttle;
-use super::timeouts::{timer_for, Expiry, Waiting};
+use super::timeouts::Expiry;
 use super::SessionError;
 use crate::pool::CheckoutError;
 use crate::protocol::backend::PgError;
@@ -124,14 +124,10 @@ async fn next_request(
     let idle = c.session.status() == TxnStatus::Idle;
     let snap = &c.session.snap;
     let limit = match idle {
-        true => Some(snap.client_idle_timeout).filter(|d| !d.is_zero()),
-        false => timer_for(
-            Waiting::ClientInTransaction,
-            Duration::ZERO,
-            snap.idle_transaction_timeout,
-        )
-        .map(Expiry::after),
+        true => snap.client_idle_timeout,
+        false => snap.idle_transaction_timeout,
     };
+    let limit = Some(limit).filter(|d| !d.is_zero());
     tokio::select! {
         biased;
         _ = drain, if idle => Err(SessionError::Fatal(PgError::fatal(
