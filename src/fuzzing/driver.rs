@@ -9,8 +9,7 @@ use crate::protocol::backend::PgError;
 use crate::protocol::frame::{peek_header, Frame};
 use crate::protocol::Front;
 use crate::route::Target as RouteTarget;
-use crate::server::ServerStatements;
-use crate::session::harness::{Tally, World};
+use crate::session::harness::{self, Tally, World};
 use crate::session::{Ctx, Plan, Session};
 
 /// How the next server reply is tampered with before the session reads it.
@@ -76,43 +75,17 @@ impl Driver {
             _ if self.s.skipping() => return true,
             _ => {}
         }
-        let single = first.front().is_single();
-        let mut unit = vec![first];
-        while !single
-            && !matches!(
-                unit.last().map(Frame::front),
-                Some(Front::Sync | Front::Flush)
-            )
-        {
-            match self.pending.pop_front() {
-                Some(f) if f.front() == Front::Terminate => {
-                    self.gone = true;
-                    return false;
-                }
-                Some(f) => unit.push(f),
-                None => break,
-            }
-        }
+        let Some(unit) = harness::take_unit(first, &mut self.pending) else {
+            self.gone = true;
+            return false;
+        };
         let mut ctx = Ctx {
             cache: &self.world.cache,
             registry: &self.world.registry,
             observer: &mut self.tally,
         };
-        let mut detached_out = BytesMut::new();
-        self.s.client_frame_copied(
-            &unit[0],
-            &mut ctx,
-            &mut ServerStatements::default(),
-            &mut detached_out,
-        );
-        assert!(detached_out.is_empty(), "written for no server");
-        let Plan::Attach {
-            target,
-            group,
-            hold_status,
-            prepares,
-        } = self.s.plan(&unit, &mut ctx, &mut self.replies)
-        else {
+        let plan = harness::plan_detached(&mut self.s, &unit, &mut ctx, &mut self.replies);
+        let Plan::Attach { target, .. } = plan else {
             return true;
         };
         if std::mem::take(&mut self.place_fails) {
@@ -124,14 +97,8 @@ impl Driver {
             self.s.refused_locally(e, synced, &mut self.replies);
             return true;
         }
-        self.s.attach(target, group, hold_status, prepares);
         let (_, stmts) = self.world.servers.entry(target).or_default();
-        let mut out = BytesMut::new();
-        self.s.send_held(&mut out);
-        for f in &unit {
-            self.s.client_frame_copied(f, &mut ctx, stmts, &mut out);
-        }
-        self.s.batch_done();
+        let out = harness::send_unit(&mut self.s, plan, &unit, &mut ctx, stmts);
         self.exchange(target, out);
         true
     }

@@ -8,13 +8,13 @@ use bytes::BytesMut;
 
 use super::driver::{Driver, Fault};
 use super::text::classifier;
-use super::{tagged, Reader};
+use super::Reader;
 use crate::classify::ClassifyCache;
 use crate::config::Snapshot;
 use crate::protocol::backend::{self, PgError};
 use crate::protocol::frame::Frame;
 use crate::route::{ConnectionKind, Group};
-use crate::session::harness::{msg, Tally, World};
+use crate::session::harness::{self, msg, Tally, World};
 use crate::session::Session;
 
 /// A config snapshot for the session target: shipped phase `phase` with every violation kind
@@ -31,52 +31,13 @@ fn session_snapshot(phase: u8, enforce: bool, session_pool: bool) -> Arc<Snapsho
 }
 
 fn build_snapshot(phase: u8, enforce: bool, session_pool: bool) -> Arc<Snapshot> {
-    let repo = env!("CARGO_MANIFEST_DIR");
     let mode = if enforce { "enforce" } else { "observe" };
-    let dir = std::env::temp_dir().join(format!(
-        "pgdecomp-fuzz-session-{}-{phase}-{mode}-{session_pool}",
-        std::process::id()
-    ));
-    std::fs::create_dir_all(&dir).expect("temp dir is writable");
-    let text = std::fs::read_to_string(format!("{repo}/phases/phase-{phase}.toml"))
-        .expect("shipped phase file");
-    let mut edited = String::new();
-    let mut in_violations = false;
-    for line in text.lines() {
-        if line.starts_with('[') {
-            in_violations = line == "[violations]";
-        }
-        match line.split_once(" = ") {
-            Some((key, _)) if in_violations && !key.starts_with('#') => {
-                edited.push_str(&format!("{key} = \"{mode}\"\n"))
-            }
-            _ => {
-                edited.push_str(line);
-                edited.push('\n');
-            }
-        }
-    }
-    // Shadow phases are named relative to the phase file.
-    for n in 1..=7 {
-        let file = format!("phase-{n}.toml");
-        let _ = std::fs::copy(format!("{repo}/phases/{file}"), dir.join(file));
-    }
-    std::fs::write(dir.join("phase.toml"), edited).expect("temp dir is writable");
     let pool_mode = if session_pool {
         "session"
     } else {
         "transaction"
     };
-    let cfg = format!(
-        "listen = \"127.0.0.1:0\"\nauth_file = \"{repo}/config/userlist.txt\"\nphase_file = \"phase.toml\"\n\
-         [pool]\npool_mode = \"{pool_mode}\"\n\
-         [server]\nuser = \"gitlab\"\npassword = \"gitlab\"\n[databases.gitlabhq_production]\n\
-         [clusters.main]\nprimary = \"127.0.0.1:1\"\n[clusters.ci]\nprimary = \"127.0.0.1:2\"\n"
-    );
-    std::fs::write(dir.join("pgdecomp.toml"), cfg).expect("temp dir is writable");
-    let snap = crate::config::load(&dir.join("pgdecomp.toml")).expect("the fuzz config is valid");
-    let _ = std::fs::remove_dir_all(&dir);
-    Arc::new(snap)
+    harness::snapshot_with(u32::from(phase), mode, pool_mode)
 }
 
 /// Statements the session target sends: transaction control, both groups, cross-group
@@ -149,14 +110,14 @@ fn client_message(r: &mut Reader) -> Frame {
         7 => msg::close_s(name(r)),
         8 | 9 => msg::sync(),
         10 => msg::flush(),
-        11 => tagged(b'C', &[b'P', 0]),
+        11 => msg::frame(b'C', &[b'P', 0]),
         12 => {
             let tag = [b'd', b'c', b'f', b'F', b'X', b'p'][usize::from(r.byte()) % 6];
-            tagged(tag, r.chunk())
+            msg::frame(tag, r.chunk())
         }
         _ => {
             let tag = r.byte();
-            tagged(tag, r.chunk())
+            msg::frame(tag, r.chunk())
         }
     }
 }
@@ -176,7 +137,7 @@ fn server_bytes(r: &mut Reader) -> Vec<u8> {
         ),
         6 => {
             let tag = r.byte();
-            out.extend_from_slice(&tagged(tag, r.chunk()).raw);
+            out.extend_from_slice(&msg::frame(tag, r.chunk()).raw);
         }
         _ => out.extend_from_slice(r.chunk()),
     }

@@ -12,7 +12,7 @@ mod wire;
 
 use std::path::Path;
 
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 
 use crate::protocol::backend::{self, PgError};
 use crate::protocol::frame::Frame;
@@ -88,17 +88,6 @@ impl<'a> Reader<'a> {
 
     fn rest(&mut self) -> &'a [u8] {
         self.bytes(self.data.len())
-    }
-}
-
-fn tagged(tag: u8, body: &[u8]) -> Frame {
-    let mut b = BytesMut::with_capacity(5 + body.len());
-    b.put_u8(tag);
-    b.put_i32(4 + body.len() as i32);
-    b.put_slice(body);
-    Frame {
-        tag,
-        raw: b.freeze(),
     }
 }
 

@@ -23,6 +23,11 @@ static NEXT: AtomicU64 = AtomicU64::new(0);
 
 /// A config snapshot for `phase` (a shipped file), every violation kind in `mode`.
 pub fn snapshot(phase: u32, mode: &str) -> Arc<Snapshot> {
+    snapshot_with(phase, mode, "transaction")
+}
+
+/// `snapshot` with a pool mode (`transaction` or `session`).
+pub fn snapshot_with(phase: u32, mode: &str, pool_mode: &str) -> Arc<Snapshot> {
     let repo = env!("CARGO_MANIFEST_DIR");
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let dir: PathBuf =
@@ -45,14 +50,15 @@ pub fn snapshot(phase: u32, mode: &str) -> Arc<Snapshot> {
             }
         }
     }
-    std::fs::copy(
-        format!("{repo}/phases/phase-7.toml"),
-        dir.join("phase-7.toml"),
-    )
-    .unwrap();
+    // Shadow phases are named relative to the phase file.
+    for n in 1..=7 {
+        let file = format!("phase-{n}.toml");
+        std::fs::copy(format!("{repo}/phases/{file}"), dir.join(file)).unwrap();
+    }
     std::fs::write(dir.join("phase.toml"), edited).unwrap();
     let cfg = format!(
         "listen = \"127.0.0.1:0\"\nauth_file = \"{repo}/config/userlist.txt\"\nphase_file = \"phase.toml\"\n\
+         [pool]\npool_mode = \"{pool_mode}\"\n\
          [server]\nuser = \"gitlab\"\npassword = \"gitlab\"\n[databases.gitlabhq_production]\n\
          [clusters.main]\nprimary = \"127.0.0.1:1\"\n[clusters.ci]\nprimary = \"127.0.0.1:2\"\n"
     );
@@ -164,52 +170,20 @@ impl World {
             _ if c.s.skipping() => return true,
             _ => {}
         }
-        let single = first.front().is_single();
-        let mut unit = vec![first];
-        while !single
-            && !matches!(
-                unit.last().map(Frame::front),
-                Some(Front::Sync | Front::Flush)
-            )
-        {
-            match c.pending.pop_front() {
-                Some(f) => unit.push(f),
-                None => break,
-            }
-        }
+        let Some(unit) = take_unit(first, &mut c.pending) else {
+            return false;
+        };
         let mut ctx = Ctx {
             cache: &self.cache,
             registry: &self.registry,
             observer: &mut c.tally,
         };
-        let mut detached_out = BytesMut::new();
-        c.s.client_frame_copied(
-            &unit[0],
-            &mut ctx,
-            &mut ServerStatements::default(),
-            &mut detached_out,
-        );
-        assert!(
-            detached_out.is_empty(),
-            "nothing may be written for a server that is not attached"
-        );
-        let Plan::Attach {
-            target,
-            group,
-            hold_status,
-            prepares,
-        } = c.s.plan(&unit, &mut ctx, &mut c.replies)
-        else {
+        let plan = plan_detached(&mut c.s, &unit, &mut ctx, &mut c.replies);
+        let Plan::Attach { target, .. } = plan else {
             return true;
         };
-        c.s.attach(target, group, hold_status, prepares);
         let (_, stmts) = self.servers.entry(target).or_default();
-        let mut out = BytesMut::new();
-        c.s.send_held(&mut out);
-        for f in &unit {
-            c.s.client_frame_copied(f, &mut ctx, stmts, &mut out);
-        }
-        c.s.batch_done();
+        let out = send_unit(&mut c.s, plan, &unit, &mut ctx, stmts);
         self.exchange(c, target, out);
         true
     }
@@ -252,6 +226,69 @@ impl World {
     }
 }
 
+/// The batch `first` starts, taken off `pending` up to its Sync or Flush (as the relay reads
+/// it); `None` when Terminate comes before the batch ends.
+pub fn take_unit(first: Frame, pending: &mut VecDeque<Frame>) -> Option<Vec<Frame>> {
+    let single = first.front().is_single();
+    let mut unit = vec![first];
+    let ended =
+        |u: &[Frame]| matches!(u.last().map(Frame::front), Some(Front::Sync | Front::Flush));
+    while !single && !ended(&unit) {
+        match pending.pop_front() {
+            Some(f) if f.front() == Front::Terminate => return None,
+            Some(f) => unit.push(f),
+            None => break,
+        }
+    }
+    Some(unit)
+}
+
+/// Plans `unit`, checking first that the machine writes nothing for a server while none is
+/// attached.
+pub fn plan_detached(
+    s: &mut Session,
+    unit: &[Frame],
+    ctx: &mut Ctx,
+    replies: &mut BytesMut,
+) -> Plan {
+    let mut detached_out = BytesMut::new();
+    s.client_frame_copied(
+        &unit[0],
+        ctx,
+        &mut ServerStatements::default(),
+        &mut detached_out,
+    );
+    assert!(detached_out.is_empty(), "written for no server");
+    s.plan(unit, ctx, replies)
+}
+
+/// Attaches as `plan` says and writes the batch (a held BEGIN first) for the server.
+pub fn send_unit(
+    s: &mut Session,
+    plan: Plan,
+    unit: &[Frame],
+    ctx: &mut Ctx,
+    stmts: &mut ServerStatements,
+) -> BytesMut {
+    let mut out = BytesMut::new();
+    let Plan::Attach {
+        target,
+        group,
+        hold_status,
+        prepares,
+    } = plan
+    else {
+        return out;
+    };
+    s.attach(target, group, hold_status, prepares);
+    s.send_held(&mut out);
+    for f in unit {
+        s.client_frame_copied(f, ctx, stmts, &mut out);
+    }
+    s.batch_done();
+    out
+}
+
 impl Client {
     /// The replies so far as `tag[:detail]` strings (SQLSTATE, status or command tag), drained.
     pub fn take(&mut self) -> Vec<String> {
@@ -289,7 +326,8 @@ impl Client {
 pub mod msg {
     use super::*;
 
-    fn frame(tag: u8, body: &[u8]) -> Frame {
+    /// A message of type `tag` with `body`.
+    pub fn frame(tag: u8, body: &[u8]) -> Frame {
         let mut b = BytesMut::new();
         b.put_u8(tag);
         b.put_i32(4 + body.len() as i32);
