@@ -11,6 +11,7 @@ pub mod auth;
 pub mod catalog;
 pub mod classify;
 pub mod config;
+pub mod cutover;
 pub mod fleet;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;

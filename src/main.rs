@@ -61,6 +61,23 @@ enum Command {
         action: PhaseAction,
     },
     /// Classify SQL (from the argument, or stdin when absent).
+    /// The phase-7 cutover of the whole fleet (or, with --dry-run, its rehearsal).
+    Cutover {
+        #[arg(long)]
+        config: PathBuf,
+        /// Rehearse: hold, read the WAL position, wait for the catch-up, release; no
+        /// promotion, no switch.
+        #[arg(long)]
+        dry_run: bool,
+        /// Ask a running cutover to abort (honoured before its point of no return).
+        #[arg(long, conflicts_with_all = ["dry_run", "status"])]
+        abort: bool,
+        /// Print the cutover record stored in etcd.
+        #[arg(long, conflicts_with = "dry_run")]
+        status: bool,
+        #[arg(long, default_value = "requested by the operator")]
+        reason: String,
+    },
     Classify {
         #[arg(long)]
         config: Option<PathBuf>,
@@ -123,6 +140,13 @@ fn main() {
             sql,
         }) => classify(config, format, sql),
         Some(Command::Phase { action }) => phase(action),
+        Some(Command::Cutover {
+            config,
+            dry_run,
+            abort,
+            status,
+            reason,
+        }) => cutover(config, dry_run, abort, status, &reason),
     };
     if let Err(e) = result {
         // One line with the cause chain: operators read this in a terminal or a log.
@@ -219,6 +243,41 @@ fn phase(action: PhaseAction) -> anyhow::Result<()> {
 }
 
 /// `pgdecomp classify`: unparsable SQL is an answer (kind "unknown"), not a failure.
+/// `pgdecomp cutover`: the JSON report on stdout, progress on stderr; the exit code says how
+/// it ended (0 completed or rehearsed, 1 aborted, 2 refused).
+fn cutover(
+    config: PathBuf,
+    dry_run: bool,
+    abort: bool,
+    status: bool,
+    reason: &str,
+) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let snap = std::sync::Arc::new(load(&config)?);
+    use pgdecomp::cutover::cli;
+    if status || abort {
+        let record = match abort {
+            true => rt.block_on(cli::request_abort(&snap, reason))?,
+            false => rt.block_on(cli::status(&snap))?,
+        };
+        println!("{}", serde_json::to_string_pretty(&record)?);
+        if abort {
+            eprintln!("abort requested; a cutover past its point of no return goes on");
+        }
+        return Ok(());
+    }
+    let report = rt.block_on(cli::cutover(snap, dry_run));
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    let code = report.outcome().map_or(1, |o| o.exit_code());
+    if code != 0 {
+        std::process::exit(code);
+    }
+    Ok(())
+}
+
 fn classify(config: Option<PathBuf>, format: Format, sql: Option<String>) -> anyhow::Result<()> {
     let classifier = match config {
         Some(path) => pgdecomp::config::load_classifier(&path)

@@ -1,6 +1,7 @@
 //! The admin console beside the pipeline: the virtual database `pgdecomp`, reachable with psql
 //! by the configured admin users, answering PgBouncer-style SHOW commands and RELOAD.
 
+mod cutover;
 mod show;
 
 use std::time::Duration;
@@ -43,6 +44,9 @@ pub async fn execute(sql: &str, shared: &Shared) -> Result<Reply, PgError> {
     let upper: Vec<String> = words.iter().map(|w| w.to_ascii_uppercase()).collect();
     let verb = upper.first().map(String::as_str).unwrap_or("");
     let arg = words.get(1).copied();
+    if let Some(reply) = cutover::execute(&upper, shared).await {
+        return reply;
+    }
     match (verb, words.len()) {
         ("SHOW", 2) => show::show(&upper[1], shared).map(Reply::Rows),
         ("RELOAD", 1) => shared

@@ -50,6 +50,8 @@ pub struct RawConfig {
     pub server_tls_ca_file: Option<String>,
     /// `[fleet]`: follow the phase stored in etcd (`src/fleet/`); absent, `phase_file` rules.
     pub fleet: Option<crate::fleet::RawFleet>,
+    /// `[cutover]`: the phase-7 cutover's bounds and preflight (`src/cutover/`).
+    pub cutover: Option<crate::cutover::RawCutover>,
 }
 
 fn default_auth_type() -> String {

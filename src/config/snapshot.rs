@@ -101,6 +101,8 @@ pub struct Snapshot {
     pub watched: Vec<PathBuf>,
     /// `[fleet]`: the etcd the phase comes from; `None` when the config has no such table.
     pub fleet: Option<crate::fleet::FleetSettings>,
+    /// `[cutover]`, defaults when absent.
+    pub cutover: crate::cutover::CutoverSettings,
 }
 
 pub(super) fn invalid(path: &Path, key: &str, message: impl Into<String>) -> ConfigError {
@@ -276,6 +278,7 @@ impl Snapshot {
         let phase_file = rel(&raw.phase_file);
         let phase = Arc::new(load_phase(&phase_file)?);
         let fleet = crate::fleet::settings(path, raw.fleet.as_ref(), listen, &phase_file)?;
+        let cutover = crate::cutover::settings(path, raw.cutover.as_ref())?;
         let server_tls = super::tls::server_tls(path, &raw, dir)?;
         let client_tls = super::tls::client_tls(path, &raw, dir)?;
         let health = super::health::from_raw(path, &raw, &databases, &server_tls)?;
@@ -342,6 +345,7 @@ impl Snapshot {
             watch_files: raw.watch_files,
             watched: vec![path.to_path_buf(), phase_file.clone(), rel(&raw.auth_file)],
             fleet,
+            cutover,
         })
     }
 

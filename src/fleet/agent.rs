@@ -6,12 +6,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{Event, EventType, WatchOptions};
+use etcd_client::{Event, EventType, GetOptions, KeyValue, WatchOptions};
 use tokio::sync::{oneshot, watch};
 
 use super::decide::{choose, Applied, Choice, EtcdPhase, InstanceRecord};
 use super::etcd::{bounded, Etcd};
+use super::hold;
 use super::{FleetError, FleetSettings};
+use crate::shared::hold::UNTIL_ETCD;
 use crate::shared::Shared;
 
 /// Starts following etcd when `[fleet]` is configured. Waits (bounded by the connect and
@@ -22,6 +24,9 @@ pub async fn start(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
     let Some(settings) = shared.config.load().fleet.clone() else {
         return;
     };
+    // Until etcd has answered, this instance cannot know whether a cutover has moved the
+    // fleet on: it writes no ci rows anywhere (fail closed); reads and main writes go on.
+    shared.hold.hold(UNTIL_ETCD);
     let (first_tx, first_rx) = oneshot::channel();
     let bound = settings.connect_timeout + settings.request_timeout * 3;
     tokio::spawn(run(shared, settings, stop, first_tx));
@@ -42,6 +47,7 @@ async fn run(
 ) {
     let mut first = Some(first);
     let mut pause = Duration::from_millis(500);
+    let mut lost_since = std::time::Instant::now();
     loop {
         let mut reached = false;
         let result = follow(&shared, &s, &mut stop, &mut first, &mut reached).await;
@@ -49,7 +55,9 @@ async fn run(
         let Err(e) = result else { return };
         if reached {
             pause = Duration::from_millis(500);
+            lost_since = std::time::Instant::now();
         }
+        fail_closed(&shared, &s, lost_since);
         let phase = shared.config.load().phase.number();
         tracing::error!(
             etcd = ?s.endpoints,
@@ -72,9 +80,21 @@ async fn run(
     }
 }
 
+/// Once etcd has been out of reach for longer than the lease, the fleet no longer lists this
+/// instance, so a cutover would not wait for it: it holds its ci writes until etcd answers.
+fn fail_closed(shared: &Shared, s: &FleetSettings, lost_since: std::time::Instant) {
+    let ttl = Duration::from_secs(s.lease_ttl.unsigned_abs());
+    if lost_since.elapsed() >= ttl && shared.hold.held().is_none() {
+        shared.hold.hold(UNTIL_ETCD);
+        tracing::error!(
+            "fleet: etcd out of reach for longer than lease_ttl; ci writes are held until it answers"
+        );
+    }
+}
+
 /// One connection's life: lease, read, register, then watch until an error or `stop`.
 async fn follow(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     s: &FleetSettings,
     stop: &mut watch::Receiver<bool>,
     first: &mut Option<oneshot::Sender<()>>,
@@ -84,9 +104,31 @@ async fn follow(
     let lease = etcd.grant(s.lease_ttl).await?;
     let (mut keeper, mut acks) =
         bounded(etcd.timeout(), etcd.client.lease_keep_alive(lease)).await?;
-    let key = s.phase_key();
-    let (phase, now) = etcd.read_phase(&key).await?;
-    apply(shared, s, &phase);
+    // Phase and hold in one read, so they are seen at one revision.
+    let root = format!("{}/", s.prefix);
+    let options = GetOptions::new().with_prefix();
+    let all = bounded(
+        etcd.timeout(),
+        etcd.client.get(root.as_str(), Some(options)),
+    )
+    .await?;
+    let now = all.header().map(|h| h.revision()).unwrap_or(0);
+    for kv in all.kvs() {
+        if kv.key() == s.phase_key().as_bytes() {
+            apply(shared, s, &kv_phase(kv));
+        }
+    }
+    let hold_key = s.cutover_key("hold");
+    match all.kvs().iter().find(|kv| kv.key() == hold_key.as_bytes()) {
+        Some(kv) => hold::hold(
+            shared,
+            &etcd.client,
+            s,
+            lease,
+            hold::parse_epoch(kv.value()),
+        ),
+        None => hold::release(shared, &etcd.client, s),
+    }
     etcd.register(&s.instance_key(), &record(shared, s), lease)
         .await?;
     set_connected(shared, true);
@@ -94,10 +136,12 @@ async fn follow(
     if let Some(tx) = first.take() {
         let _ = tx.send(());
     }
-    let options = WatchOptions::new().with_start_revision(now + 1);
+    let options = WatchOptions::new()
+        .with_prefix()
+        .with_start_revision(now + 1);
     let mut events = bounded(
         etcd.timeout(),
-        etcd.client.watch(key.as_str(), Some(options)),
+        etcd.client.watch(root.as_str(), Some(options)),
     )
     .await?;
     let period = Duration::from_secs((s.lease_ttl / 3).max(1).unsigned_abs());
@@ -105,16 +149,19 @@ async fn follow(
     loop {
         tokio::select! {
             msg = events.message() => {
-                let resp = msg?.ok_or_else(|| FleetError::WatchClosed { key: key.clone() })?;
+                let resp = msg?.ok_or_else(|| FleetError::WatchClosed { key: root.clone() })?;
                 if resp.canceled() {
-                    return Err(FleetError::WatchClosed { key });
+                    return Err(FleetError::WatchClosed { key: root });
                 }
-                for event in resp.events() {
-                    apply(shared, s, &event_phase(event));
+                if on_events(shared, s, &etcd, lease, resp.events()) {
+                    etcd.register(&s.instance_key(), &record(shared, s), lease).await?;
                 }
+            }
+            _ = tick.tick() => {
+                bounded(etcd.timeout(), keeper.keep_alive()).await?;
+                // The heartbeat the cutover's preflight looks at.
                 etcd.register(&s.instance_key(), &record(shared, s), lease).await?;
             }
-            _ = tick.tick() => bounded(etcd.timeout(), keeper.keep_alive()).await?,
             ack = acks.message() => match ack? {
                 Some(a) if a.ttl() > 0 => {}
                 _ => return Err(FleetError::LeaseLost),
@@ -125,6 +172,46 @@ async fn follow(
                 return Ok(());
             }
         }
+    }
+}
+
+/// Carries out watched changes in revision order (a switch and its release arrive in one
+/// revision, phase first). Returns whether this instance's record changed.
+fn on_events(
+    shared: &Arc<Shared>,
+    s: &FleetSettings,
+    etcd: &Etcd,
+    lease: i64,
+    events: &[Event],
+) -> bool {
+    let (phase_key, hold_key) = (s.phase_key(), s.cutover_key("hold"));
+    let mut changed = false;
+    for event in events {
+        let Some(kv) = event.kv() else { continue };
+        if kv.key() == phase_key.as_bytes() {
+            apply(shared, s, &event_phase(event));
+            changed = true;
+        } else if kv.key() == hold_key.as_bytes() {
+            match event.event_type() {
+                EventType::Put => hold::hold(
+                    shared,
+                    &etcd.client,
+                    s,
+                    lease,
+                    hold::parse_epoch(kv.value()),
+                ),
+                EventType::Delete => hold::release(shared, &etcd.client, s),
+            }
+            changed = true;
+        }
+    }
+    changed
+}
+
+fn kv_phase(kv: &KeyValue) -> EtcdPhase {
+    EtcdPhase::Set {
+        value: String::from_utf8_lossy(kv.value()).into_owned(),
+        revision: kv.mod_revision(),
     }
 }
 
@@ -171,10 +258,7 @@ fn apply(shared: &Shared, s: &FleetSettings, phase: &EtcdPhase) {
 /// A watch event on the phase key: a new value, or the key deleted.
 fn event_phase(event: &Event) -> EtcdPhase {
     match (event.event_type(), event.kv()) {
-        (EventType::Put, Some(kv)) => EtcdPhase::Set {
-            value: String::from_utf8_lossy(kv.value()).into_owned(),
-            revision: kv.mod_revision(),
-        },
+        (EventType::Put, Some(kv)) => kv_phase(kv),
         _ => EtcdPhase::Absent,
     }
 }
@@ -201,5 +285,10 @@ fn record(shared: &Shared, s: &FleetSettings) -> InstanceRecord {
         revision: st.applied.revision(),
         pid: std::process::id(),
         error: st.last_error,
+        heartbeat_ms: crate::cutover::unix_ms(std::time::SystemTime::now()),
+        last_violation_ms: shared
+            .last_violation_ms
+            .load(std::sync::atomic::Ordering::Relaxed),
+        held: shared.hold.held(),
     }
 }

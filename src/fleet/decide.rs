@@ -163,6 +163,15 @@ pub struct InstanceRecord {
     /// Why the last phase from etcd was not applied, if it was not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Unix milliseconds of the last write of this record (rewritten every lease_ttl / 3).
+    #[serde(default)]
+    pub heartbeat_ms: u64,
+    /// Unix milliseconds of the last violation this instance counted (0: none since start).
+    #[serde(default)]
+    pub last_violation_ms: u64,
+    /// The cutover epoch whose hold this instance applies now, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<u64>,
 }
 
 impl InstanceRecord {

@@ -159,6 +159,9 @@ fn instance_record_round_trips_and_says_when_caught_up() {
         revision: 12,
         pid: 7,
         error: None,
+        heartbeat_ms: 1,
+        last_violation_ms: 0,
+        held: None,
     };
     let json = serde_json::to_string(&r).unwrap();
     assert!(!json.contains("error"), "{json}");

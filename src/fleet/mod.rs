@@ -8,7 +8,8 @@
 mod agent;
 pub mod cli;
 mod decide;
-mod etcd;
+pub(crate) mod etcd;
+mod hold;
 mod settings;
 
 use std::path::PathBuf;

@@ -71,6 +71,16 @@ impl FleetSettings {
     pub fn instance_key(&self) -> String {
         format!("{}{}", self.instances_prefix(), self.instance)
     }
+
+    /// `<prefix>/cutover/<name>`: record, lock, hold, abort, or `held/<instance>`.
+    pub fn cutover_key(&self, name: &str) -> String {
+        format!("{}/cutover/{name}", self.prefix)
+    }
+
+    /// Where this instance confirms a cutover's hold.
+    pub fn held_key(&self) -> String {
+        self.cutover_key(&format!("held/{}", self.instance))
+    }
 }
 
 fn invalid(path: &Path, key: &str, message: impl Into<String>) -> ConfigError {

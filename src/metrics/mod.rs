@@ -1,10 +1,12 @@
 //! Observability beside the pipeline: every Prometheus collector is registered here, so all
 //! metric names and labels are visible in one place. Sessions record what the pure steps return.
 
+mod cutover;
 mod http;
 mod throttle;
 mod topology;
 
+pub use cutover::CutoverMetrics;
 pub use http::serve;
 pub use throttle::{ThrottleMetrics, Waiting};
 pub use topology::TopologyMetrics;
@@ -77,6 +79,7 @@ pub struct Metrics {
     pub fleet_phase_revision: IntGauge,
     /// 1 while the `[fleet]` watch on etcd is up.
     pub fleet_connected: IntGauge,
+    pub cutover: CutoverMetrics,
     pub reloads: IntCounterVec,
     pub catalog_reads: IntCounterVec,
     pub checkout_wait: Histogram,
@@ -314,6 +317,7 @@ impl Metrics {
             ),
             build_info: gauge_vec(&r, "pgdecomp_build_info", "Build information", &["version"]),
             topology: TopologyMetrics::new(&r),
+            cutover: CutoverMetrics::new(&r),
             registry: r,
             targets: Vec::new(),
         };

@@ -35,6 +35,10 @@ impl Observer for Recorder<'_> {
         }
         for v in &d.violations {
             record_violation(v, d.target, shared);
+            shared.last_violation_ms.store(
+                crate::cutover::unix_ms(std::time::SystemTime::now()),
+                std::sync::atomic::Ordering::Relaxed,
+            );
             // Logs and SHOW VIOLATIONS are rate-limited per kind and schemas; metrics count all.
             if !shared.should_log_violation(v.kind.label(), &c.schemas_label()) {
                 continue;

@@ -81,6 +81,7 @@ pub async fn run(
             entry.set(0, Some(target));
             continue;
         }
+        let ci_running = throttle::cutover_hold(c, target, shared).await;
         let waited = Instant::now();
         let conn = match place(c, target, shared, waited).await {
             Ok(conn) => conn,
@@ -100,6 +101,7 @@ pub async fn run(
         c.session.attach(target, group, hold_status, prepares);
         let end = pump(c, conn, unit, shared, &tm.statement_seconds).await;
         drop(running);
+        drop(ci_running);
         entry.set(0, Some(target));
         let end = end?;
         tm.transaction_seconds.observe(held.elapsed().as_secs_f64());

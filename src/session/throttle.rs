@@ -10,6 +10,7 @@ use super::client::Client;
 use super::placement::PlaceError;
 use crate::metrics::Waiting;
 use crate::route::Target;
+use crate::shared::hold::Running;
 use crate::shared::Shared;
 use crate::topology::throttle::{decide, Decision, Who};
 
@@ -89,4 +90,32 @@ fn log_start(c: &Client, who: Who<'_>, target: Target, decision: &Decision) {
             target = target.label(), cluster = cluster.label(), %server, ready, threshold,
             "transaction held: WAL archiving lags on the primary");
     }
+}
+
+/// Carries out the cutover's hold for a transaction on the ci write target: it waits while a
+/// cutover holds ci writes, and is counted as running from here until the guard drops. When it
+/// was held, or the phase changed since it was planned, it takes the config running now, so a
+/// write released into phase 7 goes to the promoted CI primary, never to main.
+pub async fn cutover_hold<'a>(
+    c: &mut Client,
+    target: Target,
+    shared: &'a Shared,
+) -> Option<Running<'a>> {
+    if target != Target::Ci {
+        return None;
+    }
+    let (running, waited) = shared.hold.enter().await;
+    if let Some(w) = waited {
+        shared.metrics.cutover.hold_seconds.observe(w.as_secs_f64());
+        tracing::info!(
+            client = c.id,
+            waited_seconds = w.as_secs_f64(),
+            "ci transaction released by the cutover hold"
+        );
+    }
+    let now = shared.config.load_full();
+    if now.phase.number() != c.session.snap.phase.number() {
+        c.session.adopt(now);
+    }
+    Some(running)
 }

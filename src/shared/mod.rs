@@ -6,6 +6,7 @@
 pub mod cancel;
 pub mod catalog;
 pub mod control;
+pub mod hold;
 pub mod login_rate;
 pub mod logins;
 mod reload;
@@ -60,6 +61,11 @@ pub struct Shared {
     pub catalog_refresh: tokio::sync::Notify,
     /// The phase chosen through etcd (`[fleet]`) and the link's status.
     pub fleet: crate::fleet::FleetState,
+    /// The cutover's hold of ci write transactions.
+    pub hold: hold::CiHold,
+    /// Unix milliseconds of the last violation counted (0: none since start), for the
+    /// cutover's preflight.
+    pub last_violation_ms: AtomicU64,
 }
 
 impl Shared {
@@ -95,6 +101,8 @@ impl Shared {
             catalog: arc_swap::ArcSwapOption::empty(),
             catalog_refresh: tokio::sync::Notify::new(),
             fleet: crate::fleet::FleetState::default(),
+            hold: hold::CiHold::default(),
+            last_violation_ms: AtomicU64::new(0),
         });
         shared.export_violation_series(&classifier);
         shared
@@ -105,6 +113,7 @@ impl Shared {
         let m = &self.metrics;
         m.clients.set(self.clients.load(Ordering::Relaxed) as i64);
         m.pending_logins.set(self.logins.waiting() as i64);
+        m.cutover.held.set(self.hold.waiting() as i64);
         for (key, pool) in self.pools.load().all() {
             let st = pool.status();
             let labels = |state| [key.target.label(), key.spec.addr.as_str(), state];

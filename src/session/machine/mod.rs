@@ -153,6 +153,14 @@ impl Session {
         }
     }
 
+    /// Takes the config a cutover released this not yet attached transaction into, so it is
+    /// placed by the phase that runs now rather than the one it was planned in.
+    pub fn adopt(&mut self, snap: Arc<Snapshot>) {
+        if self.link.is_none() {
+            self.snap = snap;
+        }
+    }
+
     /// The transaction status the client must be told in a ReadyForQuery the proxy writes.
     pub fn status(&self) -> TxnStatus {
         match (&self.link, &self.held) {
