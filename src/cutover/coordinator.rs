@@ -267,9 +267,13 @@ impl Run<'_> {
             .await
             .map_err(e)?;
         let phase = match &stored {
-            EtcdPhase::Set { value, .. } => Some(self.phase_number(value)?),
+            EtcdPhase::Set { value, .. } => Some(self.load_phase(value)?),
             _ => None,
         };
+        let ci_write_percent = phase
+            .as_ref()
+            .map_or(100.0, |p| p.ci_write_rollout().percent);
+        let phase = phase.map(|p| p.number());
         self.phase_number("phase-7.toml")
             .and_then(|n| {
                 if n == 7 {
@@ -300,13 +304,16 @@ impl Run<'_> {
             ci_standby: replayed.is_some(),
             lag_bytes: replayed.map_or(0, |r| main.0.saturating_sub(r.0)),
             max_lag_bytes: self.c.max_lag_bytes,
+            ci_write_percent,
         })
     }
 
-    fn phase_number(&self, value: &str) -> Result<u8, String> {
+    fn load_phase(&self, value: &str) -> Result<crate::route::Phase, String> {
         let file = resolve_phase_file(&self.fleet.phase_dir, value).map_err(|e| e.to_string())?;
-        load_phase(&file)
-            .map(|p| p.number())
-            .map_err(|e| e.to_string())
+        load_phase(&file).map_err(|e| e.to_string())
+    }
+
+    fn phase_number(&self, value: &str) -> Result<u8, String> {
+        self.load_phase(value).map(|p| p.number())
     }
 }

@@ -32,11 +32,20 @@ pub struct Facts {
     pub ci_standby: bool,
     pub lag_bytes: u64,
     pub max_lag_bytes: u64,
+    /// The share of ci writes the fleet's phase sends to the ci write target (the rest
+    /// shares main's connection and could not be held).
+    pub ci_write_percent: f64,
 }
 
 /// `Err(reason)` for the first thing that forbids the cutover.
 pub fn check(f: &Facts) -> Result<(), String> {
     phase(f)?;
+    if f.ci_write_percent < 100.0 {
+        return Err(format!(
+            "the fleet's phase sends only {} % of ci writes to the ci write target; the rest share main's connection and cannot be held: roll ci writes out to 100 % first",
+            f.ci_write_percent
+        ));
+    }
     instances(f)?;
     patroni(f)?;
     if !f.ci_standby {

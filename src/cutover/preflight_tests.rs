@@ -36,6 +36,7 @@ fn good() -> Facts {
         ci_standby: true,
         lag_bytes: 10,
         max_lag_bytes: 1000,
+        ci_write_percent: 100.0,
     }
 }
 
@@ -123,4 +124,13 @@ fn unhealthy_members_lag_and_a_promoted_ci_are_refused() {
         ..good()
     };
     assert!(refused(&f).contains("not a standby"));
+}
+
+#[test]
+fn a_partial_ci_write_rollout_is_refused() {
+    let f = Facts {
+        ci_write_percent: 50.0,
+        ..good()
+    };
+    assert!(refused(&f).contains("50 % of ci writes"));
 }

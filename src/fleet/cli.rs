@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use super::decide::{check_switch, phase_value, resolve_phase_file, EtcdPhase, InstanceRecord};
-use super::etcd::Etcd;
+use super::etcd::{bounded, Etcd};
 use super::{FleetError, FleetSettings};
 use crate::config::{load_phase, Snapshot};
 
@@ -76,6 +76,12 @@ pub async fn set(
         _ => (Some(snap.phase.number()), 0),
     };
     check_switch(current_number, number, force)?;
+    let hold = bounded(etcd.timeout(), etcd.client.get(s.cutover_key("hold"), None)).await?;
+    if !hold.kvs().is_empty() && !force {
+        return Err(FleetError::Refused(
+            "a cutover holds the fleet's ci writes now; let it end (pgdecomp cutover --status) or abort it first".into(),
+        ));
+    }
     let revision = etcd.set_phase(&s.phase_key(), &value, expected).await?;
     let deadline = Instant::now() + wait;
     loop {
