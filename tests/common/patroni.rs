@@ -10,6 +10,7 @@
 mod conf;
 mod internal;
 mod os;
+mod replay;
 
 use super::cluster::free_port;
 use os::{alive, curl, signal, spawn_watchdog, stop_children};
@@ -242,6 +243,39 @@ impl PatroniLab {
                 .filter(|m| m.state == "running" || m.state == "streaming")
                 .map(|_| ())
         });
+    }
+
+    /// etcd's client URL ("http://127.0.0.1:PORT"), as `[fleet] etcd` takes it.
+    pub fn etcd_endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.etcd_port)
+    }
+
+    /// (member, role) of `cluster` as /cluster reports them now ("standby_leader", "leader",
+    /// "replica", ...); empty when no member answers.
+    pub fn roles(&self, cluster: &str) -> Vec<(String, String)> {
+        self.cluster_state(cluster)
+            .into_iter()
+            .map(|m| (m.name, m.role))
+            .collect()
+    }
+
+    /// Starts `member` again after [`PatroniLab::kill_member`] (a ci member streams from
+    /// main's leader) and waits until /cluster reports it running as a replica.
+    pub fn restart_member(&self, member: &str) {
+        assert!(
+            !self.procs.lock().unwrap().contains_key(member),
+            "{member} still runs"
+        );
+        let standby_of =
+            (self.member(member).cluster == "ci").then(|| self.pg_port(&self.leader("main")));
+        self.start_member(member, standby_of);
+        // /cluster may still show the crashed member's last state until its key expires; its
+        // own /health says 200 only once its PostgreSQL runs again.
+        let url = format!("http://127.0.0.1:{}/health", self.member(member).rest_port);
+        self.wait(&format!("{member}'s /health"), || {
+            curl("GET", &url, None, 2).filter(|(code, _)| *code == 200)
+        });
+        self.wait_role(member, "replica");
     }
 
     /// The log of `member` (Patroni and PostgreSQL stderr), for failure messages.
