@@ -1,10 +1,11 @@
 //! A cutover that cannot finish before the promotion aborts and leaves everything as it was:
 //! a catch-up past its timeout, an instance that never confirms the hold (SIGSTOPped), etcd
 //! lost during the catch-up (instances keep ci writes held until etcd answers, then release
-//! them on phase 6) and the CI standby leader lost during the catch-up. After each abort
-//! (exit code 1, outcome "aborted", a reason): the fleet runs phase 6, the CI cluster is
-//! still a standby, every held ci write completed on the main primary with no client error,
-//! and every acknowledged write is there.
+//! them on phase 6), the CI standby leader lost during the catch-up, and a ci transaction left
+//! open past the hold's bound (one that commits during the hold precedes the recorded LSN).
+//! After each abort (exit code 1, outcome "aborted", a reason): the fleet runs phase 6, the CI
+//! cluster is still a standby, every held ci write completed on the main primary with no
+//! client error, and every acknowledged write is there.
 
 mod common;
 #[path = "common/cutover_load.rs"]
@@ -104,7 +105,7 @@ async fn an_instance_that_never_confirms_the_hold_aborts_it() {
     let fleet: Vec<Proxy> = ["a", "b"]
         .iter()
         .map(|n| {
-            Proxy::start(&instance_config_ttl(
+            start_instance(&instance_config_ttl(
                 lab,
                 &etcd,
                 &prefix,
@@ -240,4 +241,87 @@ async fn the_ci_standby_leader_lost_during_the_catchup_aborts_the_cutover() {
             .any(|(_, role)| role == "standby_leader")
     });
     assert_nothing_changed(&lab, &fleet, &seen);
+}
+
+/// A ci transaction open on `proxy`, after its insert: the client and the insert's WAL position.
+async fn open_ci_transaction(proxy: &Proxy, name: &str) -> (tokio_postgres::Client, u64) {
+    let client = proxy.connect().await;
+    client.batch_execute("BEGIN").await.expect("BEGIN");
+    let sql =
+        "insert into ci_builds (name) values ($1) returning pg_current_wal_insert_lsn()::text";
+    let row = client
+        .query_one(sql, &[&name])
+        .await
+        .expect("insert in the transaction");
+    (client, lsn(row.get::<_, &str>(0)))
+}
+
+/// The hold lets running ci transactions finish: one that commits during the hold precedes the
+/// recorded LSN; one left open past `hold_timeout` aborts the hold, then commits on main.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn running_ci_transactions_finish_before_the_lsn_or_abort_the_hold() {
+    let _serial = serial().await;
+    let lab = shared_lab();
+    let cutover_toml = "hold_timeout = 3.0\ninstances = [\"a\", \"b\"]";
+    let fleet = start_fleet(
+        lab,
+        &lab.etcd_endpoint(),
+        &prefix("running"),
+        &["a", "b"],
+        cutover_toml,
+    );
+    let a = &fleet[0];
+    let (t1, t1_lsn) = open_ci_transaction(a, "running-t1").await;
+    let mut pending = spawn_cutover(&a.config_path(), &["--dry-run"]);
+    wait_step(a, &mut pending, "hold").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        pending.is_running(),
+        "the hold waits for the running transaction"
+    );
+    t1.batch_execute("COMMIT")
+        .await
+        .expect("COMMIT during the hold");
+    let run = tokio::task::spawn_blocking(move || pending.finish(RUN_BOUND))
+        .await
+        .expect("run");
+    eprintln!("[cutover] report: {}\n{}", run.report, run.stderr);
+    run.expect("rehearsed", 0);
+    let cut = lsn(run.report["lsn"].as_str().expect("lsn"));
+    assert!(t1_lsn < cut, "the commit during the hold precedes {cut:#x}");
+    let hold = run.report["steps"]
+        .as_array()
+        .and_then(|s| s.get(1))
+        .cloned();
+    let waited = hold
+        .as_ref()
+        .and_then(|h| h["seconds"].as_f64())
+        .unwrap_or(0.0);
+    assert!(
+        waited >= 1.0,
+        "the hold step waited for the commit: {hold:?}"
+    );
+
+    left_open_past_the_hold_timeout(lab, a).await;
+}
+
+/// A ci transaction left open past `hold_timeout` aborts the hold; it then commits on main.
+async fn left_open_past_the_hold_timeout(lab: &PatroniLab, a: &Proxy) {
+    let (t2, _) = open_ci_transaction(a, "running-t2").await;
+    let run = cutover(&a.config_path(), &["--dry-run"]).await;
+    eprintln!("[cutover] report: {}\n{}", run.report, run.stderr);
+    run.expect("aborted", 1);
+    run.expect_reason("hold");
+    t2.batch_execute("COMMIT")
+        .await
+        .expect("the open transaction commits after the abort");
+    let main = lab.leader("main");
+    let sql = "select count(*) from ci_builds where name in ('running-t1', 'running-t2')";
+    assert_eq!(
+        lab.psql(&main, common::cluster::DATABASE, sql),
+        "2",
+        "both on main"
+    );
+    assert_ci_standby(lab);
+    assert_eq!(phase_of(a), 6.0);
 }

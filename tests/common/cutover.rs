@@ -82,6 +82,26 @@ pub fn instance_config_ttl(
         .build()
 }
 
+/// Starts an instance and waits until it knows main's primary and a ci server through Patroni:
+/// until then its logins fail (FATAL 08006, no reachable server of the main cluster).
+pub fn start_instance(config: &str) -> Proxy {
+    let proxy = Proxy::start(config);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let m = metrics(&proxy);
+        let main = metric(&m, "pgdecomp_server_writable", &[("cluster", "main")]);
+        let ci = metric(&m, "pgdecomp_server_in_rotation", &[("cluster", "ci")]);
+        if main >= 1.0 && ci >= 1.0 {
+            return proxy;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the instance never found its servers:\n{m}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Starts the instances `names` and stores phase 6 in etcd (through the first one's config).
 pub fn start_fleet(
     lab: &PatroniLab,
@@ -92,7 +112,7 @@ pub fn start_fleet(
 ) -> Vec<Proxy> {
     let proxies: Vec<Proxy> = names
         .iter()
-        .map(|name| Proxy::start(&instance_config(lab, endpoint, prefix, name, cutover)))
+        .map(|name| start_instance(&instance_config(lab, endpoint, prefix, name, cutover)))
         .collect();
     set_phase(&proxies[0], 6);
     proxies
