@@ -232,14 +232,27 @@ impl Run<'_> {
     async fn step(&mut self, step: Step) -> Result<(), Failed> {
         self.enter(step).await;
         let since = Instant::now();
-        let detail = match step {
-            Step::Hold => self.hold().await?,
-            Step::ReadLsn => self.read_lsn().await?,
-            Step::Catchup => self.catchup().await?,
-            _ => String::new(),
+        let result = match step {
+            Step::Hold => self.hold().await,
+            Step::ReadLsn => self.read_lsn().await,
+            Step::Catchup => self.catchup().await,
+            _ => Ok(String::new()),
         };
-        self.done(step, since, detail);
-        Ok(())
+        match result {
+            Ok(detail) => {
+                self.done(step, since, detail);
+                Ok(())
+            }
+            Err(Failed(reason)) => {
+                // The report shows how long the failed step ran too.
+                let secs = since.elapsed().as_secs_f64();
+                if step == Step::Catchup {
+                    self.report.catchup_seconds = secs;
+                }
+                self.report.add(step, secs, format!("failed: {reason}"));
+                Err(Failed(reason))
+            }
+        }
     }
 
     async fn preflight(&mut self) -> Result<(), Failed> {
@@ -301,6 +314,7 @@ impl Run<'_> {
             heartbeat_bound_ms: (self.fleet.lease_ttl.unsigned_abs() * 1000).max(2000),
             violation_window_ms: self.c.violation_window.as_millis() as u64,
             members: std::mem::take(&mut self.servers.members),
+            patroni_down: self.ops.down_endpoints().await,
             ci_standby: replayed.is_some(),
             lag_bytes: replayed.map_or(0, |r| main.0.saturating_sub(r.0)),
             max_lag_bytes: self.c.max_lag_bytes,

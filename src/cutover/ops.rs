@@ -60,6 +60,28 @@ impl Ops {
         })
     }
 
+    /// Every configured Patroni endpoint whose member is not running: `/health` answers 200
+    /// only for a running PostgreSQL. A crashed member soon drops out of `/cluster`, so the
+    /// member list alone would not show it.
+    pub async fn down_endpoints(&self) -> Vec<String> {
+        let mut down = Vec::new();
+        for (name, c) in [("main", &self.main), ("ci", &self.ci)] {
+            for ep in &c.patroni {
+                let url = format!("http://{ep}/health");
+                let answer = self.http.get(&url).timeout(self.timeout).send().await;
+                match answer {
+                    Ok(r) if r.status().is_success() => {}
+                    Ok(r) => down.push(format!(
+                        "{ep} (cluster {name}): /health answered {}",
+                        r.status()
+                    )),
+                    Err(e) => down.push(format!("{ep} (cluster {name}): {e}")),
+                }
+            }
+        }
+        down
+    }
+
     async fn leader(
         &self,
         name: &'static str,

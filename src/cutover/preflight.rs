@@ -28,6 +28,8 @@ pub struct Facts {
     pub violation_window_ms: u64,
     /// Empty for a static topology.
     pub members: Vec<Member>,
+    /// Configured Patroni endpoints whose member does not report itself running.
+    pub patroni_down: Vec<String>,
     /// The CI write target's server is still a standby (not promoted).
     pub ci_standby: bool,
     pub lag_bytes: u64,
@@ -121,6 +123,15 @@ fn instances(f: &Facts) -> Result<(), String> {
 }
 
 fn patroni(f: &Facts) -> Result<(), String> {
+    if let Some(down) = f.patroni_down.first() {
+        return Err(format!(
+            "Patroni member not running: {down}{}",
+            match f.patroni_down.len() {
+                1 => String::new(),
+                n => format!(" (and {} more)", n - 1),
+            }
+        ));
+    }
     for m in &f.members {
         let healthy = matches!(m.state.as_str(), "running" | "streaming");
         if !healthy {

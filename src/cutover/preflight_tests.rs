@@ -33,6 +33,7 @@ fn good() -> Facts {
             role: "standby_leader".into(),
             state: "streaming".into(),
         }],
+        patroni_down: vec![],
         ci_standby: true,
         lag_bytes: 10,
         max_lag_bytes: 1000,
@@ -133,4 +134,13 @@ fn a_partial_ci_write_rollout_is_refused() {
         ..good()
     };
     assert!(refused(&f).contains("50 % of ci writes"));
+}
+
+#[test]
+fn a_configured_patroni_member_that_is_down_is_refused() {
+    let f = Facts {
+        patroni_down: vec!["127.0.0.1:8009 (cluster ci): connection refused".into()],
+        ..good()
+    };
+    assert!(refused(&f).contains("Patroni member not running: 127.0.0.1:8009"));
 }
