@@ -40,7 +40,9 @@ impl<'a> Run<'a> {
                 ));
                 tracing::error!(step = step.label(), error = %e, "cutover step overdue; retrying");
             }
-            tokio::time::sleep(RETRY).await;
+            // The fence is a cheap read: look often, the held writes wait for it.
+            let pause = if step == Step::Fence { POLL } else { RETRY };
+            tokio::time::sleep(pause).await;
         }
     }
 

@@ -235,6 +235,7 @@ fn apply(shared: &Shared, s: &FleetSettings, phase: &EtcdPhase) {
             revision,
         } => match shared.reload_with_phase(Some(file)) {
             Ok(()) => {
+                shared.topology.recheck();
                 shared.metrics.fleet_phase_revision.set(revision);
                 tracing::info!(
                     value,

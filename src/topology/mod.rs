@@ -31,6 +31,8 @@ pub use crate::config::HealthSettings;
 pub struct Topology {
     view: ArcSwap<View>,
     changed: tokio::sync::watch::Sender<u64>,
+    /// Asks the health checker for a round now rather than after its interval.
+    recheck: tokio::sync::Notify,
 }
 
 impl Topology {
@@ -38,6 +40,7 @@ impl Topology {
         Self {
             view: ArcSwap::from_pointee(initial),
             changed: tokio::sync::watch::Sender::new(0),
+            recheck: tokio::sync::Notify::new(),
         }
     }
 
@@ -53,6 +56,17 @@ impl Topology {
         self.view.store(Arc::new(next));
         self.changed.send_modify(|g| *g += 1);
         true
+    }
+
+    /// Asks for a health round now: after a phase switch (the cutover's promotion) sessions
+    /// waiting for the new writer should not wait out the interval.
+    pub fn recheck(&self) {
+        self.recheck.notify_one();
+    }
+
+    /// Completes when `recheck` was asked for (a request made while no one waited counts).
+    pub async fn recheck_asked(&self) {
+        self.recheck.notified().await;
     }
 
     /// A receiver that wakes on every publish that changed something.

@@ -51,6 +51,7 @@ pub async fn run(
         };
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}
+            _ = topology.recheck_asked() => {}
             _ = stop.changed() => return,
         }
     }
