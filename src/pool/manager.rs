@@ -29,6 +29,18 @@ impl deadpool::managed::Manager for ServerManager {
     type Error = ServerError;
 
     async fn create(&self) -> Result<ServerConn, ServerError> {
+        // Boxed: a login's state (TLS, SCRAM) is large and rare; inline, every client's task
+        // would carry room for it while it waits for a pooled connection or sits idle.
+        Box::pin(self.open()).await
+    }
+
+    async fn recycle(&self, conn: &mut ServerConn, _: &Metrics) -> RecycleResult<ServerError> {
+        self.check(conn).await
+    }
+}
+
+impl ServerManager {
+    async fn open(&self) -> Result<ServerConn, ServerError> {
         let mut conn = ServerConn::connect(&self.spec, self.limits.connect_timeout).await;
         if self.require_primary {
             if let Ok(c) = &mut conn {
@@ -53,7 +65,7 @@ impl deadpool::managed::Manager for ServerManager {
         conn
     }
 
-    async fn recycle(&self, conn: &mut ServerConn, _: &Metrics) -> RecycleResult<ServerError> {
+    async fn check(&self, conn: &mut ServerConn) -> RecycleResult<ServerError> {
         if conn.broken || conn.in_use {
             return Err(RecycleError::message("connection marked broken"));
         }
@@ -64,7 +76,12 @@ impl deadpool::managed::Manager for ServerManager {
             return Err(RecycleError::message("server closed the connection"));
         }
         if conn.last_used.elapsed() > self.limits.check_delay {
-            let check = tokio::time::timeout(self.limits.connect_timeout, conn.simple_query(";"));
+            // Boxed: rare (only after check_delay idle), and it would otherwise widen every
+            // checkout's state, which each client task carries.
+            let check = tokio::time::timeout(
+                self.limits.connect_timeout,
+                Box::pin(conn.simple_query(";")),
+            );
             match check.await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => return Err(RecycleError::Backend(e)),

@@ -75,7 +75,7 @@ impl Client {
             ),
             high_water: l.snap.client_buffer,
             session,
-            to_server: bytes::BytesMut::with_capacity(8 * 1024),
+            to_server: bytes::BytesMut::new(),
             actor,
         }
     }

@@ -4,13 +4,13 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::SessionError;
+use super::{spare, SessionError};
 use crate::net::Stream;
 use crate::protocol::backend::PgError;
 use crate::protocol::frame::{decode_frame, Frame, FrameError};
 
 /// The read buffer a client starts with.
-const READ_BUFFER: usize = 8 * 1024;
+const READ_BUFFER: usize = spare::SIZE;
 
 /// A message longer than this leaves a fresh read buffer behind it.
 const SHRINK_AFTER: usize = 256 * 1024;
@@ -44,15 +44,35 @@ impl ClientIo {
     pub fn new(stream: TcpStream, max_message: usize) -> Self {
         Self {
             stream: Stream::Plain(stream),
-            rbuf: BytesMut::with_capacity(READ_BUFFER),
-            wbuf: BytesMut::with_capacity(8 * 1024),
+            rbuf: spare::take(),
+            wbuf: spare::take(),
             max_message,
         }
     }
 
-    /// Reads more bytes; `Ok(false)` on a clean EOF.
+    /// Reads more bytes; `Ok(false)` on a clean EOF. A parked client waits for the socket to
+    /// be readable before it takes its buffers back.
     pub async fn fill(&mut self) -> Result<bool, SessionError> {
+        if self.rbuf.capacity() == 0 {
+            if let Stream::Plain(s) = &self.stream {
+                s.readable().await?;
+            }
+            self.rbuf = spare::take();
+            if self.wbuf.capacity() == 0 {
+                self.wbuf = spare::take();
+            }
+        }
         Ok(self.stream.read_buf(&mut self.rbuf).await? > 0)
+    }
+
+    /// Between requests, with nothing read ahead or left to write: gives both buffers back, so
+    /// an idle client holds none (TLS streams keep theirs: readiness of the socket says
+    /// nothing about a whole TLS record).
+    pub fn park(&mut self) {
+        if self.rbuf.is_empty() && self.wbuf.is_empty() && matches!(self.stream, Stream::Plain(_)) {
+            spare::give(std::mem::take(&mut self.rbuf));
+            spare::give(std::mem::take(&mut self.wbuf));
+        }
     }
 
     /// The next complete frame already buffered, if any.
@@ -87,11 +107,13 @@ impl ClientIo {
         const DRAIN: usize = 64 * 1024;
         let _ = self.flush().await;
         let _ = self.stream.shutdown().await;
-        let mut sink = [0u8; 4096];
         let mut drained = 0;
         let drain = async {
             while drained < DRAIN {
-                match self.stream.read(&mut sink).await {
+                // Into the read buffer, emptied each time: a sink array would sit in every
+                // client task's state for the whole session.
+                self.rbuf.clear();
+                match self.stream.read_buf(&mut self.rbuf).await {
                     Ok(0) | Err(_) => break,
                     Ok(n) => drained += n,
                 }

@@ -20,6 +20,7 @@ mod scan;
 mod scan_tests;
 mod seat;
 mod segment;
+mod spare;
 mod throttle;
 mod timeouts;
 mod wait;
@@ -110,6 +111,20 @@ impl Drop for ClientCount<'_> {
 
 /// Serves one accepted client connection until it ends. Never panics on client input.
 pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    // Boxed: what a login needs (the handshake, the console) is freed once the client is in,
+    // rather than carried in the task of every idle client.
+    let Some((client, _count)) = Box::pin(admit(stream, peer, &shared)).await else {
+        return;
+    };
+    relay_session(client, peer, &shared).await;
+}
+
+/// Logs the client in; `None` when it did not get in (or was the admin console, served here).
+async fn admit(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: &Arc<Shared>,
+) -> Option<(Box<client::Client>, ClientCount<'_>)> {
     shared.metrics.client_connections.inc();
     let _ = stream.set_nodelay(true);
     let snapshot = shared.config.load_full();
@@ -122,8 +137,8 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         login = tokio::time::timeout(
             snapshot.auth_timeout,
             async {
-                login_rate(&shared, &snapshot).await?;
-                handshake::handshake(&mut io, &shared, &snapshot, peer, &pending).await
+                login_rate(shared, &snapshot).await?;
+                handshake::handshake(&mut io, shared, &snapshot, peer, &pending).await
             },
         ) => login,
         _ = pending.evicted() => {
@@ -132,43 +147,50 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
             let pg = PgError::fatal("53300", "too many connections are logging in (max_pending_logins); this one waited longest");
             pg.encode(&mut io.wbuf);
             io.close_gracefully().await;
-            return;
+            return None;
         }
     };
     drop(pending);
     // Only logged-in clients take max_client_conn slots: a client's was taken with its seat.
-    let _count;
-    let client = match login {
+    match login {
         Ok(Ok(Some(handshake::Accepted::Client(login, seat)))) => {
             seat.keep();
-            _count = ClientCount(&shared.clients);
-            client::Client::new(io, peer, *login)
+            let count = ClientCount(&shared.clients);
+            // Boxed once per session: the task then carries a pointer, not the client.
+            Some((Box::new(client::Client::new(io, peer, *login)), count))
         }
         Ok(Ok(Some(handshake::Accepted::Admin { user }))) => {
             shared.clients.fetch_add(1, Ordering::Relaxed);
-            _count = ClientCount(&shared.clients);
+            let _count = ClientCount(&shared.clients);
             tracing::info!(%peer, %user, "admin console session");
-            if let Err(e) = console::serve(&mut io, &shared).await {
+            if let Err(e) = console::serve(&mut io, shared).await {
                 tracing::info!(%peer, error = %e, "admin session ended");
             }
-            return;
+            None
         }
-        Ok(Ok(None)) => return,
-        Ok(Err(e)) => return fail(&mut io, peer, e, &shared).await,
+        Ok(Ok(None)) => None,
+        Ok(Err(e)) => {
+            fail(&mut io, peer, e, shared).await;
+            None
+        }
         Err(_) => {
             let e = SessionError::Fatal(PgError::fatal("08P01", "authentication timeout"));
-            return fail(&mut io, peer, e, &shared).await;
+            fail(&mut io, peer, e, shared).await;
+            None
         }
-    };
+    }
+}
+
+/// The logged-in client's life: registered for SHOW CLIENTS and KILL, relayed until it leaves.
+async fn relay_session(mut client: Box<client::Client>, peer: SocketAddr, shared: &Shared) {
     let id = client.id;
     let key = client.cancel_key;
-    let mut client = client;
     let entry = shared
         .control
         .register(id, &client.user, &client.database, peer);
     entry.set_rollout(&client.actor, client.session.route.client_roll);
     let result = tokio::select! {
-        r = relay::run(&mut client, &shared, &entry) => r,
+        r = relay::run(&mut client, shared, &entry) => r,
         _ = entry.kill.notified() => Err(SessionError::Fatal(PgError::fatal("57P01", "terminated by the administrator (KILL)"))),
     };
     shared.control.unregister(id);

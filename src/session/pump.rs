@@ -55,7 +55,10 @@ pub async fn pump(
     sc.in_use = true;
     sc.prepared.set_cap(c.session.snap.max_prepared_statements);
     set_cancel(&c.cancel_slot, Some(sc));
-    let mut out = Outbox::new(std::mem::take(&mut c.to_server));
+    let mut out = Outbox::new(match c.to_server.capacity() {
+        0 => super::spare::take(),
+        _ => std::mem::take(&mut c.to_server),
+    });
     out.buf.clear();
     if sc.params_fingerprint != c.params.fingerprint() {
         let defaults = sc.defaults.clone();

@@ -30,6 +30,11 @@ pub async fn run(
     tokio::pin!(drain);
     loop {
         c.io.flush().await?;
+        if c.session.status() == TxnStatus::Idle {
+            // Nothing in flight: an idle client holds no buffers.
+            c.io.park();
+            super::spare::give(std::mem::take(&mut c.to_server));
+        }
         let Some(first) = next_request(c, drain.as_mut()).await? else {
             return Ok(());
         };

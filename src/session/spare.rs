@@ -1,0 +1,63 @@
+//! Spare buffers beside the session step: an idle client gives its read, write and server
+//! buffers back here and takes them again when its next request arrives, so a client holds
+//! buffers only while it has something in flight. Kept per worker thread (no lock); a thread
+//! keeps a bounded number, the rest go back to the allocator.
+
+use std::cell::RefCell;
+
+use bytes::BytesMut;
+
+/// The size a buffer is handed out with.
+pub const SIZE: usize = 8 * 1024;
+/// Buffers kept per thread: enough for the clients one thread serves at once.
+const KEEP: usize = 256;
+/// A buffer grown past this is not kept (a large message should not pin its memory).
+const MAX_KEPT: usize = 64 * 1024;
+
+thread_local! {
+    static SPARE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+}
+
+/// An empty buffer of at least `SIZE` bytes, reused when one is spare.
+pub fn take() -> BytesMut {
+    SPARE
+        .with(|s| s.borrow_mut().pop())
+        .unwrap_or_else(|| BytesMut::with_capacity(SIZE))
+}
+
+/// Gives `buf` back (emptied). A shared or odd-sized buffer is simply dropped.
+pub fn give(buf: BytesMut) {
+    let cap = buf.capacity();
+    if !(SIZE..=MAX_KEPT).contains(&cap) {
+        return;
+    }
+    let mut buf = buf;
+    buf.clear();
+    SPARE.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.len() < KEEP {
+            s.push(buf);
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffers_are_reused_and_small_or_huge_ones_dropped() {
+        let mut b = take();
+        assert!(b.capacity() >= SIZE);
+        b.extend_from_slice(b"abc");
+        let ptr = b.as_ptr();
+        give(b);
+        let again = take();
+        assert_eq!((again.as_ptr(), again.len()), (ptr, 0));
+        give(BytesMut::with_capacity(16));
+        give(BytesMut::with_capacity(1 << 20));
+        let fresh = take();
+        assert_ne!(fresh.as_ptr(), ptr);
+        assert!(fresh.capacity() >= SIZE && fresh.capacity() <= MAX_KEPT);
+    }
+}
