@@ -54,33 +54,16 @@ pub async fn run(
     metrics: Option<&CutoverMetrics>,
     progress: Progress<'_>,
 ) -> Report {
-    let refused = |reason: String| Report {
-        dry_run,
-        outcome: Outcome::Refused.label(),
-        reason: Some(reason),
-        ..Report::default()
-    };
-    let Some(fleet) = snap.fleet.clone() else {
-        return refused(format!(
-            "the cutover coordinates the fleet through etcd: {} has no [fleet] section",
-            snap.source.display()
-        ));
-    };
-    let ops = match Ops::new(&snap) {
-        Ok(ops) => ops,
-        Err(e) => return refused(e),
-    };
-    let etcd = match Etcd::connect(&fleet).await {
-        Ok(e) => e,
-        Err(e) => return refused(format!("etcd unreachable: {e}")),
-    };
-    let mut store = Store {
-        etcd,
-        s: fleet.clone(),
-    };
-    let (lease, lost) = match keep_lease(&mut store.etcd, fleet.lease_ttl).await {
-        Ok(l) => l,
-        Err(e) => return refused(format!("etcd: {e}")),
+    let (fleet, ops, store, lease, lost) = match connect(&snap).await {
+        Ok(parts) => parts,
+        Err(reason) => {
+            return Report {
+                dry_run,
+                outcome: Outcome::Refused.label(),
+                reason: Some(reason),
+                ..Report::default()
+            }
+        }
     };
     let mut run = Run {
         c: snap.cutover.clone(),
@@ -111,6 +94,30 @@ pub async fn run(
         }
     }
     report
+}
+
+type Parts = (FleetSettings, Ops, Store, i64, watch::Receiver<bool>);
+
+/// What a cutover needs before its first step; `Err` is the reason it is refused.
+async fn connect(snap: &Snapshot) -> Result<Parts, String> {
+    let fleet = snap.fleet.clone().ok_or_else(|| {
+        format!(
+            "the cutover coordinates the fleet through etcd: {} has no [fleet] section",
+            snap.source.display()
+        )
+    })?;
+    let ops = Ops::new(snap)?;
+    let etcd = Etcd::connect(&fleet)
+        .await
+        .map_err(|e| format!("etcd unreachable: {e}"))?;
+    let mut store = Store {
+        etcd,
+        s: fleet.clone(),
+    };
+    let (lease, lost) = keep_lease(&mut store.etcd, fleet.lease_ttl)
+        .await
+        .map_err(|e| format!("etcd: {e}"))?;
+    Ok((fleet, ops, store, lease, lost))
 }
 
 /// A lease for the lock and the hold, kept alive by a task until the lease is revoked or

@@ -104,31 +104,8 @@ async fn follow(
     let lease = etcd.grant(s.lease_ttl).await?;
     let (mut keeper, mut acks) =
         bounded(etcd.timeout(), etcd.client.lease_keep_alive(lease)).await?;
-    // Phase and hold in one read, so they are seen at one revision.
     let root = format!("{}/", s.prefix);
-    let options = GetOptions::new().with_prefix();
-    let all = bounded(
-        etcd.timeout(),
-        etcd.client.get(root.as_str(), Some(options)),
-    )
-    .await?;
-    let now = all.header().map(|h| h.revision()).unwrap_or(0);
-    for kv in all.kvs() {
-        if kv.key() == s.phase_key().as_bytes() {
-            apply(shared, s, &kv_phase(kv));
-        }
-    }
-    let hold_key = s.cutover_key("hold");
-    match all.kvs().iter().find(|kv| kv.key() == hold_key.as_bytes()) {
-        Some(kv) => hold::hold(
-            shared,
-            &etcd.client,
-            s,
-            lease,
-            hold::parse_epoch(kv.value()),
-        ),
-        None => hold::release(shared, &etcd.client, s),
-    }
+    let now = catch_up(shared, s, &mut etcd, lease, &root).await?;
     etcd.register(&s.instance_key(), &record(shared, s), lease)
         .await?;
     set_connected(shared, true);
@@ -173,6 +150,36 @@ async fn follow(
             }
         }
     }
+}
+
+/// Reads phase and hold in one read (one revision) and applies both; returns that revision.
+async fn catch_up(
+    shared: &Arc<Shared>,
+    s: &FleetSettings,
+    etcd: &mut Etcd,
+    lease: i64,
+    root: &str,
+) -> Result<i64, FleetError> {
+    let options = GetOptions::new().with_prefix();
+    let all = bounded(etcd.timeout(), etcd.client.get(root, Some(options))).await?;
+    let now = all.header().map(|h| h.revision()).unwrap_or(0);
+    for kv in all.kvs() {
+        if kv.key() == s.phase_key().as_bytes() {
+            apply(shared, s, &kv_phase(kv));
+        }
+    }
+    let hold_key = s.cutover_key("hold");
+    match all.kvs().iter().find(|kv| kv.key() == hold_key.as_bytes()) {
+        Some(kv) => hold::hold(
+            shared,
+            &etcd.client,
+            s,
+            lease,
+            hold::parse_epoch(kv.value()),
+        ),
+        None => hold::release(shared, &etcd.client, s),
+    }
+    Ok(now)
 }
 
 /// Carries out watched changes in revision order (a switch and its release arrive in one

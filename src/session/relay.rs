@@ -30,11 +30,7 @@ pub async fn run(
     tokio::pin!(drain);
     loop {
         c.io.flush().await?;
-        if c.session.status() == TxnStatus::Idle {
-            // Nothing in flight: an idle client holds no buffers.
-            c.io.park();
-            super::spare::give(std::mem::take(&mut c.to_server));
-        }
+        park_if_idle(c);
         let Some(first) = next_request(c, drain.as_mut()).await? else {
             return Ok(());
         };
@@ -118,6 +114,14 @@ pub async fn run(
         if end == PumpEnd::ClientGone {
             return Ok(());
         }
+    }
+}
+
+/// Nothing in flight: an idle client holds no buffers.
+fn park_if_idle(c: &mut Client) {
+    if c.session.status() == TxnStatus::Idle {
+        c.io.park();
+        super::spare::give(std::mem::take(&mut c.to_server));
     }
 }
 
