@@ -10,6 +10,7 @@ use etcd_client::{Client, PutOptions};
 
 use super::FleetSettings;
 use crate::cutover::HeldAck;
+use crate::shared::hold::UNTIL_ETCD;
 use crate::shared::Shared;
 
 /// etcd's hold key, as read or watched.
@@ -69,12 +70,21 @@ pub fn release(shared: &Arc<Shared>, client: &Client, s: &FleetSettings) {
     }
     if let Some(epoch) = shared.hold.held() {
         shared.hold.release();
+        if epoch == UNTIL_ETCD {
+            tracing::info!("fleet: etcd answered and no cutover holds the fleet; ci writes go on");
+            return release_ack(client, s);
+        }
         tracing::warn!(
             epoch,
             phase = shared.config.load().phase.number(),
             "cutover: held ci write transactions released"
         );
     }
+    release_ack(client, s);
+}
+
+/// Removes this instance's confirmation of a hold that is over.
+fn release_ack(client: &Client, s: &FleetSettings) {
     let (mut client, key, timeout) = (client.clone(), s.held_key(), s.request_timeout);
     tokio::spawn(async move {
         let _ = tokio::time::timeout(timeout, client.delete(key, None)).await;
