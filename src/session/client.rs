@@ -36,6 +36,8 @@ pub struct Client {
     pub high_water: usize,
     /// Who the client is for `actor` rollouts; `session.route.actor` holds its hashes.
     pub actor: Actor,
+    /// The frames of the request being planned, reused so a request allocates no list.
+    pub unit: Vec<crate::protocol::frame::Frame>,
 }
 
 /// What the handshake established about a client.
@@ -52,6 +54,14 @@ pub struct Login {
 }
 
 impl Client {
+    /// Takes back a planned request's frame list, emptied (a huge pipeline's is let go).
+    pub fn keep_unit(&mut self, mut unit: Vec<crate::protocol::frame::Frame>) {
+        unit.clear();
+        if unit.capacity() <= 64 {
+            self.unit = unit;
+        }
+    }
+
     pub fn new(io: ClientIo, peer: SocketAddr, l: Login) -> Self {
         let connection =
             l.db.db_config
@@ -77,6 +87,7 @@ impl Client {
             session,
             to_server: bytes::BytesMut::new(),
             actor,
+            unit: Vec::new(),
         }
     }
 

@@ -82,7 +82,7 @@ pub async fn pump(
     for f in &unit {
         forward(c, f, &mut ctx, &mut sc.prepared, &mut out);
     }
-    drop(unit);
+    c.keep_unit(unit);
     let outcome = relay_loop(c, sc, &mut out, &mut ctx, statement_seconds).await;
     set_cancel(&c.cancel_slot, None);
     if let Ok(Outcome::TimedOut(e)) = &outcome {

@@ -72,6 +72,7 @@ pub async fn run(
             prepares,
         } = plan
         else {
+            c.keep_unit(unit);
             continue;
         };
         entry.set(1, Some(target));
@@ -79,6 +80,7 @@ pub async fn run(
         // Before the pool wait starts: a held transaction must not use up primary_wait.
         if let Err(e) = throttle::hold(c, target, shared).await {
             reject(c, &unit, &e);
+            c.keep_unit(unit);
             entry.set(0, Some(target));
             continue;
         }
@@ -88,6 +90,7 @@ pub async fn run(
             Ok(conn) => conn,
             Err(e) => {
                 reject(c, &unit, &e);
+                c.keep_unit(unit);
                 entry.set(0, Some(target));
                 continue;
             }
@@ -176,7 +179,9 @@ fn idle_limit(idle: bool, after: Duration) -> SessionError {
 async fn collect_unit(c: &mut Client, first: Frame) -> Result<Option<Vec<Frame>>, SessionError> {
     let single = first.front().is_single();
     let mut bytes = first.raw.len();
-    let mut unit = vec![first];
+    let mut unit = std::mem::take(&mut c.unit);
+    unit.clear();
+    unit.push(first);
     let ended =
         |u: &[Frame]| matches!(u.last().map(Frame::front), Some(Front::Sync | Front::Flush));
     while !single && !ended(&unit) && bytes < c.high_water {
