@@ -13,7 +13,7 @@ use super::unix_ms;
 const RETRY: Duration = Duration::from_millis(200);
 
 impl Run<'_> {
-    fn close(&mut self, outcome: Outcome, reason: Option<String>) {
+    pub(super) fn close(&mut self, outcome: Outcome, reason: Option<String>) {
         self.record.outcome = outcome.label().into();
         self.record.reason = reason.clone();
         self.record.updated_ms = unix_ms(SystemTime::now());

@@ -75,13 +75,8 @@ impl<'a> Run<'a> {
     }
 
     fn close_completed(&mut self) {
-        self.record.outcome = Outcome::Completed.label().into();
         self.record.step = Step::Release.label().into();
-        let held = self.hold_started.map_or(0.0, |h| h.elapsed().as_secs_f64());
-        self.record.hold_seconds = Some(held);
-        self.report.hold_seconds = held;
-        self.report.outcome = Outcome::Completed.label();
-        self.report.reason = None;
+        self.close(Outcome::Completed, None);
     }
 
     /// The record is final already: the release step is only observed, not written.

@@ -6,6 +6,8 @@ use prometheus::{
     Gauge, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
+use super::topology::reg;
+
 /// A hold is meant to last well under a second; an abort bounds it at tens of seconds.
 const HOLD_BUCKETS: &[f64] = &[
     0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0,
@@ -19,12 +21,6 @@ pub struct CutoverMetrics {
     pub hold_seconds: Histogram,
     pub catchup_seconds: Gauge,
     pub outcomes: IntCounterVec,
-}
-
-fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
-    r.register(Box::new(c.clone()))
-        .expect("each metric is registered once");
-    c
 }
 
 impl CutoverMetrics {

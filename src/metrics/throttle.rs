@@ -3,6 +3,7 @@
 
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, IntGaugeVec, Opts, Registry};
 
+use super::topology::reg;
 use crate::topology::{ClusterId, View};
 
 /// Hold times span a health round (seconds) to `throttle.max_hold` (minutes).
@@ -18,12 +19,6 @@ pub struct ThrottleMetrics {
     pub waiting: IntGauge,
     pub hold_seconds: Histogram,
     pub refused: IntCounter,
-}
-
-fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
-    r.register(Box::new(c.clone()))
-        .expect("each metric is registered once");
-    c
 }
 
 impl ThrottleMetrics {

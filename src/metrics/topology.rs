@@ -33,7 +33,8 @@ pub struct TopologyMetrics {
     pub throttle: super::ThrottleMetrics,
 }
 
-fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
+/// Registers `c` and hands it back (each metric family is registered once, at start).
+pub(super) fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
     r.register(Box::new(c.clone()))
         .expect("each metric is registered once");
     c

@@ -113,9 +113,10 @@ pub async fn cutover_hold<'a>(
             "ci transaction released by the cutover hold"
         );
     }
-    let now = shared.config.load_full();
+    // A guard, not an Arc: most ci transactions find the phase they were planned in.
+    let now = shared.config.load();
     if now.phase.number() != c.session.snap.phase.number() {
-        c.session.adopt(now);
+        c.session.adopt(arc_swap::Guard::into_inner(now));
     }
     Some(running)
 }
