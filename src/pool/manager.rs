@@ -25,16 +25,22 @@ pub struct ServerManager {
 }
 
 impl deadpool::managed::Manager for ServerManager {
-    type Type = ServerConn;
+    /// Boxed: the pool moves its objects in and out of its queue on every checkout, and a
+    /// pointer moves for less than the connection's state.
+    type Type = Box<ServerConn>;
     type Error = ServerError;
 
-    async fn create(&self) -> Result<ServerConn, ServerError> {
+    async fn create(&self) -> Result<Box<ServerConn>, ServerError> {
         // Boxed: a login's state (TLS, SCRAM) is large and rare; inline, every client's task
         // would carry room for it while it waits for a pooled connection or sits idle.
-        Box::pin(self.open()).await
+        Box::pin(self.open()).await.map(Box::new)
     }
 
-    async fn recycle(&self, conn: &mut ServerConn, _: &Metrics) -> RecycleResult<ServerError> {
+    async fn recycle(
+        &self,
+        conn: &mut Box<ServerConn>,
+        _: &Metrics,
+    ) -> RecycleResult<ServerError> {
         self.check(conn).await
     }
 }
@@ -69,13 +75,15 @@ impl ServerManager {
         if conn.broken || conn.in_use {
             return Err(RecycleError::message("connection marked broken"));
         }
-        if conn.created.elapsed() > self.limits.server_lifetime {
+        // One clock read per checkout serves all three comparisons.
+        let now = Instant::now();
+        if now.saturating_duration_since(conn.created) > self.limits.server_lifetime {
             return Err(RecycleError::message("server_lifetime reached"));
         }
         if conn.is_closed_or_dirty() {
             return Err(RecycleError::message("server closed the connection"));
         }
-        if conn.last_used.elapsed() > self.limits.check_delay {
+        if now.saturating_duration_since(conn.last_used) > self.limits.check_delay {
             // Boxed: rare (only after check_delay idle), and it would otherwise widen every
             // checkout's state, which each client task carries.
             let check = tokio::time::timeout(
@@ -88,7 +96,7 @@ impl ServerManager {
                 Err(_) => return Err(RecycleError::message("server check timed out")),
             }
         }
-        conn.last_used = Instant::now();
+        conn.last_used = now;
         Ok(())
     }
 }

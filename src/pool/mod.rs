@@ -1,6 +1,7 @@
 //! Pipeline step 4 (client → framing → classify → route → **pool** → server): deadpool pools of
 //! server connections, one per (target, server address, database, user).
 
+mod cache;
 mod manager;
 
 use std::collections::HashMap;
@@ -10,6 +11,7 @@ use std::time::Duration;
 use deadpool::managed::{Object, Pool, PoolError, Timeouts};
 use deadpool::Runtime;
 
+pub use cache::PoolCache;
 pub use manager::{ConnLimits, ServerManager};
 
 use crate::route::Target;
@@ -85,7 +87,9 @@ impl Pools {
             .max_size(self.settings.pool_size.max(1))
             .wait_timeout(Some(self.settings.query_wait_timeout))
             .create_timeout(Some(self.settings.limits.connect_timeout))
-            .recycle_timeout(Some(self.settings.limits.connect_timeout))
+            // The recycle check bounds its own ping; a pool-level timer would be set up on
+            // every checkout for nothing.
+            .recycle_timeout(None)
             .runtime(Runtime::Tokio1)
             .build()
             .expect("a runtime is set, so building cannot fail");

@@ -38,6 +38,8 @@ pub struct Client {
     pub actor: Actor,
     /// The frames of the request being planned, reused so a request allocates no list.
     pub unit: Vec<crate::protocol::frame::Frame>,
+    /// The pools this client used last, found again without the shared map.
+    pub pools: crate::pool::PoolCache,
 }
 
 /// What the handshake established about a client.
@@ -88,6 +90,7 @@ impl Client {
             to_server: bytes::BytesMut::new(),
             actor,
             unit: Vec::new(),
+            pools: crate::pool::PoolCache::default(),
         }
     }
 

@@ -7,9 +7,8 @@ use std::time::{Duration, Instant};
 
 use super::client::Client;
 use crate::config::PoolMode;
-use crate::pool::{checkout, CheckoutError, PoolKey, PooledConn};
+use crate::pool::{checkout, CheckoutError, PooledConn};
 use crate::route::Target;
-use crate::server::ServerSpec;
 use crate::shared::Shared;
 use crate::topology::select::read_cluster;
 use crate::topology::{pick, Need, Pick, Via};
@@ -62,16 +61,12 @@ pub async fn place(
         let ci_host = snap.phase.ci_write_host();
         let err = match pick(&view, target, ci_host, need, rr, skip.as_deref()) {
             Pick::Server { addr, via } => {
-                let key = PoolKey {
-                    target,
-                    spec: ServerSpec {
-                        addr: addr.clone(),
-                        tls: snap.server_tls.clone(),
-                        ..c.spec.clone()
-                    },
+                let pool = {
+                    let map = shared.pools.load();
+                    c.pools
+                        .get(&map, target, addr, &c.spec, &snap.server_tls)
                 };
-                let pool = shared.pools.load().pool(&key);
-                match checkout(&pool, target).await {
+                match checkout(pool, target).await {
                     Ok(conn) => {
                         if waited {
                             tm.primary_wait.observe(started.elapsed().as_secs_f64());
@@ -91,7 +86,7 @@ pub async fn place(
                         if target.is_replica() && skip.is_none() {
                             // Try another server right away; the checker takes it out soon.
                             tracing::warn!(server = %addr, error = %e, "replica unreachable; trying another server");
-                            skip = Some(addr);
+                            skip = Some(addr.to_string());
                             continue;
                         }
                         PlaceError::Checkout(CheckoutError::Server(e))

@@ -7,6 +7,9 @@ use std::time::{Duration, Instant};
 use super::client::Client;
 use super::machine::{Ctx, Plan};
 use super::placement::{place, PlaceError};
+use crate::pool::PooledConn;
+use crate::shared::control::ActiveGuard;
+use crate::shared::hold::Running;
 use super::pump::{pump, PumpEnd};
 use super::record::Recorder;
 use super::throttle;
@@ -16,6 +19,7 @@ use crate::pool::CheckoutError;
 use crate::protocol::backend::PgError;
 use crate::protocol::frame::Frame;
 use crate::protocol::{Front, TxnStatus};
+use crate::route::Target;
 use crate::shared::Shared;
 use crate::topology::select::write_cluster;
 
@@ -76,18 +80,8 @@ pub async fn run(
             continue;
         };
         entry.set(1, Some(target));
-        shared.control.wait_unpaused(target).await;
-        // Before the pool wait starts: a held transaction must not use up primary_wait.
-        if let Err(e) = throttle::hold(c, target, shared).await {
-            reject(c, &unit, &e);
-            c.keep_unit(unit);
-            entry.set(0, Some(target));
-            continue;
-        }
-        let ci_running = throttle::cutover_hold(c, target, shared).await;
-        let waited = Instant::now();
-        let conn = match place(c, target, shared, waited).await {
-            Ok(conn) => conn,
+        let (conn, running, ci_running, waited) = match admit(c, target, shared).await {
+            Ok(admitted) => admitted,
             Err(e) => {
                 reject(c, &unit, &e);
                 c.keep_unit(unit);
@@ -96,27 +90,54 @@ pub async fn run(
             }
         };
         entry.set(2, Some(target));
-        let running = shared.control.begin(target);
         let m = &shared.metrics;
-        m.checkout_wait.observe(waited.elapsed().as_secs_f64());
+        let held = Instant::now();
+        m.checkout_wait.observe((held - waited).as_secs_f64());
         let tm = m.target(target);
         tm.transactions.inc();
-        let held = Instant::now();
         c.session.attach(target, group, hold_status, prepares);
         let end = pump(c, conn, unit, shared, &tm.statement_seconds).await;
         drop(running);
         drop(ci_running);
         entry.set(0, Some(target));
         let end = end?;
-        tm.transaction_seconds.observe(held.elapsed().as_secs_f64());
+        let ended = Instant::now();
+        tm.transaction_seconds.observe((ended - held).as_secs_f64());
         if c.session.take_wrote() && !target.is_replica() {
             // Committed (or ended) now: reads need a replica that has replayed it.
             let cluster = write_cluster(target, c.session.snap.phase.ci_write_host());
-            c.ryw.wrote(cluster, Instant::now());
+            c.ryw.wrote(cluster, ended);
         }
         if end == PumpEnd::ClientGone {
             return Ok(());
         }
+    }
+}
+
+type Admitted<'s> = (PooledConn, ActiveGuard<'s>, Option<Running<'s>>, Instant);
+
+/// The gates a transaction passes before it runs, then its server connection: the admin PAUSE,
+/// the archive throttle, the cutover hold. The throttle and the cutover wait before the pool
+/// wait starts, so a held transaction does not use up primary_wait. Returns the connection with
+/// the transaction counted as running (for PAUSE, and for the cutover on the ci target), and
+/// when its wait for the pool began.
+async fn admit<'s>(
+    c: &mut Client,
+    target: Target,
+    shared: &'s Shared,
+) -> Result<Admitted<'s>, PlaceError> {
+    loop {
+        shared.control.wait_unpaused(target).await;
+        throttle::hold(c, target, shared).await?;
+        let ci_running = throttle::cutover_hold(c, target, shared).await;
+        let waited = Instant::now();
+        let conn = place(c, target, shared, waited).await?;
+        let running = shared.control.begin(target);
+        if shared.control.admitted(target) {
+            return Ok((conn, running, ci_running, waited));
+        }
+        // A PAUSE came after the gate: it may have counted this transaction out, so the
+        // connection goes back and the transaction waits for RESUME.
     }
 }
 

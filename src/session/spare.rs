@@ -25,14 +25,15 @@ pub fn take() -> BytesMut {
         .unwrap_or_else(|| BytesMut::with_capacity(SIZE))
 }
 
-/// Gives `buf` back (emptied). A shared or odd-sized buffer is simply dropped.
-pub fn give(buf: BytesMut) {
-    let cap = buf.capacity();
-    if !(SIZE..=MAX_KEPT).contains(&cap) {
+/// Gives `buf` back (emptied). A buffer whose frames are still in use, or of an odd size, is
+/// simply dropped.
+pub fn give(mut buf: BytesMut) {
+    buf.clear();
+    // Reading and forwarding advance the buffer's start; taking the room back before the
+    // allocation is whole again costs no copy (it is empty) and keeps it reusable.
+    if !buf.try_reclaim(SIZE) || buf.capacity() > MAX_KEPT {
         return;
     }
-    let mut buf = buf;
-    buf.clear();
     SPARE.with(|s| {
         let mut s = s.borrow_mut();
         if s.len() < KEEP {
@@ -54,6 +55,18 @@ mod tests {
         give(b);
         let again = take();
         assert_eq!((again.as_ptr(), again.len()), (ptr, 0));
+        let mut advanced = take();
+        let advanced_ptr = advanced.as_ptr();
+        advanced.extend_from_slice(&[7; 100]);
+        let frame = advanced.split_to(60);
+        drop(frame);
+        give(advanced);
+        assert_eq!(take().as_ptr(), advanced_ptr, "an advanced buffer is taken back whole");
+        let mut shared = take();
+        shared.extend_from_slice(b"xyz");
+        let held = shared.split_to(2);
+        give(shared);
+        assert!(!held.is_empty());
         give(BytesMut::with_capacity(16));
         give(BytesMut::with_capacity(1 << 20));
         let fresh = take();

@@ -19,6 +19,11 @@ const RECHECK: Duration = Duration::from_secs(1);
 
 /// Returns once the transaction may take a server; refuses it after `throttle.max_hold`.
 pub async fn hold(c: &Client, target: Target, shared: &Shared) -> Result<(), PlaceError> {
+    // The session's config was refreshed for this request: with no client selected (the usual
+    // case) there is nothing to look up.
+    if !c.session.snap.throttle.enabled() {
+        return Ok(());
+    }
     let who = Who {
         user: &c.user,
         application_name: c.params.get("application_name"),

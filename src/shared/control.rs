@@ -60,8 +60,10 @@ impl ClientEntry {
 /// Clients, pause state and running transactions per target.
 pub struct Control {
     clients: Mutex<HashMap<u64, Arc<ClientEntry>>>,
-    /// Bit `1 << target` set while that target is paused.
+    /// Bit `1 << target` set while that target is paused, for the clients that wait.
     paused: watch::Sender<u8>,
+    /// The same bits, read by every transaction after it counts itself in (see `admitted`).
+    paused_bits: AtomicU8,
     active: [AtomicUsize; 4],
     draining: std::sync::atomic::AtomicBool,
     /// Logged-in clients per user (`true`) and per database (`false`).
@@ -73,6 +75,7 @@ impl Default for Control {
         Self {
             clients: Mutex::default(),
             paused: watch::Sender::new(0),
+            paused_bits: AtomicU8::new(0),
             active: Default::default(),
             draining: Default::default(),
             counts: Mutex::default(),
@@ -215,6 +218,10 @@ impl Control {
     /// Waits while `target` is paused. Held clients see no error, only a delay.
     pub async fn wait_unpaused(&self, target: Target) {
         let bit = 1u8 << (target as u8);
+        if self.paused_bits.load(Ordering::Relaxed) & bit == 0 {
+            // Nothing paused (the common case): no subscription, no lock.
+            return;
+        }
         let mut rx = self.paused.subscribe();
         while *rx.borrow_and_update() & bit != 0 {
             if rx.changed().await.is_err() {
@@ -225,14 +232,22 @@ impl Control {
 
     /// Counts a running transaction until the guard drops (also when a KILL drops the session).
     pub fn begin(&self, target: Target) -> ActiveGuard<'_> {
-        self.active[target as usize].fetch_add(1, Ordering::Relaxed);
+        self.active[target as usize].fetch_add(1, Ordering::SeqCst);
         ActiveGuard {
             counter: &self.active[target as usize],
         }
     }
 
+    /// Whether a transaction counted by `begin` may run. A transaction counts itself first and
+    /// looks at the pause second, while PAUSE sets the pause first and reads the count second
+    /// (all SeqCst): so either PAUSE sees it running and waits for it, or it sees the pause and
+    /// gives way. It cannot slip past a PAUSE that counted zero.
+    pub fn admitted(&self, target: Target) -> bool {
+        self.paused_bits.load(Ordering::SeqCst) & (1u8 << (target as u8)) == 0
+    }
+
     pub fn active(&self, target: Target) -> usize {
-        self.active[target as usize].load(Ordering::Relaxed)
+        self.active[target as usize].load(Ordering::SeqCst)
     }
 
     pub fn paused(&self) -> u8 {
@@ -243,6 +258,7 @@ impl Control {
     /// Returns how many were still running when `timeout` passed (0 = fully paused).
     pub async fn pause(&self, targets: &[Target], timeout: Duration) -> usize {
         let mask = targets.iter().fold(0u8, |m, t| m | (1 << (*t as u8)));
+        self.paused_bits.fetch_or(mask, Ordering::SeqCst);
         self.paused.send_modify(|p| *p |= mask);
         let deadline = Instant::now() + timeout;
         loop {
@@ -256,6 +272,7 @@ impl Control {
 
     pub fn resume(&self, targets: &[Target]) {
         let mask = targets.iter().fold(0u8, |m, t| m | (1 << (*t as u8)));
+        self.paused_bits.fetch_and(!mask, Ordering::SeqCst);
         self.paused.send_modify(|p| *p &= !mask);
     }
 }
@@ -266,7 +283,7 @@ pub struct ActiveGuard<'a> {
 
 impl Drop for ActiveGuard<'_> {
     fn drop(&mut self) {
-        self.counter.fetch_sub(1, Ordering::Relaxed);
+        self.counter.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -276,4 +293,40 @@ pub enum KillTarget {
     All,
     Client(u64),
     Target(Target),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_transaction_counted_before_pause_is_waited_for_and_one_after_gives_way() {
+        let control = Control::default();
+        let early = control.begin(Target::Ci);
+        assert!(control.admitted(Target::Ci));
+        // PAUSE reads the count after setting the pause: the early transaction is seen.
+        assert_eq!(control.pause(&[Target::Ci], Duration::ZERO).await, 1);
+        let late = control.begin(Target::Ci);
+        assert!(!control.admitted(Target::Ci), "a transaction counted after PAUSE gives way");
+        assert!(control.admitted(Target::Main), "other targets run on");
+        drop(late);
+        drop(early);
+        assert_eq!(control.active(Target::Ci), 0);
+    }
+
+    #[tokio::test]
+    async fn resume_lets_waiting_transactions_go() {
+        let control = Arc::new(Control::default());
+        control.pause(&[Target::Main], Duration::ZERO).await;
+        let c2 = control.clone();
+        let waiting = tokio::spawn(async move { c2.wait_unpaused(Target::Main).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished());
+        control.resume(&[Target::Main]);
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("released within 5 s")
+            .expect("task ran");
+        assert!(control.admitted(Target::Main));
+    }
 }

@@ -40,9 +40,10 @@ impl Via {
 
 /// The chosen server, or why there is none.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Pick {
+pub enum Pick<'a> {
     Server {
-        addr: String,
+        /// Borrowed from the view: a checkout usually finds its pool without copying it.
+        addr: &'a str,
         via: Via,
     },
     /// No server can take writes now (switchover, failover, or down); the message says why.
@@ -69,25 +70,25 @@ pub fn read_cluster(target: Target) -> ClusterId {
 
 /// Picks the server for `target`. `need` applies to replica targets only; `rr` rotates among
 /// eligible replicas; `skip` excludes a server that just failed to connect.
-pub fn pick(
-    view: &View,
+pub fn pick<'a>(
+    view: &'a View,
     target: Target,
     ci_host: CiWriteHost,
     need: Need,
     rr: usize,
     skip: Option<&str>,
-) -> Pick {
+) -> Pick<'a> {
     match target {
         Target::Main | Target::Ci => writer(view, write_cluster(target, ci_host)),
         Target::MainReplica | Target::CiReplica => read(view, target, ci_host, need, rr, skip),
     }
 }
 
-fn writer(view: &View, cluster: ClusterId) -> Pick {
+fn writer(view: &View, cluster: ClusterId) -> Pick<'_> {
     let c = view.cluster(cluster);
     if let Some(n) = c.writer() {
         return Pick::Server {
-            addr: n.addr.clone(),
+            addr: &n.addr,
             via: Via::Primary,
         };
     }
@@ -110,14 +111,14 @@ fn writer(view: &View, cluster: ClusterId) -> Pick {
     ))
 }
 
-fn read(
-    view: &View,
+fn read<'a>(
+    view: &'a View,
     target: Target,
     ci_host: CiWriteHost,
     need: Need,
     rr: usize,
     skip: Option<&str>,
-) -> Pick {
+) -> Pick<'a> {
     let cluster = read_cluster(target);
     let c = view.cluster(cluster);
     let usable = |n: &&Node| n.readable() && skip != Some(n.addr.as_str());
@@ -136,7 +137,7 @@ fn read(
     let eligible = replicas().filter(fits).count();
     if let Some(n) = replicas().filter(fits).nth(rr % eligible.max(1)) {
         return Pick::Server {
-            addr: n.addr.clone(),
+            addr: &n.addr,
             via: Via::Replica,
         };
     }
@@ -151,7 +152,7 @@ fn read(
         let standby = l.probe().is_some_and(|p| p.in_recovery);
         if standby && usable(&l) && fits(&l) {
             return Pick::Server {
-                addr: l.addr.clone(),
+                addr: &l.addr,
                 via,
             };
         }
@@ -165,7 +166,7 @@ fn read(
         {
             // No writer (mid-switchover): a leader still serves reads.
             Some(l) if !matches!(l.health, super::Health::Down(_)) => Pick::Server {
-                addr: l.addr.clone(),
+                addr: &l.addr,
                 via,
             },
             _ => none,

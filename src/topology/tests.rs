@@ -66,7 +66,7 @@ fn settings(max_bytes: u64, max_secs: f64) -> HealthSettings {
 
 fn addr(p: Pick) -> (String, Via) {
     match p {
-        Pick::Server { addr, via } => (addr, via),
+        Pick::Server { addr, via } => (addr.to_string(), via),
         Pick::NoWriter(why) => panic!("no server: {why}"),
     }
 }
