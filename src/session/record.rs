@@ -2,7 +2,11 @@
 //! metrics, logs and SHOW VIOLATIONS. The machine decides; this only records.
 
 use super::machine::{Execution, Observer};
-use crate::classify::StatementKind;
+use std::cell::RefCell;
+
+use prometheus::IntCounter;
+
+use crate::classify::{GitlabSchema, StatementKind};
 use crate::route::{route_shadow, Mode, Target, Violation, ViolationKind};
 use crate::shared::{truncate, Shared};
 
@@ -28,10 +32,7 @@ impl Observer for Recorder<'_> {
             tracing::warn!(client = self.client, error = ?c.error, sql = %truncate(e.sql), "unparsable statement sent to the main primary");
         }
         if c.touches_tables() && phase.sample_schemas_used(rand::random::<f64>() * 100.0) {
-            let label = shared.bounded_label(c.schemas_label());
-            m.schemas_used
-                .with_label_values(&[label.as_str(), d.target.label()])
-                .inc();
+            count_schemas_used(&c.schemas, d.target, shared);
         }
         for v in &d.violations {
             record_violation(v, d.target, shared);
@@ -67,6 +68,47 @@ impl Observer for Recorder<'_> {
             }
         }
     }
+}
+
+/// Resolved `gitlab_schemas_used` counters of this worker thread, by schemas and target: the
+/// counter is found without formatting the label, hashing it and taking the vector's lock,
+/// once per statement. Bounded; past it, statements resolve their counter each time.
+const USED_KEEP: usize = 64;
+
+type UsedCounters = Vec<(Vec<GitlabSchema>, Target, IntCounter)>;
+
+thread_local! {
+    static USED: RefCell<UsedCounters> = const { RefCell::new(Vec::new()) };
+}
+
+fn count_schemas_used(schemas: &[GitlabSchema], target: Target, shared: &Shared) {
+    let counted = USED.with(|u| {
+        let u = u.borrow();
+        let found = u
+            .iter()
+            .find(|(s, t, _)| *t == target && s.as_slice() == schemas);
+        found.map(|(_, _, c)| c.inc()).is_some()
+    });
+    if counted {
+        return;
+    }
+    let label = shared.bounded_label(schemas_label(schemas));
+    let counter = shared
+        .metrics
+        .schemas_used
+        .with_label_values(&[label.as_str(), target.label()]);
+    counter.inc();
+    USED.with(|u| {
+        let mut u = u.borrow_mut();
+        if u.len() < USED_KEEP {
+            u.push((schemas.to_vec(), target, counter));
+        }
+    });
+}
+
+fn schemas_label(schemas: &[GitlabSchema]) -> String {
+    let names: Vec<String> = schemas.iter().map(ToString::to_string).collect();
+    names.join(",")
 }
 
 fn record_violation(v: &Violation, target: Target, shared: &Shared) {

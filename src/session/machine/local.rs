@@ -47,6 +47,11 @@ pub enum Deallocate<'a> {
 }
 
 pub fn deallocate(sql: &str) -> Option<Deallocate<'_>> {
+    // Looked at for every simple query: most are ruled out by their first word alone.
+    let head = sql.trim_start().as_bytes();
+    if !head.get(..10)?.eq_ignore_ascii_case(b"deallocate") {
+        return None;
+    }
     let mut words = sql.trim().trim_end_matches(';').split_whitespace();
     if !words.next()?.eq_ignore_ascii_case("deallocate") {
         return None;
