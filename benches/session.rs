@@ -8,7 +8,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use bytes::{BufMut, BytesMut};
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use pgdecomp::classify::{Classifier, ClassifyCache};
 use pgdecomp::config::Snapshot;
 use pgdecomp::protocol::{decode_frame, Frame};
@@ -122,5 +122,121 @@ fn bench(c: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, bench);
+/// A pgbench -S transaction in the simple protocol, from the client's bytes: frame decode,
+/// plan (normalize, classification cache, route), forward, and the scan of the server's four
+/// reply messages back to client bytes.
+fn simple_query(c: &mut Criterion) {
+    let cache = ClassifyCache::new(Classifier::gitlab_default(), 1000);
+    let registry = StatementRegistry::default();
+    let mut null = Null;
+    let mut session = Session::new(ConnectionKind::Transparent, snapshot(), 50.0);
+    let mut server = ServerStatements::default();
+    let mut request = BytesMut::new();
+    message(
+        &mut request,
+        b'Q',
+        b"SELECT abalance FROM pgbench_accounts WHERE aid = 48213;\0",
+    );
+    let mut reply = BytesMut::new();
+    let mut desc = b"\0\x01abalance\0".to_vec();
+    desc.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 23, 0, 4, 0xff, 0xff, 0xff, 0xff, 0, 0]);
+    message(&mut reply, b'T', &desc);
+    message(&mut reply, b'D', b"\0\x01\0\0\0\x040000");
+    message(&mut reply, b'C', b"SELECT 1\0");
+    message(&mut reply, b'Z', b"I");
+    let (mut rbuf, mut input) = (BytesMut::with_capacity(8192), BytesMut::with_capacity(8192));
+    let (mut out, mut client) = (BytesMut::with_capacity(8192), BytesMut::with_capacity(8192));
+    let mut params = std::collections::HashMap::new();
+    let mut group = c.benchmark_group("relay");
+    group.throughput(Throughput::Elements(5));
+    group.bench_function("simple -S transaction, per message (1 request, 4 replies)", |b| {
+        b.iter(|| {
+            rbuf.extend_from_slice(black_box(&request));
+            let unit = [decode_frame(&mut rbuf, 1 << 20).unwrap().unwrap()];
+            let mut ctx = Ctx {
+                cache: &cache,
+                registry: &registry,
+                observer: &mut null,
+            };
+            if let Plan::Attach {
+                target,
+                group,
+                hold_status,
+                prepares,
+            } = session.plan(&unit, &mut ctx, &mut client)
+            {
+                session.attach(target, group, hold_status, prepares);
+                session.client_frame(&unit[0], &mut ctx, &mut server, &mut out);
+                input.extend_from_slice(&reply);
+                session
+                    .scan(&mut input, &mut client, &mut server, &mut params)
+                    .unwrap();
+                assert!(session.may_release(false));
+                session.detach();
+            }
+            out.clear();
+            client.clear();
+        })
+    });
+    group.finish();
+}
+
+/// The reply scan alone on a result of 100 rows: what each server message costs on its way
+/// back (the bytes are forwarded raw; the scan only finds message boundaries and the state).
+fn reply_scan(c: &mut Criterion) {
+    let cache = ClassifyCache::new(Classifier::gitlab_default(), 1000);
+    let registry = StatementRegistry::default();
+    let mut null = Null;
+    let mut session = Session::new(ConnectionKind::Transparent, snapshot(), 50.0);
+    let mut server = ServerStatements::default();
+    let mut request = BytesMut::new();
+    message(&mut request, b'Q', b"SELECT id, name FROM projects LIMIT 100\0");
+    let unit = frames(&request);
+    let mut reply = BytesMut::new();
+    let mut desc = b"\0\x02".to_vec();
+    for col in ["id", "name"] {
+        desc.extend_from_slice(col.as_bytes());
+        desc.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0]);
+    }
+    message(&mut reply, b'T', &desc);
+    for _ in 0..100 {
+        message(&mut reply, b'D', b"\0\x02\0\0\0\x0512345\0\0\0\x08project1");
+    }
+    message(&mut reply, b'C', b"SELECT 100\0");
+    message(&mut reply, b'Z', b"I");
+    let (mut input, mut out, mut client) = (BytesMut::new(), BytesMut::new(), BytesMut::new());
+    let mut params = std::collections::HashMap::new();
+    let mut group = c.benchmark_group("relay");
+    group.throughput(Throughput::Elements(103));
+    group.bench_function("reply scan, per server message (100-row result)", |b| {
+        b.iter(|| {
+            let mut ctx = Ctx {
+                cache: &cache,
+                registry: &registry,
+                observer: &mut null,
+            };
+            if let Plan::Attach {
+                target,
+                group,
+                hold_status,
+                prepares,
+            } = session.plan(&unit, &mut ctx, &mut client)
+            {
+                session.attach(target, group, hold_status, prepares);
+                session.client_frame(&unit[0], &mut ctx, &mut server, &mut out);
+                input.extend_from_slice(black_box(&reply));
+                session
+                    .scan(&mut input, &mut client, &mut server, &mut params)
+                    .unwrap();
+                assert!(session.may_release(false));
+                session.detach();
+            }
+            out.clear();
+            client.clear();
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench, simple_query, reply_scan);
 criterion_main!(benches);
