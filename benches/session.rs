@@ -139,7 +139,9 @@ fn simple_query(c: &mut Criterion) {
     );
     let mut reply = BytesMut::new();
     let mut desc = b"\0\x01abalance\0".to_vec();
-    desc.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 23, 0, 4, 0xff, 0xff, 0xff, 0xff, 0, 0]);
+    desc.extend_from_slice(&[
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 23, 0, 4, 0xff, 0xff, 0xff, 0xff, 0, 0,
+    ]);
     message(&mut reply, b'T', &desc);
     message(&mut reply, b'D', b"\0\x01\0\0\0\x040000");
     message(&mut reply, b'C', b"SELECT 1\0");
@@ -149,35 +151,38 @@ fn simple_query(c: &mut Criterion) {
     let mut params = std::collections::HashMap::new();
     let mut group = c.benchmark_group("relay");
     group.throughput(Throughput::Elements(5));
-    group.bench_function("simple -S transaction, per message (1 request, 4 replies)", |b| {
-        b.iter(|| {
-            rbuf.extend_from_slice(black_box(&request));
-            let unit = [decode_frame(&mut rbuf, 1 << 20).unwrap().unwrap()];
-            let mut ctx = Ctx {
-                cache: &cache,
-                registry: &registry,
-                observer: &mut null,
-            };
-            if let Plan::Attach {
-                target,
-                group,
-                hold_status,
-                prepares,
-            } = session.plan(&unit, &mut ctx, &mut client)
-            {
-                session.attach(target, group, hold_status, prepares);
-                session.client_frame(&unit[0], &mut ctx, &mut server, &mut out);
-                input.extend_from_slice(&reply);
-                session
-                    .scan(&mut input, &mut client, &mut server, &mut params)
-                    .unwrap();
-                assert!(session.may_release(false));
-                session.detach();
-            }
-            out.clear();
-            client.clear();
-        })
-    });
+    group.bench_function(
+        "simple -S transaction, per message (1 request, 4 replies)",
+        |b| {
+            b.iter(|| {
+                rbuf.extend_from_slice(black_box(&request));
+                let unit = [decode_frame(&mut rbuf, 1 << 20).unwrap().unwrap()];
+                let mut ctx = Ctx {
+                    cache: &cache,
+                    registry: &registry,
+                    observer: &mut null,
+                };
+                if let Plan::Attach {
+                    target,
+                    group,
+                    hold_status,
+                    prepares,
+                } = session.plan(&unit, &mut ctx, &mut client)
+                {
+                    session.attach(target, group, hold_status, prepares);
+                    session.client_frame(&unit[0], &mut ctx, &mut server, &mut out);
+                    input.extend_from_slice(&reply);
+                    session
+                        .scan(&mut input, &mut client, &mut server, &mut params)
+                        .unwrap();
+                    assert!(session.may_release(false));
+                    session.detach();
+                }
+                out.clear();
+                client.clear();
+            })
+        },
+    );
     group.finish();
 }
 
@@ -190,13 +195,19 @@ fn reply_scan(c: &mut Criterion) {
     let mut session = Session::new(ConnectionKind::Transparent, snapshot(), 50.0);
     let mut server = ServerStatements::default();
     let mut request = BytesMut::new();
-    message(&mut request, b'Q', b"SELECT id, name FROM projects LIMIT 100\0");
+    message(
+        &mut request,
+        b'Q',
+        b"SELECT id, name FROM projects LIMIT 100\0",
+    );
     let unit = frames(&request);
     let mut reply = BytesMut::new();
     let mut desc = b"\0\x02".to_vec();
     for col in ["id", "name"] {
         desc.extend_from_slice(col.as_bytes());
-        desc.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0]);
+        desc.extend_from_slice(&[
+            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0,
+        ]);
     }
     message(&mut reply, b'T', &desc);
     for _ in 0..100 {

@@ -104,24 +104,48 @@ mod tests {
     async fn a_handle_is_reused_until_its_target_server_map_or_pool_changes() {
         let (map, spec, tls) = (pools(), spec(), ServerTls::default());
         let mut cache = PoolCache::default();
-        let first = cache.get(&map, Target::Main, "127.0.0.1:1", &spec, &tls).clone();
-        let again = cache.get(&map, Target::Main, "127.0.0.1:1", &spec, &tls).clone();
+        let first = cache
+            .get(&map, Target::Main, "127.0.0.1:1", &spec, &tls)
+            .clone();
+        let again = cache
+            .get(&map, Target::Main, "127.0.0.1:1", &spec, &tls)
+            .clone();
         assert!(same(&first, &again));
         assert_eq!(map.all().len(), 1, "one pool in the shared map");
-        let other = cache.get(&map, Target::Ci, "127.0.0.1:1", &spec, &tls).clone();
+        let other = cache
+            .get(&map, Target::Ci, "127.0.0.1:1", &spec, &tls)
+            .clone();
         assert!(!same(&first, &other), "the ci target keeps its own pool");
-        let moved = cache.get(&map, Target::Main, "127.0.0.1:2", &spec, &tls).clone();
+        let moved = cache
+            .get(&map, Target::Main, "127.0.0.1:2", &spec, &tls)
+            .clone();
         assert!(!same(&first, &moved));
         assert_eq!(first.manager().spec.addr, "127.0.0.1:1");
         assert_eq!(moved.manager().spec.addr, "127.0.0.1:2");
         map.retain(|k| k.spec.addr != "127.0.0.1:1");
-        let fresh = cache.get(&map, Target::Main, "127.0.0.1:1", &spec, &tls).clone();
-        assert!(!same(&first, &fresh), "a pool closed by retain is looked up again");
+        let fresh = cache
+            .get(&map, Target::Main, "127.0.0.1:1", &spec, &tls)
+            .clone();
+        assert!(
+            !same(&first, &fresh),
+            "a pool closed by retain is looked up again"
+        );
         let reloaded = pools();
-        let after = cache.get(&reloaded, Target::Main, "127.0.0.1:1", &spec, &tls).clone();
-        assert!(!same(&fresh, &after), "a replaced map makes every handle stale");
+        let after = cache
+            .get(&reloaded, Target::Main, "127.0.0.1:1", &spec, &tls)
+            .clone();
+        assert!(
+            !same(&fresh, &after),
+            "a replaced map makes every handle stale"
+        );
         for port in 3..10 {
-            cache.get(&reloaded, Target::Main, &format!("127.0.0.1:{port}"), &spec, &tls);
+            cache.get(
+                &reloaded,
+                Target::Main,
+                &format!("127.0.0.1:{port}"),
+                &spec,
+                &tls,
+            );
         }
         assert!(cache.handles.len() <= KEEP);
     }

@@ -36,11 +36,7 @@ impl deadpool::managed::Manager for ServerManager {
         Box::pin(self.open()).await.map(Box::new)
     }
 
-    async fn recycle(
-        &self,
-        conn: &mut Box<ServerConn>,
-        _: &Metrics,
-    ) -> RecycleResult<ServerError> {
+    async fn recycle(&self, conn: &mut Box<ServerConn>, _: &Metrics) -> RecycleResult<ServerError> {
         self.check(conn).await
     }
 }

@@ -63,8 +63,7 @@ pub async fn place(
             Pick::Server { addr, via } => {
                 let pool = {
                     let map = shared.pools.load();
-                    c.pools
-                        .get(&map, target, addr, &c.spec, &snap.server_tls)
+                    c.pools.get(&map, target, addr, &c.spec, &snap.server_tls)
                 };
                 match checkout(pool, target).await {
                     Ok(conn) => {

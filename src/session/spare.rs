@@ -61,7 +61,11 @@ mod tests {
         let frame = advanced.split_to(60);
         drop(frame);
         give(advanced);
-        assert_eq!(take().as_ptr(), advanced_ptr, "an advanced buffer is taken back whole");
+        assert_eq!(
+            take().as_ptr(),
+            advanced_ptr,
+            "an advanced buffer is taken back whole"
+        );
         let mut shared = take();
         shared.extend_from_slice(b"xyz");
         let held = shared.split_to(2);

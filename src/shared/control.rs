@@ -307,7 +307,10 @@ mod tests {
         // PAUSE reads the count after setting the pause: the early transaction is seen.
         assert_eq!(control.pause(&[Target::Ci], Duration::ZERO).await, 1);
         let late = control.begin(Target::Ci);
-        assert!(!control.admitted(Target::Ci), "a transaction counted after PAUSE gives way");
+        assert!(
+            !control.admitted(Target::Ci),
+            "a transaction counted after PAUSE gives way"
+        );
         assert!(control.admitted(Target::Main), "other targets run on");
         drop(late);
         drop(early);

@@ -151,10 +151,7 @@ fn read<'a>(
     if let Some(l) = c.leader() {
         let standby = l.probe().is_some_and(|p| p.in_recovery);
         if standby && usable(&l) && fits(&l) {
-            return Pick::Server {
-                addr: &l.addr,
-                via,
-            };
+            return Pick::Server { addr: &l.addr, via };
         }
     }
     // Otherwise the server that takes this group's writes has every committed row.
@@ -165,10 +162,9 @@ fn read<'a>(
             .or_else(|| view.cluster(ClusterId::Main).leader())
         {
             // No writer (mid-switchover): a leader still serves reads.
-            Some(l) if !matches!(l.health, super::Health::Down(_)) => Pick::Server {
-                addr: &l.addr,
-                via,
-            },
+            Some(l) if !matches!(l.health, super::Health::Down(_)) => {
+                Pick::Server { addr: &l.addr, via }
+            }
             _ => none,
         },
     }
