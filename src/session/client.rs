@@ -40,6 +40,8 @@ pub struct Client {
     pub unit: Vec<crate::protocol::frame::Frame>,
     /// The pools this client used last, found again without the shared map.
     pub pools: crate::pool::PoolCache,
+    /// This client's turn in the rotation over replicas.
+    pub reads: usize,
 }
 
 /// What the handshake established about a client.
@@ -91,6 +93,7 @@ impl Client {
             actor,
             unit: Vec::new(),
             pools: crate::pool::PoolCache::default(),
+            reads: l.id as usize,
         }
     }
 

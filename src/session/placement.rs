@@ -38,15 +38,16 @@ pub async fn place(
     shared: &Shared,
     started: Instant,
 ) -> Result<PooledConn, PlaceError> {
-    let snap = c.session.snap.clone();
+    let snap = &c.session.snap;
     let tm = &shared.metrics.topology;
     let deadline = started + snap.health.primary_wait;
+    let ci_host = snap.phase.ci_write_host();
     // Subscribed only once a write has to wait: most checkouts never do.
     let mut changes = None;
     let mut skip: Option<String> = None;
     let mut waited = false;
     loop {
-        let view = shared.topology.view();
+        let view = shared.topology.view_guard();
         let need = if !target.is_replica()
             || c.session.pool_mode() == PoolMode::Session
             || c.ryw.is_idle()
@@ -55,16 +56,18 @@ pub async fn place(
         } else {
             c.ryw.need(&view, read_cluster(target), Instant::now())
         };
-        let rr = shared
-            .replica_rr
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let ci_host = snap.phase.ci_write_host();
-        let err = match pick(&view, target, ci_host, need, rr, skip.as_deref()) {
+        // Each client rotates over the replicas on its own count (started at its id), so no
+        // counter is shared by every transaction.
+        c.reads = c.reads.wrapping_add(1);
+        let picked = pick(&view, target, ci_host, need, c.reads, skip.as_deref());
+        let err = match picked {
             Pick::Server { addr, via } => {
                 let pool = {
                     let map = shared.pools.load();
                     c.pools.get(&map, target, addr, &c.spec, &snap.server_tls)
                 };
+                // The view is not held across the pool wait.
+                drop(view);
                 match checkout(pool, target).await {
                     Ok(conn) => {
                         if waited {
@@ -84,8 +87,9 @@ pub async fn place(
                             .inc();
                         if target.is_replica() && skip.is_none() {
                             // Try another server right away; the checker takes it out soon.
+                            let addr = &pool.manager().spec.addr;
                             tracing::warn!(server = %addr, error = %e, "replica unreachable; trying another server");
-                            skip = Some(addr.to_string());
+                            skip = Some(addr.clone());
                             continue;
                         }
                         PlaceError::Checkout(CheckoutError::Server(e))

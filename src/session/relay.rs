@@ -51,7 +51,7 @@ pub async fn run(
             _ => {}
         }
         c.session
-            .refresh(|| shared.config.load_full(), rand::random::<f64>() * 100.0);
+            .refresh(&shared.config.load(), rand::random::<f64>() * 100.0);
         let Some(unit) = collect_unit(c, first).await? else {
             // Terminate before the batch's Sync: nothing of it ran, the client is gone.
             return Ok(());

@@ -146,9 +146,13 @@ impl Session {
     }
 
     /// Between transactions: the newest config and a fresh roll for `random` rollouts.
-    pub fn refresh(&mut self, snap: impl FnOnce() -> Arc<Snapshot>, txn_roll: f64) {
+    pub fn refresh(&mut self, current: &Arc<Snapshot>, txn_roll: f64) {
         if self.route.txn == TxnState::Idle && self.link.is_none() {
-            self.snap = snap();
+            // Compared first: the count of the snapshot every client shares is written only
+            // when the config changed, not twice per transaction from every core.
+            if !Arc::ptr_eq(&self.snap, current) {
+                self.snap = current.clone();
+            }
             self.route.txn_roll = txn_roll;
         }
     }
