@@ -51,13 +51,70 @@ fn message(out: &mut BytesMut, tag: u8, body: &[u8]) {
     out.put_slice(body);
 }
 
+/// One session with its server side and buffers: runs a planned request to its release.
+struct Relay {
+    cache: ClassifyCache,
+    registry: StatementRegistry,
+    session: Session,
+    server: ServerStatements,
+    out: BytesMut,
+    client: BytesMut,
+    input: BytesMut,
+    params: std::collections::HashMap<String, String>,
+}
+
+impl Relay {
+    fn new() -> Self {
+        Self {
+            cache: ClassifyCache::new(Classifier::gitlab_default(), 1000),
+            registry: StatementRegistry::default(),
+            session: Session::new(ConnectionKind::Transparent, snapshot(), 50.0),
+            server: ServerStatements::default(),
+            out: BytesMut::with_capacity(8192),
+            client: BytesMut::with_capacity(8192),
+            input: BytesMut::with_capacity(8192),
+            params: std::collections::HashMap::new(),
+        }
+    }
+
+    /// Plan, attach, forward `unit`, scan `reply` back, release.
+    fn transaction(&mut self, unit: &[Frame], reply: &[u8]) {
+        let mut null = Null;
+        let mut ctx = Ctx {
+            cache: &self.cache,
+            registry: &self.registry,
+            observer: &mut null,
+        };
+        let s = &mut self.session;
+        if let Plan::Attach {
+            target,
+            group,
+            hold_status,
+            prepares,
+        } = s.plan(unit, &mut ctx, &mut self.client)
+        {
+            s.attach(target, group, hold_status, prepares);
+            for f in unit {
+                s.client_frame_copied(f, &mut ctx, &mut self.server, &mut self.out);
+            }
+            self.input.extend_from_slice(reply);
+            s.scan(
+                &mut self.input,
+                &mut self.client,
+                &mut self.server,
+                &mut self.params,
+            )
+            .unwrap();
+            assert!(s.may_release(false));
+            s.detach();
+        }
+        self.out.clear();
+        self.client.clear();
+    }
+}
+
 fn bench(c: &mut Criterion) {
-    let snap = snapshot();
-    let cache = ClassifyCache::new(Classifier::gitlab_default(), 1000);
-    let registry = StatementRegistry::default();
-    let mut null = Null;
-    let mut session = Session::new(ConnectionKind::Transparent, snap, 50.0);
-    let mut server = ServerStatements::default();
+    let mut relay = Relay::new();
     let sql = "INSERT INTO ci_builds (project_id, status) VALUES ($1, $2)";
     let mut raw = BytesMut::new();
     let mut parse = b"s1\0".to_vec();
@@ -81,56 +138,35 @@ fn bench(c: &mut Criterion) {
     message(&mut reply, b'n', &[]);
     message(&mut reply, b'C', b"INSERT 0 1\0");
     message(&mut reply, b'Z', b"I");
-    let mut out = BytesMut::with_capacity(4096);
-    let mut client = BytesMut::with_capacity(4096);
-    let mut input = BytesMut::with_capacity(4096);
-    let mut params = std::collections::HashMap::new();
-    let mut run = |unit: &[Frame], server_reply: &[u8]| {
-        let mut ctx = Ctx {
-            cache: &cache,
-            registry: &registry,
-            observer: &mut null,
-        };
-        if let Plan::Attach {
-            target,
-            group,
-            hold_status,
-            prepares,
-        } = session.plan(unit, &mut ctx, &mut client)
-        {
-            session.attach(target, group, hold_status, prepares);
-            for f in unit {
-                session.client_frame_copied(f, &mut ctx, &mut server, &mut out);
-            }
-            input.extend_from_slice(server_reply);
-            session
-                .scan(&mut input, &mut client, &mut server, &mut params)
-                .unwrap();
-            assert!(session.may_release(false));
-            session.detach();
-        }
-        out.clear();
-        client.clear();
-    };
     let mut parse_reply = BytesMut::new();
     message(&mut parse_reply, b'1', &[]);
     message(&mut parse_reply, b'Z', b"I");
-    run(&prepare, &parse_reply);
+    relay.transaction(&prepare, &parse_reply);
     c.bench_function(
         "session: one prepared execution (plan, route, forward, scan, release)",
-        |b| b.iter(|| run(black_box(&execute), &reply)),
+        |b| b.iter(|| relay.transaction(black_box(&execute), &reply)),
     );
+}
+
+/// A RowDescription of `columns` (text, no table).
+fn row_description(columns: &[&str]) -> Vec<u8> {
+    let mut desc = (columns.len() as u16).to_be_bytes().to_vec();
+    for col in columns {
+        desc.extend_from_slice(col.as_bytes());
+        desc.push(0);
+        // table oid, attnum, type oid (text), typlen, typmod, format
+        desc.extend_from_slice(&[
+            0, 0, 0, 0, 0, 0, 0, 0, 0, 25, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0,
+        ]);
+    }
+    desc
 }
 
 /// A pgbench -S transaction in the simple protocol, from the client's bytes: frame decode,
 /// plan (normalize, classification cache, route), forward, and the scan of the server's four
 /// reply messages back to client bytes.
 fn simple_query(c: &mut Criterion) {
-    let cache = ClassifyCache::new(Classifier::gitlab_default(), 1000);
-    let registry = StatementRegistry::default();
-    let mut null = Null;
-    let mut session = Session::new(ConnectionKind::Transparent, snapshot(), 50.0);
-    let mut server = ServerStatements::default();
+    let mut relay = Relay::new();
     let mut request = BytesMut::new();
     message(
         &mut request,
@@ -138,17 +174,11 @@ fn simple_query(c: &mut Criterion) {
         b"SELECT abalance FROM pgbench_accounts WHERE aid = 48213;\0",
     );
     let mut reply = BytesMut::new();
-    let mut desc = b"\0\x01abalance\0".to_vec();
-    desc.extend_from_slice(&[
-        0, 0, 0, 0, 0, 0, 0, 0, 0, 23, 0, 4, 0xff, 0xff, 0xff, 0xff, 0, 0,
-    ]);
-    message(&mut reply, b'T', &desc);
+    message(&mut reply, b'T', &row_description(&["abalance"]));
     message(&mut reply, b'D', b"\0\x01\0\0\0\x040000");
     message(&mut reply, b'C', b"SELECT 1\0");
     message(&mut reply, b'Z', b"I");
-    let (mut rbuf, mut input) = (BytesMut::with_capacity(8192), BytesMut::with_capacity(8192));
-    let (mut out, mut client) = (BytesMut::with_capacity(8192), BytesMut::with_capacity(8192));
-    let mut params = std::collections::HashMap::new();
+    let mut rbuf = BytesMut::with_capacity(8192);
     let mut group = c.benchmark_group("relay");
     group.throughput(Throughput::Elements(5));
     group.bench_function(
@@ -157,43 +187,17 @@ fn simple_query(c: &mut Criterion) {
             b.iter(|| {
                 rbuf.extend_from_slice(black_box(&request));
                 let unit = [decode_frame(&mut rbuf, 1 << 20).unwrap().unwrap()];
-                let mut ctx = Ctx {
-                    cache: &cache,
-                    registry: &registry,
-                    observer: &mut null,
-                };
-                if let Plan::Attach {
-                    target,
-                    group,
-                    hold_status,
-                    prepares,
-                } = session.plan(&unit, &mut ctx, &mut client)
-                {
-                    session.attach(target, group, hold_status, prepares);
-                    session.client_frame(&unit[0], &mut ctx, &mut server, &mut out);
-                    input.extend_from_slice(&reply);
-                    session
-                        .scan(&mut input, &mut client, &mut server, &mut params)
-                        .unwrap();
-                    assert!(session.may_release(false));
-                    session.detach();
-                }
-                out.clear();
-                client.clear();
+                relay.transaction(&unit, &reply);
             })
         },
     );
     group.finish();
 }
 
-/// The reply scan alone on a result of 100 rows: what each server message costs on its way
-/// back (the bytes are forwarded raw; the scan only finds message boundaries and the state).
+/// The reply scan on a result of 100 rows: what each server message costs on its way back
+/// (the bytes are forwarded raw; the scan only finds message boundaries and the state).
 fn reply_scan(c: &mut Criterion) {
-    let cache = ClassifyCache::new(Classifier::gitlab_default(), 1000);
-    let registry = StatementRegistry::default();
-    let mut null = Null;
-    let mut session = Session::new(ConnectionKind::Transparent, snapshot(), 50.0);
-    let mut server = ServerStatements::default();
+    let mut relay = Relay::new();
     let mut request = BytesMut::new();
     message(
         &mut request,
@@ -202,49 +206,16 @@ fn reply_scan(c: &mut Criterion) {
     );
     let unit = frames(&request);
     let mut reply = BytesMut::new();
-    let mut desc = b"\0\x02".to_vec();
-    for col in ["id", "name"] {
-        desc.extend_from_slice(col.as_bytes());
-        desc.extend_from_slice(&[
-            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0,
-        ]);
-    }
-    message(&mut reply, b'T', &desc);
+    message(&mut reply, b'T', &row_description(&["id", "name"]));
     for _ in 0..100 {
         message(&mut reply, b'D', b"\0\x02\0\0\0\x0512345\0\0\0\x08project1");
     }
     message(&mut reply, b'C', b"SELECT 100\0");
     message(&mut reply, b'Z', b"I");
-    let (mut input, mut out, mut client) = (BytesMut::new(), BytesMut::new(), BytesMut::new());
-    let mut params = std::collections::HashMap::new();
     let mut group = c.benchmark_group("relay");
     group.throughput(Throughput::Elements(103));
     group.bench_function("reply scan, per server message (100-row result)", |b| {
-        b.iter(|| {
-            let mut ctx = Ctx {
-                cache: &cache,
-                registry: &registry,
-                observer: &mut null,
-            };
-            if let Plan::Attach {
-                target,
-                group,
-                hold_status,
-                prepares,
-            } = session.plan(&unit, &mut ctx, &mut client)
-            {
-                session.attach(target, group, hold_status, prepares);
-                session.client_frame(&unit[0], &mut ctx, &mut server, &mut out);
-                input.extend_from_slice(black_box(&reply));
-                session
-                    .scan(&mut input, &mut client, &mut server, &mut params)
-                    .unwrap();
-                assert!(session.may_release(false));
-                session.detach();
-            }
-            out.clear();
-            client.clear();
-        })
+        b.iter(|| relay.transaction(&unit, black_box(&reply)))
     });
     group.finish();
 }

@@ -163,13 +163,18 @@ impl Classification {
 
     /// Comma-joined sorted schemas, the `gitlab_schemas` metric label.
     pub fn schemas_label(&self) -> String {
-        let mut s = String::new();
-        for (i, sch) in self.schemas.iter().enumerate() {
-            if i > 0 {
-                s.push(',');
-            }
-            s.push_str(&sch.to_string());
-        }
-        s
+        schemas_label(&self.schemas)
     }
+}
+
+/// Comma-joined schemas, as the `gitlab_schemas` metric labels name them.
+pub fn schemas_label(schemas: &[GitlabSchema]) -> String {
+    let mut s = String::new();
+    for (i, sch) in schemas.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str(&sch.to_string());
+    }
+    s
 }

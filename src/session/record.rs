@@ -6,7 +6,7 @@ use std::cell::RefCell;
 
 use prometheus::IntCounter;
 
-use crate::classify::{GitlabSchema, StatementKind};
+use crate::classify::{schemas_label, GitlabSchema, StatementKind};
 use crate::route::{route_shadow, Mode, Target, Violation, ViolationKind};
 use crate::shared::{truncate, Shared};
 
@@ -106,20 +106,9 @@ fn count_schemas_used(schemas: &[GitlabSchema], target: Target, shared: &Shared)
     });
 }
 
-fn schemas_label(schemas: &[GitlabSchema]) -> String {
-    let names: Vec<String> = schemas.iter().map(ToString::to_string).collect();
-    names.join(",")
-}
-
 fn record_violation(v: &Violation, target: Target, shared: &Shared) {
     let m = &shared.metrics;
-    let schemas = shared.bounded_label(
-        v.schemas
-            .iter()
-            .map(|s| s.to_string())
-            .collect::<Vec<_>>()
-            .join(","),
-    );
+    let schemas = shared.bounded_label(schemas_label(&v.schemas));
     match v.kind {
         ViolationKind::CrossJoin => m.cross_join.with_label_values(&[schemas.as_str()]).inc(),
         ViolationKind::CrossDatabaseModification => m
