@@ -158,6 +158,7 @@ pub fn show(what: &str, shared: &Shared) -> Result<Table, PgError> {
             t = Table::new(&["key", "value"]);
             for (k, v) in [
                 ("listen", snap.listen.to_string()),
+                ("workers", snap.workers.to_string()),
                 ("pool_mode", format!("{:?}", snap.pool_mode).to_lowercase()),
                 ("pool_size", snap.pool.pool_size.to_string()),
                 ("min_idle", snap.pool.min_idle.to_string()),

@@ -28,6 +28,15 @@ pub struct ClassifyCache {
     max_statement: usize,
 }
 
+thread_local! {
+    /// Each worker thread's key buffer: a lookup of a statement with literals builds its key
+    /// here instead of allocating one per statement.
+    static KEY: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
+/// A key buffer grown past this by a huge statement is dropped rather than kept.
+const KEPT_KEY: usize = 16 * 1024;
+
 /// `classify.max_statement_bytes` by default: parsing costs many times the text in tokens.
 pub const MAX_STATEMENT_BYTES: usize = 1 << 20;
 
@@ -82,22 +91,31 @@ impl ClassifyCache {
     /// change where a statement goes, which is why the cache may share them), and is unknown
     /// when even that is too long: the parser's tokens would cost many times the text.
     pub fn get(&self, sql: &str) -> Arc<Classification> {
-        let Some(key) = cache_key_within(sql, self.max_statement) else {
+        let mut buf = KEY.with_borrow_mut(std::mem::take);
+        let got = self.get_in(sql, &mut buf);
+        if buf.capacity() <= KEPT_KEY {
+            KEY.with_borrow_mut(|kept| *kept = buf);
+        }
+        got
+    }
+
+    fn get_in(&self, sql: &str, buf: &mut String) -> Arc<Classification> {
+        let Some(key) = cache_key_within(sql, self.max_statement, buf) else {
             return Arc::new(self.classifier.too_long(sql.len(), self.max_statement));
         };
-        if let Some(hit) = self.entries.get(key.as_ref()) {
+        if let Some(hit) = self.entries.get(key) {
             return hit;
         }
         let text = if sql.len() > self.max_statement {
-            key.as_ref()
+            key
         } else {
             sql
         };
         let classification = Arc::new(self.classifier.classify(text));
         // A parse error quotes the literal it tripped on: share it only with identical text.
-        if classification.error.is_none() || key.as_ref() == sql {
+        if classification.error.is_none() || key == sql {
             self.entries
-                .insert(Box::from(key.as_ref()), Arc::clone(&classification));
+                .insert(Box::from(key), Arc::clone(&classification));
         }
         classification
     }
@@ -109,12 +127,13 @@ impl ClassifyCache {
             return None;
         }
         // `whole` has several statements, so the key fits (see `get`).
-        let key = cache_key_within(sql, self.max_statement)?;
-        if let Some(hit) = self.each.get(key.as_ref()) {
+        let mut buf = String::new();
+        let key = cache_key_within(sql, self.max_statement, &mut buf)?;
+        if let Some(hit) = self.each.get(key) {
             return Some(hit);
         }
         let text = if sql.len() > self.max_statement {
-            key.as_ref()
+            key
         } else {
             sql
         };
@@ -125,7 +144,7 @@ impl ClassifyCache {
             .map(Arc::new)
             .collect();
         if whole.error.is_none() {
-            self.each.insert(Box::from(key.as_ref()), parts.clone());
+            self.each.insert(Box::from(key), parts.clone());
         }
         Some(parts)
     }

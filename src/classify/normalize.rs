@@ -14,16 +14,22 @@ use std::borrow::Cow;
 /// The cache key of `sql`: string literals become `''` and numbers `0`; comments, identifiers
 /// and `$n` parameters stay. Borrowed when nothing was replaced or the text is not safe to touch.
 pub fn cache_key(sql: &str) -> Cow<'_, str> {
-    normalize(sql, usize::MAX).map_or(Cow::Borrowed(sql), Cow::Owned)
+    let mut out = String::new();
+    match normalize(sql, usize::MAX, &mut out) {
+        true => Cow::Owned(out),
+        false => Cow::Borrowed(sql),
+    }
 }
 
-/// The cache key of `sql` when it is at most `limit` bytes long, built without holding more
-/// than that: a huge statement made of a few huge literals still gets a short key.
-pub fn cache_key_within(sql: &str, limit: usize) -> Option<Cow<'_, str>> {
-    match normalize(sql, limit) {
-        Some(key) => Some(Cow::Owned(key)),
+/// The cache key of `sql` when it is at most `limit` bytes long, built in `buf` (the caller
+/// keeps it, so a lookup allocates nothing) without holding more than `limit`: a huge
+/// statement made of a few huge literals still gets a short key.
+pub fn cache_key_within<'a>(sql: &'a str, limit: usize, buf: &'a mut String) -> Option<&'a str> {
+    buf.clear();
+    match normalize(sql, limit, buf) {
+        true => Some(buf.as_str()),
         // Replacing never lengthens: unchanged text is the key, if it fits.
-        None => (sql.len() <= limit).then_some(Cow::Borrowed(sql)),
+        false => (sql.len() <= limit).then_some(sql),
     }
 }
 
@@ -45,12 +51,15 @@ fn is_ident(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80
 }
 
-/// The text with literals replaced, or `None` when there is nothing to replace, the text must
-/// stay as it is, or the result would pass `limit` bytes. Only ASCII bytes are cut at, so every
-/// slice is valid UTF-8.
-fn normalize(sql: &str, limit: usize) -> Option<String> {
+/// Writes the text with literals replaced into the empty `out`; false when there is nothing to
+/// replace, the text must stay as it is, or the result would pass `limit` bytes (`out` then
+/// holds nothing meaningful). Only ASCII bytes are cut at, so every slice is valid UTF-8.
+fn normalize(sql: &str, limit: usize, out: &mut String) -> bool {
+    replaced(sql, limit, out).is_some()
+}
+
+fn replaced(sql: &str, limit: usize, out: &mut String) -> Option<()> {
     let bytes = sql.as_bytes();
-    let mut out = String::new();
     let mut copied = 0;
     let mut i = 0;
     loop {
@@ -68,7 +77,7 @@ fn normalize(sql: &str, limit: usize) -> Option<String> {
             }
             b'0'..=b'9' => {
                 let end = number_end(bytes, i)?;
-                replace(&mut out, sql, &mut copied, (i, end), "0", limit)?;
+                replace(out, sql, &mut copied, (i, end), "0", limit)?;
                 i = end;
             }
             b'\'' => {
@@ -80,7 +89,7 @@ fn normalize(sql: &str, limit: usize) -> Option<String> {
                 if bytes[i..end].contains(&b'\\') {
                     return None;
                 }
-                replace(&mut out, sql, &mut copied, (i, end), "''", limit)?;
+                replace(out, sql, &mut copied, (i, end), "''", limit)?;
                 i = end;
             }
             b'"' => i = quoted_end(bytes, i, b'"')?,
@@ -109,7 +118,7 @@ fn normalize(sql: &str, limit: usize) -> Option<String> {
         return None;
     }
     out.push_str(&sql[copied..]);
-    (out.len() <= limit).then_some(out)
+    (out.len() <= limit).then_some(())
 }
 
 /// Copies up to `span` and its replacement; `None` once the key passes `limit`.
@@ -121,7 +130,7 @@ fn replace(
     with: &str,
     limit: usize,
 ) -> Option<()> {
-    if out.capacity() == 0 {
+    if out.is_empty() {
         out.reserve(sql.len().min(limit));
     }
     out.push_str(&sql[*copied..start]);
@@ -205,13 +214,15 @@ mod tests {
     #[test]
     fn bounded_keys_stop_at_the_limit() {
         let long = format!("SELECT '{}' FROM t", "x".repeat(1000));
+        let mut buf = String::from("left over from an earlier key");
         assert_eq!(
-            cache_key_within(&long, 20).as_deref(),
+            cache_key_within(&long, 20, &mut buf),
             Some("SELECT '' FROM t")
         );
-        assert_eq!(cache_key_within("SELECT 1, 2, 3", 8), None);
-        assert_eq!(cache_key_within("SELECT a", 8).as_deref(), Some("SELECT a"));
-        assert_eq!(cache_key_within("SELECT abc", 8), None);
+        assert_eq!(cache_key_within("SELECT 1, 2, 3", 8, &mut buf), None);
+        assert_eq!(cache_key_within("SELECT a", 8, &mut buf), Some("SELECT a"));
+        assert_eq!(cache_key_within("SELECT abc", 8, &mut buf), None);
+        assert_eq!(cache_key_within("SELECT 7", 8, &mut buf), Some("SELECT 0"));
     }
 
     #[test]

@@ -38,6 +38,10 @@ pub struct RawConfig {
     /// Reload when the config, phase or auth file changes on disk (polled every second).
     #[serde(default)]
     pub watch_files: bool,
+    /// Threads serving clients: 1 runs them all on one thread as PgBouncer does, N shares a
+    /// work-stealing runtime among N threads, 0 uses one per core. Read at start only.
+    #[serde(default = "default_workers")]
+    pub workers: usize,
     /// Largest client message accepted, in bytes (a bigger one closes the connection).
     #[serde(default = "default_max_message")]
     pub max_message_size: usize,
@@ -62,6 +66,9 @@ fn default_auth_timeout() -> f64 {
 }
 fn default_shutdown_timeout() -> f64 {
     30.0
+}
+fn default_workers() -> usize {
+    1
 }
 fn default_max_message() -> usize {
     256 * 1024 * 1024

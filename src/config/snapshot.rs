@@ -86,6 +86,8 @@ pub struct Snapshot {
     pub phase_file: PathBuf,
     pub phase: Arc<Phase>,
     pub max_message_size: usize,
+    /// Client-serving threads (`workers`), read by `main` when it builds the runtime.
+    pub workers: usize,
     /// TLS towards clients (SSLRequest answers, the certificate presented).
     pub client_tls: super::ClientTls,
     /// TLS towards servers, copied into every server connection's spec.
@@ -337,6 +339,7 @@ impl Snapshot {
             phase_file: phase_file.clone(),
             phase,
             max_message_size: raw.max_message_size.max(1024),
+            workers: raw.workers,
             client_tls,
             server_tls,
             max_prepared_statements: p.max_prepared_statements.max(1),

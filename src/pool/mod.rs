@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use deadpool::managed::{Object, Pool, PoolError, Timeouts};
+use deadpool::managed::{Object, Pool, PoolError, QueueMode, TimeoutType, Timeouts};
 use deadpool::Runtime;
 
 pub use cache::PoolCache;
@@ -90,6 +90,9 @@ impl Pools {
             // The recycle check bounds its own ping; a pool-level timer would be set up on
             // every checkout for nothing.
             .recycle_timeout(None)
+            // The most recently used connection first, as PgBouncer does (server_round_robin
+            // off): its backend is warm, and the ones left idle can reach idle_timeout.
+            .queue_mode(QueueMode::Lifo)
             .runtime(Runtime::Tokio1)
             .build()
             .expect("a runtime is set, so building cannot fail");
@@ -158,7 +161,17 @@ impl Pools {
 
 /// Takes a connection from `pool`, mapping deadpool's errors to what the client is told.
 pub async fn checkout(pool: &ServerPool, target: Target) -> Result<PooledConn, CheckoutError> {
-    match pool.get().await {
+    // First without waiting: a free slot needs no timer, and is the common case. Permits go to
+    // queued waiters before they become free, so this cannot overtake a waiting client.
+    let now = Timeouts {
+        wait: Some(Duration::ZERO),
+        ..pool.timeouts()
+    };
+    let got = match pool.timeout_get(&now).await {
+        Err(PoolError::Timeout(TimeoutType::Wait)) => pool.get().await,
+        got => got,
+    };
+    match got {
         Ok(c) => Ok(c),
         Err(PoolError::Timeout(_)) => Err(CheckoutError::WaitTimeout {
             target,
