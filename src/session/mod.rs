@@ -12,6 +12,7 @@ mod outbox;
 mod params;
 mod placement;
 mod prepared;
+mod prewarm;
 mod pump;
 mod record;
 mod relay;

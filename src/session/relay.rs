@@ -56,6 +56,9 @@ pub async fn run(
             // Terminate before the batch's Sync: nothing of it ran, the client is gone.
             return Ok(());
         };
+        if super::prewarm::needed(&unit) {
+            super::prewarm::prewarm(&unit, &shared.cache, &mut c.session).await;
+        }
         let plan = {
             let cache = shared.cache.load();
             let mut recorder = Recorder {

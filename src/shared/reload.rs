@@ -48,7 +48,11 @@ impl Shared {
                 let new_phase_file = new.phase_file.clone();
                 let workers = self.config.load().workers;
                 if new.workers != workers {
-                    tracing::warn!(running = workers, configured = new.workers, "workers changed: takes effect at the next start");
+                    tracing::warn!(
+                        running = workers,
+                        configured = new.workers,
+                        "workers changed: takes effect at the next start"
+                    );
                 }
                 if self.config.load().pool != new.pool {
                     tracing::info!("pool settings changed: new pools; the old ones drain");

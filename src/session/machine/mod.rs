@@ -106,6 +106,8 @@ pub struct Session {
     /// Classifications of SQL texts in the batch being planned and sent, keyed by where the
     /// text sits in its message: planning and forwarding look each up in the cache once.
     memo: Vec<(usize, usize, Arc<Classification>)>,
+    /// Entries at the front of `memo` given by `remember` for the batch planned next.
+    seeded: u8,
     /// The last attachment's reply tracker, reused so attaching allocates nothing.
     spare: Option<Tracker>,
 }
@@ -141,6 +143,7 @@ impl Session {
             wrote: false,
             empty: Arc::new(empty_class()),
             memo: Vec::with_capacity(MEMO),
+            seeded: 0,
             spare: None,
         }
     }
@@ -200,6 +203,18 @@ impl Session {
             self.memo.push((key.0, key.1, c.clone()));
         }
         c
+    }
+
+    /// Takes the classification of `sql`, a text of the batch `plan` gets next, made
+    /// elsewhere (off the serving thread), so planning does not parse it again.
+    pub fn remember(&mut self, sql: &str, c: Arc<Classification>) {
+        let seeded = usize::from(self.seeded);
+        if seeded < MEMO {
+            // Entries past the seeds are an earlier batch's.
+            self.memo.truncate(seeded);
+            self.memo.push((sql.as_ptr() as usize, sql.len(), c));
+            self.seeded += 1;
+        }
     }
 
     /// The batch's messages are gone (sent or answered): their addresses mean nothing now.

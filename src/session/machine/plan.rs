@@ -41,7 +41,9 @@ impl Session {
     /// Plans a batch read while detached (a Query, or extended messages up to Sync or Flush).
     pub fn plan(&mut self, unit: &[Frame], ctx: &mut Ctx, reply: &mut BytesMut) -> Plan {
         debug_assert!(self.link.is_none(), "plan is for a detached session");
-        self.memo.clear();
+        // Only what `remember` gave for this batch: older addresses may have been reused.
+        self.memo
+            .truncate(usize::from(std::mem::take(&mut self.seeded)));
         if self.answer_locally(unit, ctx, reply) {
             self.memo.clear();
             return Plan::Answered;
