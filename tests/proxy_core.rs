@@ -137,6 +137,24 @@ fn pgbench_32_clients_over_8_server_connections() {
         let (processed, tps) = pgbench(proxy.port(), args);
         eprintln!("pgbench {args:?}: {processed} transactions, {tps}");
     }
+    // The work-stealing runtime (`workers = 2`) serves the same traffic, and reads and writes
+    // still land where phase 1 puts them.
+    let proxy = Proxy::with(topo, |mut c| {
+        c.workers = 2;
+        c.pool_size(8)
+    });
+    for args in [&["-S", "-M", "extended"][..], &[]] {
+        let (processed, tps) = pgbench(proxy.port(), args);
+        eprintln!("workers = 2, pgbench {args:?}: {processed} transactions, {tps}");
+    }
+    let (out, _) = psql_through(
+        proxy.port(),
+        "SELECT 'read on ' || inet_server_port();\n\
+         BEGIN; SELECT 'write on ' || inet_server_port(); COMMIT;\n",
+    );
+    let read = format!("read on {}", topo.main_replica());
+    let write = format!("write on {}", topo.main_primary());
+    assert!(out.contains(&read) && out.contains(&write), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

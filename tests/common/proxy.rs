@@ -58,6 +58,8 @@ pub struct ProxyConfig {
     /// `[server]` credentials; `None` makes the proxy log in as the client's own user.
     pub server: Option<(String, String)>,
     pub phase: u32,
+    /// `workers`: threads serving clients (1, the default, is one current-thread runtime).
+    pub workers: usize,
     main_primary: u16,
     main_replicas: Vec<u16>,
     ci_primary: u16,
@@ -104,6 +106,7 @@ impl ProxyConfig {
             auth_type: "scram-sha-256".into(),
             server: Some((GITLAB.0.into(), GITLAB.1.into())),
             phase: 1,
+            workers: 1,
             main_primary: 0,
             main_replicas: vec![],
             ci_primary: 0,
@@ -188,6 +191,7 @@ impl ProxyConfig {
         let _ = writeln!(s, "auth_type = \"{}\"", self.auth_type);
         let _ = writeln!(s, "admin_users = [\"{}\"]", ADMIN.0);
         let _ = writeln!(s, "auth_timeout = 10.0");
+        let _ = writeln!(s, "workers = {}", self.workers);
         let _ = writeln!(s, "phase_file = \"{}\"", phase_file(self.phase).display());
         let _ = writeln!(s, "\n[pool]");
         let _ = writeln!(s, "pool_mode = \"{}\"", p.pool_mode);
