@@ -212,9 +212,10 @@ fn run(config: PathBuf) -> anyhow::Result<()> {
 }
 
 /// The proxy's runtime. One thread (the default) is PgBouncer's layout: side by side with a
-/// two-thread work-stealing runtime it spent 10–16 % less CPU per transaction for the same TPS
-/// (benches/compare.sh, issue 12), having no cross-thread wake-ups or run-queue atomics. More
-/// threads are for hosts where one core cannot carry the load.
+/// two-thread work-stealing runtime it spent 0.82–0.98 times the CPU per transaction on most
+/// workloads, never more than 1.03, for about the same TPS (benches/compare.sh, issue 12): no
+/// cross-thread wake-ups or run-queue atomics. More threads are for hosts where one core
+/// cannot carry the load.
 fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
     use tokio::runtime::Builder;
     match workers {

@@ -16,8 +16,8 @@ use std::borrow::Cow;
 pub fn cache_key(sql: &str) -> Cow<'_, str> {
     let mut out = String::new();
     match normalize(sql, usize::MAX, &mut out) {
-        true => Cow::Owned(out),
-        false => Cow::Borrowed(sql),
+        Some(()) => Cow::Owned(out),
+        None => Cow::Borrowed(sql),
     }
 }
 
@@ -27,9 +27,9 @@ pub fn cache_key(sql: &str) -> Cow<'_, str> {
 pub fn cache_key_within<'a>(sql: &'a str, limit: usize, buf: &'a mut String) -> Option<&'a str> {
     buf.clear();
     match normalize(sql, limit, buf) {
-        true => Some(buf.as_str()),
+        Some(()) => Some(buf.as_str()),
         // Replacing never lengthens: unchanged text is the key, if it fits.
-        false => (sql.len() <= limit).then_some(sql),
+        None => (sql.len() <= limit).then_some(sql),
     }
 }
 
@@ -51,14 +51,10 @@ fn is_ident(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80
 }
 
-/// Writes the text with literals replaced into the empty `out`; false when there is nothing to
+/// Writes the text with literals replaced into the empty `out`; `None` when there is nothing to
 /// replace, the text must stay as it is, or the result would pass `limit` bytes (`out` then
 /// holds nothing meaningful). Only ASCII bytes are cut at, so every slice is valid UTF-8.
-fn normalize(sql: &str, limit: usize, out: &mut String) -> bool {
-    replaced(sql, limit, out).is_some()
-}
-
-fn replaced(sql: &str, limit: usize, out: &mut String) -> Option<()> {
+fn normalize(sql: &str, limit: usize, out: &mut String) -> Option<()> {
     let bytes = sql.as_bytes();
     let mut copied = 0;
     let mut i = 0;

@@ -46,13 +46,7 @@ pub async fn run(c: &mut Client, shared: &Shared, entry: &ClientEntry) -> Result
             return Ok(());
         };
         if super::prewarm::needed(&unit) {
-            // Boxed: rare, and every idle client's task would otherwise carry room for it.
-            Box::pin(super::prewarm::prewarm(
-                &unit,
-                &shared.cache,
-                &mut c.session,
-            ))
-            .await;
+            super::prewarm::prewarm(&unit, &shared.cache, &mut c.session).await;
         }
         let plan = plan_unit(c, shared, &unit);
         if !transact(c, shared, entry, unit, plan).await? {

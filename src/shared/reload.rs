@@ -46,15 +46,15 @@ impl Shared {
             Ok(new) => {
                 let (phase_choice, phase) = (phase, new.phase.number());
                 let new_phase_file = new.phase_file.clone();
-                let workers = self.config.load().workers;
-                if new.workers != workers {
+                let old = self.config.load();
+                if new.workers != old.workers {
                     tracing::warn!(
-                        running = workers,
+                        running = old.workers,
                         configured = new.workers,
                         "workers changed: takes effect at the next start"
                     );
                 }
-                if self.config.load().pool != new.pool {
+                if old.pool != new.pool {
                     tracing::info!("pool settings changed: new pools; the old ones drain");
                     self.pools.store(Pools::new(new.pool.clone()));
                 }
