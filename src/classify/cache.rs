@@ -23,7 +23,7 @@ pub struct ClassifyCache {
     // quick_cache shards behind per-shard locks: no global lock on the hot path.
     entries: Cache<Box<str>, Arc<Classification>, EntryWeight>,
     /// The statements of multi-statement strings, one classification each.
-    each: Cache<Box<str>, Arc<[Arc<Classification>]>>,
+    each: Cache<Box<str>, Arc<[Arc<Classification>]>, EachWeight>,
     /// Longer statements are parsed from their literal-free key, or not at all.
     max_statement: usize,
 }
@@ -43,6 +43,9 @@ pub const MAX_STATEMENT_BYTES: usize = 1 << 20;
 /// Multi-statement strings kept classified statement by statement (they are rare in
 /// application traffic: scripts, migrations, psql).
 const EACH_CAPACITY: usize = 1000;
+/// Their weight budget in bytes: a count alone would let 1,000 keys of up to
+/// `max_statement_bytes` each (1 GiB at the default) stay in memory.
+const EACH_WEIGHT: u64 = 8 << 20;
 
 #[derive(Clone)]
 struct EntryWeight;
@@ -50,6 +53,15 @@ struct EntryWeight;
 impl Weighter<Box<str>, Arc<Classification>> for EntryWeight {
     fn weight(&self, key: &Box<str>, value: &Arc<Classification>) -> u64 {
         key.len() as u64 + ENTRY_OVERHEAD + 32 * value.tables.len() as u64
+    }
+}
+
+#[derive(Clone)]
+struct EachWeight;
+
+impl Weighter<Box<str>, Arc<[Arc<Classification>]>> for EachWeight {
+    fn weight(&self, key: &Box<str>, parts: &Arc<[Arc<Classification>]>) -> u64 {
+        key.len() as u64 + ENTRY_OVERHEAD * parts.len() as u64
     }
 }
 
@@ -67,7 +79,7 @@ impl ClassifyCache {
             classifier,
             generation,
             entries: Cache::with_weighter(capacity, weight, EntryWeight),
-            each: Cache::new(EACH_CAPACITY),
+            each: Cache::with_weighter(EACH_CAPACITY, EACH_WEIGHT, EachWeight),
             max_statement: MAX_STATEMENT_BYTES,
         }
     }
@@ -198,6 +210,23 @@ mod tests {
         assert_eq!(each[1].schemas_label(), "gitlab_ci");
         assert_eq!(each[2].schemas_label(), "gitlab_main");
         assert!(cache.each("SELECT 1", &cache.get("SELECT 1")).is_none());
+    }
+
+    #[test]
+    fn multi_statement_entries_count_their_bytes() {
+        let cache = ClassifyCache::new(Classifier::gitlab_default(), 100);
+        let sql: String = (0..800)
+            .map(|i| format!("SELECT c{i} FROM projects; "))
+            .collect();
+        let each = cache.each(&sql, &cache.get(&sql)).unwrap();
+        assert_eq!(each.len(), 800);
+        // Weighed by its text, against a byte budget rather than a count of entries.
+        assert!(cache.each.weight() >= sql.trim_end().len() as u64);
+        assert_eq!(cache.each.capacity(), EACH_WEIGHT);
+        assert!(Arc::ptr_eq(
+            &each,
+            &cache.each(&sql, &cache.get(&sql)).unwrap()
+        ));
     }
 
     #[test]
