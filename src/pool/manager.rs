@@ -80,12 +80,11 @@ impl ServerManager {
             return Err(RecycleError::message("server closed the connection"));
         }
         if now.saturating_duration_since(conn.last_used) > self.limits.check_delay {
-            // Boxed: rare (only after check_delay idle), and it would otherwise widen every
-            // checkout's state, which each client task carries.
-            let check = tokio::time::timeout(
-                self.limits.connect_timeout,
-                Box::pin(conn.simple_query(";")),
-            );
+            // Boxed with its timer: rare (only after check_delay idle), and inline it would
+            // widen every checkout's state, which each client task carries.
+            let (limit, c) = (self.limits.connect_timeout, &mut *conn);
+            let check =
+                Box::pin(async move { tokio::time::timeout(limit, c.simple_query(";")).await });
             match check.await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => return Err(RecycleError::Backend(e)),

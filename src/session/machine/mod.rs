@@ -102,7 +102,6 @@ pub struct Session {
     skip: bool,
     /// A statement that may have written was sent since the last `take_wrote`.
     wrote: bool,
-    empty: Arc<Classification>,
     /// Classifications of SQL texts in the batch being planned and sent, keyed by where the
     /// text sits in its message: planning and forwarding look each up in the cache once.
     memo: Vec<(usize, usize, Arc<Classification>)>,
@@ -115,7 +114,14 @@ pub struct Session {
 /// Texts remembered per batch; a longer pipeline looks the rest up again.
 const MEMO: usize = 16;
 
-fn empty_class() -> Classification {
+/// The classification of an empty query, one for the process rather than one per client.
+fn empty_class() -> Arc<Classification> {
+    static EMPTY: std::sync::LazyLock<Arc<Classification>> =
+        std::sync::LazyLock::new(|| Arc::new(empty()));
+    EMPTY.clone()
+}
+
+fn empty() -> Classification {
     Classification {
         kind: StatementKind::Utility,
         statements: vec![],
@@ -141,8 +147,8 @@ impl Session {
             link: None,
             skip: false,
             wrote: false,
-            empty: Arc::new(empty_class()),
-            memo: Vec::with_capacity(MEMO),
+            // Grown on first use: a client that never runs a statement holds no memo.
+            memo: Vec::new(),
             seeded: 0,
             spare: None,
         }

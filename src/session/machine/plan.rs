@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 
-use super::{Ctx, Held, Session};
+use super::{empty_class, Ctx, Held, Session};
 use crate::classify::Classification;
 use crate::protocol::frame::Frame;
 use crate::protocol::frontend::{bind_statement, parse_view, query_sql, target_of};
@@ -113,7 +113,7 @@ impl Session {
         }
         // Routed in the state the batch leaves: a BEGIN in front of a describe means the
         // described statement will run inside that transaction.
-        let class = first_statement.unwrap_or_else(|| self.empty.clone());
+        let class = first_statement.unwrap_or_else(empty_class);
         Lead::Prepares(route(&class, &snap.phase, &search.sim))
     }
 }
