@@ -191,8 +191,10 @@ async fn relay_session(mut client: Box<client::Client>, peer: SocketAddr, shared
         .register(id, &client.user, &client.database, peer);
     entry.set_rollout(&client.actor, client.session.route.client_roll);
     let result = tokio::select! {
+        // The relay first: its wake-ups are many, a KILL's one.
+        biased;
         r = relay::run(&mut client, shared, &entry) => r,
-        _ = entry.kill.notified() => Err(SessionError::Fatal(PgError::fatal("57P01", "terminated by the administrator (KILL)"))),
+        _ = entry.kill.raised() => Err(SessionError::Fatal(PgError::fatal("57P01", "terminated by the administrator (KILL)"))),
     };
     shared.control.unregister(id);
     match result {

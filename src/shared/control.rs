@@ -7,8 +7,9 @@ use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 
+use super::signal::Signal;
 use crate::route::{Actor, Target};
 
 /// What SHOW CLIENTS lists about one client; `state` and `target` change per transaction.
@@ -21,10 +22,10 @@ pub struct ClientEntry {
     pub state: AtomicU8,
     /// `Target as u8 + 1` of the last server, 0 for none.
     pub target: AtomicU8,
-    pub kill: Notify,
+    pub kill: Signal,
     /// Told once on SIGTERM/SHUTDOWN: the session closes at its next idle point (between
     /// transactions), so a transaction that has started is never cut.
-    pub drain: Notify,
+    pub drain: Signal,
     /// The client's actor and connection roll, for its rollout sides; changes only on
     /// `SET`/`RESET pgdecomp.actor`.
     rollout: Mutex<(Actor, f64)>,
@@ -98,8 +99,8 @@ impl Control {
             since: SystemTime::now(),
             state: AtomicU8::new(0),
             target: AtomicU8::new(0),
-            kill: Notify::new(),
-            drain: Notify::new(),
+            kill: Signal::default(),
+            drain: Signal::default(),
             rollout: Mutex::default(),
         });
         self.clients
@@ -108,7 +109,7 @@ impl Control {
             .insert(id, entry.clone());
         if self.draining() {
             // Logged in while draining: it leaves at its first idle point, i.e. at once.
-            entry.drain.notify_one();
+            entry.drain.raise();
         }
         entry
     }
@@ -191,7 +192,7 @@ impl Control {
     pub fn drain(&self) {
         self.draining.store(true, Ordering::Relaxed);
         for (_, e) in self.clients() {
-            e.drain.notify_one();
+            e.drain.raise();
         }
     }
 
@@ -208,7 +209,7 @@ impl Control {
                 KillTarget::All => true,
             };
             if hit {
-                e.kill.notify_one();
+                e.kill.raise();
                 n += 1;
             }
         }

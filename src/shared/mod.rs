@@ -10,6 +10,7 @@ pub mod hold;
 pub mod login_rate;
 pub mod logins;
 mod reload;
+pub mod signal;
 mod statements;
 mod violations;
 

@@ -1,0 +1,100 @@
+//! Beside the pipeline: a one-shot signal to one session (KILL, drain) that costs the session
+//! an atomic load, not a lock, each time its task wakes.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+
+use tokio::sync::futures::Notified;
+use tokio::sync::Notify;
+
+/// Raised once by the operator side; awaited by the session it is for.
+#[derive(Default)]
+pub struct Signal {
+    raised: AtomicBool,
+    notify: Notify,
+}
+
+impl Signal {
+    pub fn raise(&self) {
+        self.raised.store(true, Ordering::Release);
+        // Stores a permit when the session is not waiting yet.
+        self.notify.notify_one();
+    }
+
+    /// Ready once raised. A waiting `Notified` takes the Notify's lock on every poll, and the
+    /// session polls this at each wake-up (several per transaction): after the first poll,
+    /// which registers the task's waker, it is polled only once the flag is up.
+    pub fn raised(&self) -> Raised<'_> {
+        Raised {
+            raised: &self.raised,
+            notified: self.notify.notified(),
+            registered: false,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The wait of [`Signal::raised`]; a named future, so it is no larger than the
+    /// `Notified` it wraps plus a flag.
+    pub struct Raised<'a> {
+        raised: &'a AtomicBool,
+        #[pin]
+        notified: Notified<'a>,
+        registered: bool,
+    }
+}
+
+impl Future for Raised<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let me = self.project();
+        if *me.registered && !me.raised.load(Ordering::Acquire) {
+            return Poll::Pending;
+        }
+        *me.registered = true;
+        me.notified.poll(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn wakes_a_waiting_task_and_one_raised_before() {
+        let s = Arc::new(Signal::default());
+        let waiter = tokio::spawn({
+            let s = s.clone();
+            async move { s.raised().await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiter.is_finished());
+        s.raise();
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("woken")
+            .expect("joined");
+        let early = Signal::default();
+        early.raise();
+        tokio::time::timeout(Duration::from_secs(5), early.raised())
+            .await
+            .expect("a signal raised before the wait is seen");
+    }
+
+    #[tokio::test]
+    async fn stays_pending_when_polled_again_unraised() {
+        let s = Signal::default();
+        let mut wait = std::pin::pin!(s.raised());
+        for _ in 0..3 {
+            let polled = futures_util::poll!(wait.as_mut());
+            assert!(polled.is_pending());
+        }
+        s.raise();
+        assert!(futures_util::poll!(wait.as_mut()).is_ready());
+    }
+}
