@@ -5,7 +5,7 @@
 use bytes::{BufMut, BytesMut};
 use pgwire::error::ErrorInfo;
 use pgwire::messages::response::{ErrorResponse, NoticeResponse, ReadyForQuery, TransactionStatus};
-use pgwire::messages::startup::{Authentication, BackendKeyData, ParameterStatus, SecretKey};
+use pgwire::messages::startup::{Authentication, BackendKeyData, SecretKey};
 use pgwire::messages::Message;
 
 use super::frame::read_cstr;
@@ -82,8 +82,15 @@ pub fn ready_for_query(status: u8, out: &mut BytesMut) {
     let _ = ReadyForQuery::new(status).encode(out);
 }
 
+/// Written in place: a login sends a dozen of these, and the message type would copy both
+/// strings first.
 pub fn parameter_status(name: &str, value: &str, out: &mut BytesMut) {
-    let _ = ParameterStatus::new(name.to_string(), value.to_string()).encode(out);
+    out.put_u8(super::tag::back::PARAMETER_STATUS);
+    out.put_i32(4 + name.len() as i32 + 1 + value.len() as i32 + 1);
+    out.put_slice(name.as_bytes());
+    out.put_u8(0);
+    out.put_slice(value.as_bytes());
+    out.put_u8(0);
 }
 
 pub fn backend_key_data(pid: u32, secret: u32, out: &mut BytesMut) {
@@ -243,6 +250,24 @@ pub fn fatal_severity(body: &mut [u8], downgrade: bool) -> bool {
 mod tests {
     use super::*;
     use crate::protocol::frame::decode_frame;
+
+    #[test]
+    fn parameter_status_matches_pgwire_and_reads_back() {
+        let mut ours = BytesMut::new();
+        parameter_status("TimeZone", "Europe/Berlin", &mut ours);
+        let mut theirs = BytesMut::new();
+        let msg = pgwire::messages::startup::ParameterStatus::new(
+            "TimeZone".to_string(),
+            "Europe/Berlin".to_string(),
+        );
+        pgwire::messages::Message::encode(&msg, &mut theirs).unwrap();
+        assert_eq!(ours, theirs);
+        let frame = decode_frame(&mut ours, 1 << 20).unwrap().unwrap();
+        assert_eq!(
+            parse_parameter_status(&frame.raw[5..]),
+            Some(("TimeZone".into(), "Europe/Berlin".into()))
+        );
+    }
 
     #[test]
     fn error_roundtrip() {

@@ -60,6 +60,7 @@ pub mod back {
     pub const CLOSE_COMPLETE: u8 = b'3';
     pub const NO_DATA: u8 = b'n';
     pub const PARAMETER_DESCRIPTION: u8 = b't';
+    pub const PARAMETER_STATUS: u8 = b'S';
 }
 
 /// Transaction status as ReadyForQuery reports it.

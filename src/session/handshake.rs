@@ -184,7 +184,7 @@ pub async fn handshake<'a>(
         ClientParams::from_startup(startup.params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     backend::auth(Authentication::Ok, &mut io.wbuf);
     for (k, v) in welcome.iter() {
-        let v = params.get(&k.to_ascii_lowercase()).unwrap_or(v);
+        let v = params.get(k).unwrap_or(v);
         backend::parameter_status(k, v, &mut io.wbuf);
     }
     let (cancel_key, cancel_slot) = shared.cancels.register();

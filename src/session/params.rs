@@ -45,13 +45,16 @@ impl ClientParams {
 
     /// Records a value (from startup or a ParameterStatus the client's own SET caused).
     pub fn set(&mut self, key: &str, value: &str) {
-        let key = key.to_ascii_lowercase();
-        if !TRACKED.contains(&key.as_str()) {
+        // The tracked name itself, lowercase: no String is built for the comparison.
+        let Some(key) = TRACKED.iter().find(|t| t.eq_ignore_ascii_case(key)) else {
             return;
-        }
-        match self.values.iter_mut().find(|(k, _)| *k == key) {
-            Some(slot) => slot.1 = value.to_string(),
-            None => self.values.push((key, value.to_string())),
+        };
+        match self.values.iter_mut().find(|(k, _)| k == key) {
+            Some(slot) => {
+                slot.1.clear();
+                slot.1.push_str(value);
+            }
+            None => self.values.push((key.to_string(), value.to_string())),
         }
         self.values.sort();
         self.fingerprint = {
@@ -67,10 +70,11 @@ impl ClientParams {
         self.fingerprint.max(1)
     }
 
+    /// The value of `key` (any case), if the client set it.
     pub fn get(&self, key: &str) -> Option<&str> {
         self.values
             .iter()
-            .find(|(k, _)| k == key)
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
             .map(|(_, v)| v.as_str())
     }
 
