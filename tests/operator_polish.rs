@@ -105,16 +105,7 @@ async fn violation_counters_start_at_zero_and_violations_show_readable_times() {
         "{after}"
     );
 
-    let out = run_bounded(
-        Command::new("psql")
-            .args(["-X", "-At", "-F", "|", "-h", "127.0.0.1", "-p"])
-            .arg(proxy.port().to_string())
-            .args(["-U", ADMIN.0, "-d", "pgdecomp", "-c", "SHOW VIOLATIONS"])
-            .env("PGPASSWORD", ADMIN.1),
-        "",
-        BOUND,
-    );
-    let shown = String::from_utf8_lossy(&out.stdout).to_string();
+    let shown = admin(&proxy, "SHOW VIOLATIONS");
     let at = shown
         .lines()
         .next()
