@@ -148,3 +148,43 @@ async fn idle_transaction_timeout_closes_the_client_and_commits_nothing() {
         topo.psql(topo.main_primary(), DATABASE, sql).trim() == "0"
     });
 }
+
+/// A client that sent nothing for a while gives back its busy period's state (after one to
+/// two seconds): its held BEGIN, its prepared statement and its transaction carry over, and
+/// client_idle_timeout still counts from the start of the wait, not from that hand-back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_resting_between_requests_keeps_its_state_and_its_idle_limit() {
+    let proxy = Proxy::with(topology(), |c| c.extra_pool("client_idle_timeout = 1.5"));
+    let client = proxy.connect().await;
+    let insert = client
+        .prepare("insert into projects (name) values ($1)")
+        .await
+        .expect("prepare");
+    let name = token("resting");
+    client.batch_execute("begin").await.expect("begin");
+    // Inside a transaction client_idle_timeout does not apply; the busy period ends anyway.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    client.execute(&insert, &[&name]).await.expect("insert");
+    client.batch_execute("commit").await.expect("commit");
+    assert_eq!(rows_named(&name), "1", "committed on the main primary");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    client
+        .execute(&insert, &[&name])
+        .await
+        .expect("the prepared statement after a rest shorter than the limit");
+    assert_eq!(rows_named(&name), "2");
+    // Idle past the limit: closed 1.5 s into the wait. Had the hand-back at the second lull
+    // restarted the count, the client would still be open at 2.4 s.
+    let idle_from = Instant::now();
+    tokio::time::sleep(Duration::from_millis(2400)).await;
+    let err = client
+        .simple_query("select 1")
+        .await
+        .expect_err("closed by client_idle_timeout");
+    assert!(
+        code_of(&err) == "57P05" || err.is_closed(),
+        "{err:?} after {:?}",
+        idle_from.elapsed()
+    );
+    assert_eq!(limit_count(&proxy, "client_idle_timeout"), 1.0);
+}

@@ -35,7 +35,7 @@ pub struct Client {
     /// instead of growing memory.
     pub high_water: usize,
     /// Who the client is for `actor` rollouts; `session.route.actor` holds its hashes.
-    pub actor: Actor,
+    pub actor: std::sync::Arc<Actor>,
     /// The frames of the request being planned, reused so a request allocates no list.
     pub unit: Vec<crate::protocol::frame::Frame>,
     /// The pools this client used last, found again without the shared map.
@@ -90,7 +90,7 @@ impl Client {
             high_water: l.snap.client_buffer,
             session,
             to_server: bytes::BytesMut::new(),
-            actor,
+            actor: std::sync::Arc::new(actor),
             unit: Vec::new(),
             pools: crate::pool::PoolCache::default(),
             reads: l.id as usize,
@@ -100,7 +100,8 @@ impl Client {
     /// Changes the actor (`SET`/`RESET pgdecomp.actor`): hashed here, once, and shown by
     /// SHOW CLIENTS.
     pub fn set_actor(&mut self, actor: Option<&str>, shared: &crate::shared::Shared) {
-        self.actor.set(actor);
+        // Copied only if SHOW CLIENTS' entry still shares the old one.
+        std::sync::Arc::make_mut(&mut self.actor).set(actor);
         self.session.route.actor = self.actor.rolls();
         if let Some(entry) = shared.control.client(self.id) {
             entry.set_rollout(&self.actor, self.session.route.client_roll);

@@ -5,6 +5,7 @@ mod auth;
 mod client;
 mod console;
 mod handshake;
+mod idle;
 mod io;
 mod local;
 mod machine;
@@ -117,7 +118,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let Some((client, _count)) = Box::pin(admit(stream, peer, &shared)).await else {
         return;
     };
-    relay_session(client, peer, &shared).await;
+    relay_session(client, &shared).await;
 }
 
 /// Logs the client in; `None` when it did not get in (or was the admin console, served here).
@@ -183,19 +184,19 @@ async fn admit(
 }
 
 /// The logged-in client's life: registered for SHOW CLIENTS and KILL, relayed until it leaves.
-async fn relay_session(mut client: Box<client::Client>, peer: SocketAddr, shared: &Shared) {
-    let id = client.id;
-    let key = client.cancel_key;
+async fn relay_session(mut client: Box<client::Client>, shared: &Shared) {
     let entry = shared
         .control
-        .register(id, &client.user, &client.database, peer);
+        .register(client.id, &client.user, &client.database, client.peer);
     entry.set_rollout(&client.actor, client.session.route.client_roll);
-    let result = tokio::select! {
-        // The relay first: its wake-ups are many, a KILL's one.
-        biased;
-        r = relay::run(&mut client, shared, &entry) => r,
-        _ = entry.kill.raised() => Err(SessionError::Fatal(PgError::fatal("57P01", "terminated by the administrator (KILL)"))),
-    };
+    let run = relay::run(&mut client, shared, &entry);
+    let result = entry.kill.unless(run).await.unwrap_or_else(|| {
+        Err(SessionError::Fatal(PgError::fatal(
+            "57P01",
+            "terminated by the administrator (KILL)",
+        )))
+    });
+    let (id, peer) = (client.id, client.peer);
     shared.control.unregister(id);
     match result {
         Ok(()) => tracing::debug!(client = id, %peer, "client disconnected"),
@@ -216,7 +217,7 @@ async fn relay_session(mut client: Box<client::Client>, peer: SocketAddr, shared
             }
         }
     }
-    shared.cancels.unregister(key);
+    shared.cancels.unregister(client.cancel_key);
 }
 
 /// Waits for the login's turn under max_logins_per_second; refuses a login whose turn would

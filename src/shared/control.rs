@@ -28,7 +28,9 @@ pub struct ClientEntry {
     pub drain: Signal,
     /// The client's actor and connection roll, for its rollout sides; changes only on
     /// `SET`/`RESET pgdecomp.actor`.
-    rollout: Mutex<(Actor, f64)>,
+    /// Shared with the client (an `Arc`): every client's entry would otherwise copy its
+    /// actor's strings.
+    rollout: Mutex<Option<(Arc<Actor>, f64)>>,
 }
 
 impl ClientEntry {
@@ -38,16 +40,15 @@ impl ClientEntry {
             .store(target.map_or(0, |t| t as u8 + 1), Ordering::Relaxed);
     }
 
-    pub fn set_rollout(&self, actor: &Actor, client_roll: f64) {
-        *self.rollout.lock().unwrap_or_else(|p| p.into_inner()) = (actor.clone(), client_roll);
+    pub fn set_rollout(&self, actor: &Arc<Actor>, client_roll: f64) {
+        *self.rollout.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((actor.clone(), client_roll));
     }
 
     /// The actor and connection roll SHOW CLIENTS describes the sides with.
-    pub fn rollout(&self) -> (Actor, f64) {
-        self.rollout
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+    pub fn rollout(&self) -> (Arc<Actor>, f64) {
+        let set = self.rollout.lock().unwrap_or_else(|p| p.into_inner());
+        set.clone().unwrap_or_default()
     }
 
     pub fn target(&self) -> Option<Target> {

@@ -33,6 +33,38 @@ impl Signal {
             registered: false,
         }
     }
+
+    /// Runs `work` until it ends (`Some`) or the signal is raised first (`None`). Polls
+    /// `work` first: its wake-ups are many, a signal's one.
+    pub fn unless<F: Future>(&self, work: F) -> Unless<'_, F> {
+        Unless {
+            work,
+            raised: self.raised(),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`Signal::unless`]: no larger than the work and the wait together,
+    /// where a `select!` in an async fn adds its own state beside them.
+    pub struct Unless<'a, F> {
+        #[pin]
+        work: F,
+        #[pin]
+        raised: Raised<'a>,
+    }
+}
+
+impl<F: Future> Future for Unless<'_, F> {
+    type Output = Option<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let me = self.project();
+        if let Poll::Ready(done) = me.work.poll(cx) {
+            return Poll::Ready(Some(done));
+        }
+        me.raised.poll(cx).map(|()| None)
+    }
 }
 
 pin_project_lite::pin_project! {
@@ -96,5 +128,15 @@ mod tests {
         }
         s.raise();
         assert!(futures_util::poll!(wait.as_mut()).is_ready());
+    }
+
+    #[tokio::test]
+    async fn unless_gives_the_work_or_none_once_raised() {
+        let s = Signal::default();
+        assert_eq!(s.unless(async { 7 }).await, Some(7));
+        let mut run = std::pin::pin!(s.unless(std::future::pending::<u8>()));
+        assert!(futures_util::poll!(run.as_mut()).is_pending());
+        s.raise();
+        assert_eq!(run.await, None);
     }
 }
