@@ -148,9 +148,13 @@ async def hold_asyncpg(a):
 
     async def one():
         async with gate:
-            return await asyncpg.connect(host=a.host, port=a.port, user=a.user,
-                                         password=a.password, database=a.dbname,
-                                         statement_cache_size=0, timeout=20)
+            c = await asyncpg.connect(host=a.host, port=a.port, user=a.user,
+                                      password=a.password, database=a.dbname,
+                                      statement_cache_size=0, timeout=20)
+            if a.used:
+                # A client that has run a transaction, as an application's pooled ones have.
+                await c.fetchval("SELECT 1")
+            return c
     tasks = [asyncio.ensure_future(one()) for _ in range(a.n)]
     # A proxy that stops accepting must not hold the run for n * timeout / concurrency.
     await asyncio.wait(tasks, timeout=a.deadline)
@@ -179,6 +183,8 @@ def hold_psycopg(a):
         try:
             conns.append(psycopg.connect(host=a.host, port=a.port, user=a.user,
                                          password=a.password, dbname=a.dbname, autocommit=True))
+            if a.used:
+                conns[-1].execute("SELECT 1")
         except Exception as e:  # noqa: BLE001 -- reported, not fatal
             errors.append(repr(e))
     time.sleep(a.settle)
@@ -197,7 +203,7 @@ def cmd_idle(a):
     except ImportError:
         client = "psycopg"
         held, errors, after = hold_psycopg(a)
-    out = {"target": a.target, "clients": a.n, "held": held, "client_lib": client,
+    out = {"target": a.target, "clients": a.n, "held": held, "client_lib": client, "used": a.used,
            "rss_before_kib": before, "rss_after_kib": after,
            "kib_per_client": round((after - before) / held, 2) if held else None,
            "errors": len(errors), "first_error": errors[0] if errors else None}
@@ -294,7 +300,9 @@ def cmd_report(a):
     if runs:
         print_tables(summary, workloads, targets, na)
     if idle:
-        print("\n== idle clients: VmRSS delta per idle client (opened, held, then measured)")
+        used = any(i.get("used") for i in idle)
+        how = "each ran one query, then held" if used else "opened, held"
+        print(f"\n== idle clients: VmRSS delta per idle client ({how}, then measured)")
         print(f"{'target':<18}{'clients':>8}{'held':>8}{'before MiB':>12}{'after MiB':>11}{'KiB/client':>12}")
         for i in idle:
             print(f"{i['target']:<18}{i['clients']:>8}{i['held']:>8}{i['rss_before_kib'] / 1024:>12.1f}"
@@ -334,7 +342,8 @@ def main():
     i.add_argument("--password", default="gitlab")
     i.add_argument("--dbname", default="gitlabhq_production")
     i.add_argument("--concurrency", type=int, default=64)
-    i.add_argument("--settle", type=float, default=2.0)
+    i.add_argument("--settle", type=float, default=2.0, help="seconds between the last login and the RSS read")
+    i.add_argument("--used", action="store_true", help="each connection runs one query before it is held")
     i.add_argument("--deadline", type=float, default=120.0, help="seconds to open all N")
     s = sub.add_parser("report")
     s.add_argument("--runs", required=True)

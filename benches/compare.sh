@@ -20,6 +20,9 @@
 #   --pool N            server connections per pool, the same for every proxy (8)
 #   --scale N           pgbench scale (10)
 #   --idle N            also hold N idle connections to each proxy and report RSS per client (off)
+#   --idle-used         each idle connection first runs one query (a client that has been busy);
+#                       held 4 s before the RSS read (pgdecomp frees a busy period's state 1-2 s
+#                       after a client's last request)
 #   --pgbouncer-newest PATH  a PgBouncer binary of the newest release (default: the highest
 #                       version found as $BENCH_CACHE/pgbouncer-*/bin/pgbouncer, BENCH_CACHE
 #                       defaulting to /work/cache); without one, that target is skipped
@@ -38,7 +41,7 @@ source "$BENCH_DIR/../scripts/lib.sh"
 # shellcheck source=benches/lib/compare-setup.sh
 source "$BENCH_DIR/lib/compare-setup.sh"
 
-DURATION=15 ROUNDS=2 WORKLOADS=all CLIENTS_LIST=32 TARGET_LIST='' POOL=8 SCALE=10 IDLE=0
+DURATION=15 ROUNDS=2 WORKLOADS=all CLIENTS_LIST=32 TARGET_LIST='' POOL=8 SCALE=10 IDLE=0 IDLE_USED=()
 NEWEST_BIN=${PGBOUNCER_NEWEST:-} PGDECOMP_BIN='' BASELINE_BIN=${BASELINE:-} OUT='' KEEP=${KEEP:-}
 while [ $# -gt 0 ]; do
     case $1 in
@@ -50,6 +53,7 @@ while [ $# -gt 0 ]; do
         --pool) POOL=$2; shift 2 ;;
         --scale) SCALE=$2; shift 2 ;;
         --idle) IDLE=$2; shift 2 ;;
+        --idle-used) IDLE_USED=(--used --settle 4); shift ;;
         --pgbouncer-newest) NEWEST_BIN=$2; shift 2 ;;
         --pgdecomp) PGDECOMP_BIN=$2; shift 2 ;;
         --baseline) BASELINE_BIN=$2; shift 2 ;;
@@ -230,7 +234,7 @@ if [ "$IDLE" -gt 0 ]; then
         [ "$target" = direct ] && continue
         log "idle: $IDLE connections held to $target"
         "$PYTHON" "$BENCH_DIR/compare.py" idle --pid "${PID[$target]}" --port "${PORT[$target]}" \
-            --n "$IDLE" --target "$target" --deadline $((60 + IDLE / 50)) | tee -a "$ROOT/idle.jsonl" >&2
+            --n "$IDLE" --target "$target" --deadline $((60 + IDLE / 50)) "${IDLE_USED[@]}" | tee -a "$ROOT/idle.jsonl" >&2
         sleep 1
     done
 fi

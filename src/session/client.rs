@@ -58,6 +58,12 @@ pub struct Login {
 }
 
 impl Client {
+    /// The client went quiet: what only its busy periods use is let go.
+    pub fn rest(&mut self) {
+        self.session.rest();
+        self.unit = Vec::new();
+    }
+
     /// Takes back a planned request's frame list, emptied (a huge pipeline's is let go).
     pub fn keep_unit(&mut self, mut unit: Vec<crate::protocol::frame::Frame>) {
         unit.clear();

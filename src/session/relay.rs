@@ -77,7 +77,10 @@ async fn busy(
             match next_request(c, drain.as_mut(), lull.as_mut(), start).await? {
                 Waited::Request(next) => break next,
                 Waited::Gone => return Ok(false),
-                Waited::Lull if served == seen => return Ok(true),
+                Waited::Lull if served == seen => {
+                    c.rest();
+                    return Ok(true);
+                }
                 Waited::Lull => {
                     seen = served;
                     lull.as_mut().reset(tokio::time::Instant::now() + LULL);

@@ -223,6 +223,16 @@ impl Session {
         }
     }
 
+    /// The client went quiet between batches: what only a running batch uses (the memo, the
+    /// spare reply tracker) is let go, to be grown again by the next busy period.
+    pub fn rest(&mut self) {
+        if self.link.is_none() {
+            self.memo = Vec::new();
+            self.seeded = 0;
+            self.spare = None;
+        }
+    }
+
     /// The batch's messages are gone (sent or answered): their addresses mean nothing now.
     pub fn batch_done(&mut self) {
         self.memo.clear();

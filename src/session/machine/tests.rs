@@ -319,3 +319,29 @@ fn the_unnamed_statement_follows_the_client_to_the_next_server_connection() {
     assert_eq!(c.take(), ["1", "Z:I", "2", "C:SELECT 1", "Z:I"]);
     assert_eq!(c.tally.executions, 1);
 }
+
+#[test]
+fn a_session_resting_between_batches_keeps_its_statements_and_its_transaction() {
+    let mut w = World::new(4, "observe");
+    let mut c = w.client(None);
+    w.send(
+        &mut c,
+        cat(vec![prepare("s_ci", INS_CI), prepare("s_main", INS_MAIN)]),
+    );
+    // A rest between batches, detached (after the prepares, after the held BEGIN) and attached
+    // (inside the transaction, where it must keep the reply tracker).
+    c.s.rest();
+    w.send(&mut c, vec![q("BEGIN")]);
+    c.s.rest();
+    w.send(&mut c, exec_prepared("s_ci"));
+    c.s.rest();
+    w.send(
+        &mut c,
+        cat(vec![exec_prepared("s_main"), vec![q("COMMIT")]]),
+    );
+    c.s.rest();
+    w.send(&mut c, exec_prepared("s_main"));
+    assert_eq!(c.tally.count("cross_database_modification"), 1);
+    let replies = c.take();
+    assert!(!replies.iter().any(|r| r.starts_with("E:")), "{replies:?}");
+}
