@@ -185,10 +185,14 @@ async fn admit(
 
 /// The logged-in client's life: registered for SHOW CLIENTS and KILL, relayed until it leaves.
 async fn relay_session(mut client: Box<client::Client>, shared: &Shared) {
-    let entry = shared
-        .control
-        .register(client.id, &client.user, &client.database, client.peer);
-    entry.set_rollout(&client.actor, client.session.route.client_roll);
+    let rollout = (client.actor.clone(), client.session.route.client_roll);
+    let entry = shared.control.register(
+        client.id,
+        &client.user,
+        &client.database,
+        client.peer,
+        rollout,
+    );
     let run = relay::run(&mut client, shared, &entry);
     let result = entry.kill.unless(run).await.unwrap_or_else(|| {
         Err(SessionError::Fatal(PgError::fatal(

@@ -30,7 +30,7 @@ pub struct ClientEntry {
     /// `SET`/`RESET pgdecomp.actor`.
     /// Shared with the client (an `Arc`): every client's entry would otherwise copy its
     /// actor's strings.
-    rollout: Mutex<Option<(Arc<Actor>, f64)>>,
+    rollout: Mutex<(Arc<Actor>, f64)>,
 }
 
 impl ClientEntry {
@@ -41,14 +41,15 @@ impl ClientEntry {
     }
 
     pub fn set_rollout(&self, actor: &Arc<Actor>, client_roll: f64) {
-        *self.rollout.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some((actor.clone(), client_roll));
+        *self.rollout.lock().unwrap_or_else(|p| p.into_inner()) = (actor.clone(), client_roll);
     }
 
     /// The actor and connection roll SHOW CLIENTS describes the sides with.
     pub fn rollout(&self) -> (Arc<Actor>, f64) {
-        let set = self.rollout.lock().unwrap_or_else(|p| p.into_inner());
-        set.clone().unwrap_or_default()
+        self.rollout
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn target(&self) -> Option<Target> {
@@ -92,6 +93,7 @@ impl Control {
         user: &str,
         database: &str,
         peer: SocketAddr,
+        rollout: (Arc<Actor>, f64),
     ) -> Arc<ClientEntry> {
         let entry = Arc::new(ClientEntry {
             user: user.to_string(),
@@ -102,7 +104,7 @@ impl Control {
             target: AtomicU8::new(0),
             kill: Signal::default(),
             drain: Signal::default(),
-            rollout: Mutex::default(),
+            rollout: Mutex::new(rollout),
         });
         self.clients
             .lock()
