@@ -31,14 +31,16 @@ async fn read_startup(
 ) -> Result<Option<StartupParams>, SessionError> {
     loop {
         match decode_startup(&mut io.rbuf)? {
-            Some(StartupRequest::Ssl) => start_tls(io, snap).await?,
+            // Boxed, as are the other rare steps below: inline, the login future every
+            // connection allocates (and copies into its box) would carry their largest state.
+            Some(StartupRequest::Ssl) => Box::pin(start_tls(io, snap)).await?,
             Some(StartupRequest::Gss) => {
                 // No GSSAPI encryption: 'N' tells the client to continue without it.
                 io.wbuf.put_u8(b'N');
                 io.flush().await?;
             }
             Some(StartupRequest::Cancel { pid, secret }) => {
-                shared.cancels.cancel(pid, secret).await;
+                Box::pin(shared.cancels.cancel(pid, secret)).await;
                 return Ok(None);
             }
             Some(StartupRequest::Startup(p)) => return Ok(Some(p)),
@@ -270,7 +272,7 @@ async fn welcome(
         target,
         spec: spec.clone(),
     });
-    let conn = checkout(&pool, target).await?;
+    let conn = Box::pin(checkout(&pool, target)).await?;
     let w = conn.welcome.clone();
     shared.pools.load().set_welcome(spec, w.clone());
     Ok(w)

@@ -165,7 +165,7 @@ async fn admit(
             shared.clients.fetch_add(1, Ordering::Relaxed);
             let _count = ClientCount(&shared.clients);
             tracing::info!(%peer, %user, "admin console session");
-            if let Err(e) = console::serve(&mut io, shared).await {
+            if let Err(e) = Box::pin(console::serve(&mut io, shared)).await {
                 tracing::info!(%peer, error = %e, "admin session ended");
             }
             None
