@@ -49,33 +49,38 @@ def read_log(prefix):
 
 
 def read_samples(path):
-    """(time in s, CPU ticks) pairs sampled while pgbench ran."""
+    """(time in s, the proxy's CPU ticks, the machine's busy ticks or None) sampled while
+    pgbench ran."""
     out = []
     if path and os.path.exists(path):
         with open(path) as f:
             for line in f:
                 parts = line.split()
-                if len(parts) == 2:
-                    out.append((float(parts[0]), int(parts[1])))
+                if len(parts) in (2, 3):
+                    machine = int(parts[2]) if len(parts) == 3 else None
+                    out.append((float(parts[0]), int(parts[1]), machine))
     return sorted(out)
 
 
 def steady_window(rows, samples):
     """The measurement window: from when every client had finished its first transaction (all
     logged in) to the last completion, narrowed to CPU samples when there are any. Returns
-    (start, end, ticks or None), or None when the window is under a second."""
+    (start, end, proxy ticks or None, machine ticks or None), or None when the window is under
+    a second."""
     first = {}
     for t, _, client in rows:
         first[client] = min(t, first.get(client, t))
     start, end = max(first.values()), max(t for t, _, _ in rows)
-    ticks = None
+    ticks = machine = None
     if samples:
         inside = [s for s in samples if start <= s[0] <= end]
         if len(inside) < 2:
             return None
-        (start, a), (end, b) = inside[0], inside[-1]
+        (start, a, ma), (end, b, mb) = inside[0], inside[-1]
         ticks = b - a
-    return (start, end, ticks) if end - start >= 1.0 else None
+        if ma is not None and mb is not None:
+            machine = mb - ma
+    return (start, end, ticks, machine) if end - start >= 1.0 else None
 
 
 def parse_pgbench(text):
@@ -105,15 +110,20 @@ def cmd_record(a):
     run["tps"] = run["tps_pgbench"]
     rows = read_log(a.log_prefix) if a.log_prefix else []
     # With -C every transaction is a login: there is no "all logged in" moment, so whole run.
-    window = steady_window(rows, read_samples(a.cpu_samples)) if rows and not a.whole_run else None
+    samples = read_samples(a.cpu_samples)
+    window = steady_window(rows, samples) if rows and not a.whole_run else None
     if window:
-        start, end, ticks = window
+        start, end, ticks, machine = window
         rows = [r for r in rows if start < r[0] <= end]
         run["window_s"] = round(end - start, 3)
         run["window_txns"] = len(rows)
         run["tps"] = round(len(rows) / (end - start), 1)
-        if ticks is not None and a.hz and rows:
+        if ticks is not None and a.hz and rows and a.target != "direct":
             run["cpu_us_per_txn"] = round(ticks / a.hz * 1e6 / len(rows), 2)
+        if machine is not None and a.hz and rows:
+            # Every process on the machine (servers, pgbench, the proxy, the kernel's work for
+            # them): what a proxy costs the servers and the clients shows up here.
+            run["machine_us_per_txn"] = round(machine / a.hz * 1e6 / len(rows), 2)
     lat = sorted(r[1] for r in rows)
     if lat:
         run["lat_samples"] = len(lat)
@@ -126,6 +136,10 @@ def cmd_record(a):
         run["cpu_s_whole_run"] = a.cpu_ticks / a.hz
         run["cpu_us_per_txn_whole_run"] = round(a.cpu_ticks / a.hz * 1e6 / run["txns"], 2)
         run.setdefault("cpu_us_per_txn", run["cpu_us_per_txn_whole_run"])
+    machine = [m for _, _, m in samples if m is not None]
+    if not window and len(machine) >= 2 and a.hz and run["txns"]:
+        run.setdefault("machine_us_per_txn",
+                       round((machine[-1] - machine[0]) / a.hz * 1e6 / run["txns"], 2))
     print(json.dumps(run))
     print(f"    tps {fmt(run['tps'])}  avg {fmt(run['lat_avg_ms'], '{:.2f}')} ms"
           f"  p50 {fmt(run.get('p50_ms'), '{:.2f}')}  p99 {fmt(run.get('p99_ms'), '{:.2f}')}"
@@ -231,7 +245,8 @@ def summarize(runs):
     out = {}
     for key, rs in groups.items():
         s = {k: median_of(rs, k) for k in
-             ("tps", "lat_avg_ms", "p50_ms", "p99_ms", "p99_9_ms", "cpu_us_per_txn")}
+             ("tps", "lat_avg_ms", "p50_ms", "p99_ms", "p99_9_ms", "cpu_us_per_txn",
+              "machine_us_per_txn")}
         s["runs"] = len(rs)
         s["failed_runs"] = sum(1 for r in rs if not r.get("ok"))
         s["tps_each"] = [r.get("tps") for r in rs]
@@ -283,6 +298,17 @@ def print_tables(summary, workloads, targets, na):
                     f"{fmt(ratio(cell(w, 'pgdecomp').get('cpu_us_per_txn'), cell(w, b).get('cpu_us_per_txn')), '{:.2f}'):>13}"
                     for b, _ in cpu_pairs)
                 print(f"{w:<10}{row} |{rat}")
+        if any(cell(w, t).get("machine_us_per_txn") for w in workloads for t in present):
+            print(f"\n== {clients} clients: machine CPU µs per transaction (all processes, /proc/stat)")
+            print(f"{'workload':<10}{head}")
+            for w in workloads:
+                row = "".join(
+                    f"{na_or(w, t, fmt(cell(w, t).get('machine_us_per_txn'), '{:.1f}')):>10}"
+                    for t in present)
+                rat = "".join(
+                    f"{fmt(ratio(cell(w, 'pgdecomp').get('machine_us_per_txn'), cell(w, b).get('machine_us_per_txn')), '{:.2f}'):>13}"
+                    for b, _ in pairs)
+                print(f"{w:<10}{row} |{rat}")
         failed = [f"{w}/{t}" for (c, w, t), s in summary.items() if c == clients and s["failed_runs"]]
         if failed:
             print(f"failed runs (left out of the medians): {', '.join(sorted(failed))}")
@@ -325,7 +351,7 @@ def main():
     r.add_argument("--rc", type=int, default=0)
     r.add_argument("--log-prefix", default="")
     r.add_argument("--cpu-ticks", type=int, help="the proxy's CPU ticks over the whole run")
-    r.add_argument("--cpu-samples", help="lines of `time ticks` sampled during the run")
+    r.add_argument("--cpu-samples", help="lines of `time proxy-ticks machine-ticks` sampled during the run")
     r.add_argument("--hz", type=int)
     for k in ("round", "clients", "duration"):
         r.add_argument("--" + k, type=int, required=True)

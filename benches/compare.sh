@@ -23,6 +23,10 @@
 #   --idle-used         each idle connection first runs one query (a client that has been busy);
 #                       held 4 s before the RSS read (pgdecomp frees a busy period's state 1-2 s
 #                       after a client's last request)
+#   --reads WHERE       replica (default): pgdecomp sends reads outside a transaction to the
+#                       replica, as phase 1 does; primary: pgdecomp lists no replica, so its reads
+#                       run on the primary as PgBouncer's do and the servers do the same work
+#                       (the TPS and the servers' CPU then compare the proxies alone)
 #   --pgbouncer-newest PATH  a PgBouncer binary of the newest release (default: the highest
 #                       version found as $BENCH_CACHE/pgbouncer-*/bin/pgbouncer, BENCH_CACHE
 #                       defaulting to /work/cache); without one, that target is skipped
@@ -42,7 +46,7 @@ source "$BENCH_DIR/../scripts/lib.sh"
 source "$BENCH_DIR/lib/compare-setup.sh"
 
 DURATION=15 ROUNDS=2 WORKLOADS=all CLIENTS_LIST=32 TARGET_LIST='' POOL=8 SCALE=10 IDLE=0 IDLE_USED=()
-NEWEST_BIN=${PGBOUNCER_NEWEST:-} PGDECOMP_BIN='' BASELINE_BIN=${BASELINE:-} OUT='' KEEP=${KEEP:-}
+READS=replica NEWEST_BIN=${PGBOUNCER_NEWEST:-} PGDECOMP_BIN='' BASELINE_BIN=${BASELINE:-} OUT='' KEEP=${KEEP:-}
 while [ $# -gt 0 ]; do
     case $1 in
         --duration) DURATION=$2; shift 2 ;;
@@ -54,6 +58,7 @@ while [ $# -gt 0 ]; do
         --scale) SCALE=$2; shift 2 ;;
         --idle) IDLE=$2; shift 2 ;;
         --idle-used) IDLE_USED=(--used --settle 4); shift ;;
+        --reads) READS=$2; shift 2 ;;
         --pgbouncer-newest) NEWEST_BIN=$2; shift 2 ;;
         --pgdecomp) PGDECOMP_BIN=$2; shift 2 ;;
         --baseline) BASELINE_BIN=$2; shift 2 ;;
@@ -63,6 +68,7 @@ while [ $# -gt 0 ]; do
         *) die "unknown argument: $1 (see --help)" ;;
     esac
 done
+case $READS in replica|primary) ;; *) die "--reads takes replica or primary" ;; esac
 [ "$WORKLOADS" = all ] && WORKLOADS=simple,extended,prepared,tpcb,connect,mix
 [ "$WORKLOADS" = none ] && WORKLOADS=
 IFS=, read -r -a WORKLOAD_NAMES <<<"$WORKLOADS"
@@ -158,7 +164,9 @@ for target in "${TARGETS[@]}"; do
             bin=$PGDECOMP_BIN
             [ "$target" = baseline ] && bin=$BASELINE_BIN
             log "$target: $bin on 127.0.0.1:$port"
-            bench_start_pgdecomp "$target" "$bin" "$port" "$P" "$R" "$POOL" "$PROXY_MAX_CLIENTS"
+            replica=$R
+            [ "$READS" = primary ] && replica=
+            bench_start_pgdecomp "$target" "$bin" "$port" "$P" "$replica" "$POOL" "$PROXY_MAX_CLIENTS"
             PID[$target]=$PGDECOMP_PID
             PROXY_PIDS+=("$PGDECOMP_PID")
             ;;
@@ -181,13 +189,21 @@ workload_args() {
 }
 
 TICK=$(getconf CLK_TCK)
-# sample_cpu PID: "time ticks" every 0.25 s until killed (bash builtins only: no fork per sample).
+# sample_cpu [PID]: "time proxy-ticks machine-busy-ticks" every 0.25 s until killed (bash
+# builtins only: no fork per sample). Without a PID (direct) the proxy's ticks are 0.
 sample_cpu() {
-    local stat
+    local stat cpu own
     while :; do
-        read -r -a stat <"/proc/$1/stat" || return 0
-        # Fields 14 and 15 (utime, stime); the command name in field 2 has no spaces here.
-        printf '%s %s\n' "$EPOCHREALTIME" $((stat[13] + stat[14]))
+        own=0
+        if [ -n "${1:-}" ]; then
+            read -r -a stat <"/proc/$1/stat" || return 0
+            # Fields 14 and 15 (utime, stime); the command name in field 2 has no spaces here.
+            own=$((stat[13] + stat[14]))
+        fi
+        # /proc/stat's first line: user nice system idle iowait irq softirq steal, all cores.
+        read -r -a cpu </proc/stat
+        printf '%s %s %s\n' "$EPOCHREALTIME" "$own" \
+            $((cpu[1] + cpu[2] + cpu[3] + cpu[6] + cpu[7] + cpu[8]))
         sleep 0.25
     done
 }
@@ -200,25 +216,27 @@ run_one() {
     mapfile -t args < <(workload_args "$workload")
     # pgbench's -T includes its logins, made one at a time per thread: RAMP more seconds leave
     # about DURATION seconds with every client logged in (the window compare.py measures).
-    local ramp=$(( (clients + 39) / 40 )) sampler=''
-    if [ -n "${PID[$target]:-}" ]; then
-        before=$(cpu_ticks "${PID[$target]}")
-        sample_cpu "${PID[$target]}" >"$dir/cpu.samples" &
-        sampler=$!
-    fi
+    local ramp=$(( (clients + 39) / 40 )) sampler
+    [ -z "${PID[$target]:-}" ] || before=$(cpu_ticks "${PID[$target]}")
+    sample_cpu "${PID[$target]:-}" >"$dir/cpu.samples" &
+    sampler=$!
     PGPASSWORD=gitlab timeout $((DURATION + ramp + 300)) "$PG_BIN/pgbench" -h 127.0.0.1 -p "${PORT[$target]}" \
         -U gitlab -n -c "$clients" -j "$jobs" -T $((DURATION + ramp)) --log --log-prefix="$dir/tx" "${args[@]}" \
         gitlabhq_production >"$dir/pgbench.out" 2>&1 || rc=$?
-    if [ -n "$sampler" ]; then
-        kill "$sampler" 2>/dev/null || true
-        wait "$sampler" 2>/dev/null || true
+    kill "$sampler" 2>/dev/null || true
+    wait "$sampler" 2>/dev/null || true
+    if [ -n "$before" ]; then
         after=$(cpu_ticks "${PID[$target]}")
-        printf '%s %s\n' "$EPOCHREALTIME" "$after" >>"$dir/cpu.samples"
+        local cpu
+        read -r -a cpu </proc/stat
+        printf '%s %s %s\n' "$EPOCHREALTIME" "$after" \
+            $((cpu[1] + cpu[2] + cpu[3] + cpu[6] + cpu[7] + cpu[8])) >>"$dir/cpu.samples"
     fi
     local record=(--output "$dir/pgbench.out" --rc "$rc" --log-prefix "$dir/tx" --round "$round"
         --clients "$clients" --duration "$DURATION" --workload "$workload" --target "$target")
     [ "$workload" = connect ] && record+=(--whole-run)
-    [ -n "$before" ] && record+=(--cpu-ticks $((after - before)) --cpu-samples "$dir/cpu.samples" --hz "$TICK")
+    record+=(--cpu-samples "$dir/cpu.samples" --hz "$TICK")
+    [ -z "$before" ] || record+=(--cpu-ticks $((after - before)))
     "$PYTHON" "$BENCH_DIR/compare.py" record "${record[@]}" >>"$ROOT/runs.jsonl"
     [ -n "$KEEP" ] || rm -f "$dir"/tx.*
     if [ "$rc" -ne 0 ] || ! grep -q 'number of failed transactions: 0 ' "$dir/pgbench.out" \
@@ -270,7 +288,12 @@ versions=$(for t in "${TARGETS[@]}"; do
 done)
 title="pgbench -j 2 (-j 1 for 1 client), ${DURATION}s per run x $ROUNDS rounds, scale $SCALE, interleaved;"
 title+=" pools: $POOL server connections per pool, transaction mode; pgdecomp phase 1 (reads outside"
-title+=" a transaction on the replica), health checks on; auth: SCRAM (${AUTH:-verifier}); $(nproc) cores"
+if [ "$READS" = primary ]; then
+    title+=" a transaction on the primary: no replica listed), health checks on;"
+else
+    title+=" a transaction on the replica), health checks on;"
+fi
+title+=" auth: SCRAM (${AUTH:-verifier}); $(nproc) cores"
 na_json=
 [ "${#NOT_APPLICABLE[@]}" -eq 0 ] || na_json=$(printf '"%s",' "${NOT_APPLICABLE[@]}")
 unknown_tables=false

@@ -87,14 +87,18 @@ EOF
 }
 
 # bench_start_pgdecomp NAME BIN PORT PRIMARY_PORT REPLICA_PORT POOL MAX_CLIENTS -> sets PGDECOMP_PID
+# (REPLICA_PORT empty: no replica)
 # Phase 1 (reads outside a transaction go to the replica), health checks on (the example's
 # interval), the pool size per target, pgbench's tables mapped to gitlab_main unless
 # UNKNOWN_TABLES=1 (then every pgbench statement is an observed wrong_schema violation).
 bench_start_pgdecomp() {
     local name=$1 bin=$2 port=$3 p=$4 r=$5 pool=$6 max_clients=$7 conf=$ROOT/$1.toml metrics
+    local replicas=
+    # No replica port: pgdecomp knows only the primary, and reads fall back to it.
+    [ -z "$r" ] || replicas="\"127.0.0.1:$r\""
     metrics=$(free_port)
     write_pgdecomp_config "$conf" "$(phase_file_for 1 "$ROOT")" "127.0.0.1:$port" "127.0.0.1:$metrics" \
-        "127.0.0.1:$p" "\"127.0.0.1:$r\"" "127.0.0.1:$p" "\"127.0.0.1:$r\"" "$pool"
+        "127.0.0.1:$p" "$replicas" "127.0.0.1:$p" "$replicas" "$pool"
     if [ ! -f "$ROOT/schemas.tsv" ]; then
         cat "$REPO_ROOT/config/gitlab_schemas.tsv" >"$ROOT/schemas.tsv"
         [ -n "${UNKNOWN_TABLES:-}" ] \
