@@ -6,6 +6,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 use super::scram_client::ScramKeys;
 use super::AuthError;
@@ -162,12 +163,8 @@ impl ScramExchange {
             .map(|(a, b)| a ^ b)
             .collect();
         let computed: [u8; 32] = Sha256::digest(&client_key).into();
-        // Constant-time comparison: the difference is accumulated over every byte.
-        let diff = computed
-            .iter()
-            .zip(verifier.stored_key.iter())
-            .fold(0u8, |d, (a, b)| d | (a ^ b));
-        if diff != 0 {
+        // In constant time: how long a wrong proof takes to refuse says nothing of the key.
+        if !bool::from(computed.ct_eq(&verifier.stored_key)) {
             return Err(AuthError::Failed(user.to_string()));
         }
         let server_signature = hmac(&verifier.server_key, auth_message.as_bytes());

@@ -6,6 +6,7 @@
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 use super::scram::hmac;
 use super::AuthError;
@@ -89,7 +90,7 @@ impl ScramClient {
             .and_then(|v| B64.decode(v).ok())
             .ok_or_else(|| protocol("malformed server-final-message"))?;
         match self.server_signature {
-            Some(want) if got == want => Ok(()),
+            Some(want) if bool::from(got.ct_eq(&want[..])) => Ok(()),
             _ => Err(protocol(
                 "server signature does not match (is the auth file's verifier the server's?)",
             )),

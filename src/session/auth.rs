@@ -5,6 +5,7 @@
 use bytes::{Buf, Bytes};
 use md5::{Digest, Md5};
 use pgwire::messages::startup::Authentication;
+use subtle::ConstantTimeEq;
 
 use super::io::ClientIo;
 use super::SessionError;
@@ -75,8 +76,14 @@ async fn md5_exchange(io: &mut ClientIo, stored_hash: &str) -> Result<bool, Sess
     let body = read_password(io).await?;
     let mut b = &body[..];
     let got = read_cstr(&mut b).unwrap_or_default();
+    Ok(md5_matches(got, stored_hash, salt))
+}
+
+/// Whether `got` is the md5 response to `salt` for the stored `md5(password || user)` hash.
+fn md5_matches(got: &[u8], stored_hash: &str, salt: [u8; 4]) -> bool {
     let want = format!("md5{}", md5_hex(&[stored_hash.as_bytes(), &salt]));
-    Ok(got == want.as_bytes())
+    // In constant time: how long a wrong password takes to refuse says nothing of the hash.
+    bool::from(got.ct_eq(want.as_bytes()))
 }
 
 /// `None` when the proof is wrong.
@@ -119,5 +126,27 @@ async fn scram_exchange(
         }
         Err(AuthError::Failed(_)) => Ok(None),
         Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_md5_response_matches_only_for_its_own_hash_and_salt() {
+        // What libpq sends: "md5" || md5(md5(password || user) || salt), in hex.
+        let stored = md5_hex(&[b"secret", b"alice"]);
+        let salt = [1, 2, 3, 4];
+        let sent = format!("md5{}", md5_hex(&[stored.as_bytes(), &salt]));
+        assert!(md5_matches(sent.as_bytes(), &stored, salt));
+        assert!(!md5_matches(sent.as_bytes(), &stored, [4, 3, 2, 1]));
+        assert!(!md5_matches(
+            sent.as_bytes(),
+            &md5_hex(&[b"other", b"alice"]),
+            salt
+        ));
+        assert!(!md5_matches(&sent.as_bytes()[..20], &stored, salt));
+        assert!(!md5_matches(b"", &stored, salt));
     }
 }
