@@ -54,7 +54,7 @@ pub async fn run(c: &mut Client, shared: &Shared, entry: &ClientEntry) -> Result
 
 /// Serves `first` and the requests that follow it until the client leaves (false) or sends
 /// nothing for a [`LULL`] (true). The lull timer is not reset per request: it fires once per
-/// lull, and ends the busy period only if no request came since it last fired.
+/// lull, and ends the busy period only if no request came since it last fired (`asked`).
 async fn busy(
     c: &mut Client,
     shared: &Shared,
@@ -65,9 +65,8 @@ async fn busy(
 ) -> Result<bool, SessionError> {
     let lull = tokio::time::sleep(LULL);
     tokio::pin!(lull);
-    let (mut served, mut seen) = (0u32, 0u32);
     loop {
-        served = served.wrapping_add(1);
+        let mut asked = true;
         if !serve(c, shared, entry, first).await? {
             return Ok(false);
         }
@@ -77,12 +76,12 @@ async fn busy(
             match next_request(c, drain.as_mut(), lull.as_mut(), start).await? {
                 Waited::Request(next) => break next,
                 Waited::Gone => return Ok(false),
-                Waited::Lull if served == seen => {
+                Waited::Lull if !asked => {
                     c.rest();
                     return Ok(true);
                 }
                 Waited::Lull => {
-                    seen = served;
+                    asked = false;
                     lull.as_mut().reset(tokio::time::Instant::now() + LULL);
                 }
             }
