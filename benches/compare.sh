@@ -189,10 +189,18 @@ workload_args() {
 }
 
 TICK=$(getconf CLK_TCK)
+# machine_ticks: sets MACHINE_TICKS to the busy ticks of all cores so far (a variable, not
+# output: no subshell per sample). /proc/stat's first line: user nice system idle iowait irq
+# softirq steal.
+machine_ticks() {
+    local cpu
+    read -r -a cpu </proc/stat
+    MACHINE_TICKS=$((cpu[1] + cpu[2] + cpu[3] + cpu[6] + cpu[7] + cpu[8]))
+}
 # sample_cpu [PID]: "time proxy-ticks machine-busy-ticks" every 0.25 s until killed (bash
 # builtins only: no fork per sample). Without a PID (direct) the proxy's ticks are 0.
 sample_cpu() {
-    local stat cpu own
+    local stat own
     while :; do
         own=0
         if [ -n "${1:-}" ]; then
@@ -200,10 +208,8 @@ sample_cpu() {
             # Fields 14 and 15 (utime, stime); the command name in field 2 has no spaces here.
             own=$((stat[13] + stat[14]))
         fi
-        # /proc/stat's first line: user nice system idle iowait irq softirq steal, all cores.
-        read -r -a cpu </proc/stat
-        printf '%s %s %s\n' "$EPOCHREALTIME" "$own" \
-            $((cpu[1] + cpu[2] + cpu[3] + cpu[6] + cpu[7] + cpu[8]))
+        machine_ticks
+        printf '%s %s %s\n' "$EPOCHREALTIME" "$own" "$MACHINE_TICKS"
         sleep 0.25
     done
 }
@@ -227,10 +233,8 @@ run_one() {
     wait "$sampler" 2>/dev/null || true
     if [ -n "$before" ]; then
         after=$(cpu_ticks "${PID[$target]}")
-        local cpu
-        read -r -a cpu </proc/stat
-        printf '%s %s %s\n' "$EPOCHREALTIME" "$after" \
-            $((cpu[1] + cpu[2] + cpu[3] + cpu[6] + cpu[7] + cpu[8])) >>"$dir/cpu.samples"
+        machine_ticks
+        printf '%s %s %s\n' "$EPOCHREALTIME" "$after" "$MACHINE_TICKS" >>"$dir/cpu.samples"
     fi
     local record=(--output "$dir/pgbench.out" --rc "$rc" --log-prefix "$dir/tx" --round "$round"
         --clients "$clients" --duration "$DURATION" --workload "$workload" --target "$target")
