@@ -141,6 +141,20 @@ pub fn parse(sql: &str) -> Option<Result<Local, LocalError>> {
     }
 }
 
+/// Whether a Query's `body` may start with SET, RESET or SHOW, told from its bytes before the
+/// text is validated (every simple query passes here). `parse`'s first word begins with the
+/// letters found here, so any other letters rule it out; no letters (a non-ASCII byte first)
+/// rule out nothing.
+fn may_be_local(body: &[u8]) -> bool {
+    let start = body.iter().position(|b| !b.is_ascii_whitespace());
+    let rest = &body[start.unwrap_or(body.len())..];
+    let letters = rest.iter().take_while(|b| b.is_ascii_alphabetic()).count();
+    letters == 0
+        || ["set", "reset", "show"]
+            .iter()
+            .any(|v| rest[..letters].eq_ignore_ascii_case(v.as_bytes()))
+}
+
 /// Answers `first` when it is a `pgdecomp.*` command; returns false (and does nothing) when it
 /// is not. Inside a transaction the command is answered the same way: it changes proxy state
 /// only, which a ROLLBACK does not undo (documented).
@@ -150,6 +164,9 @@ pub async fn answer(
     shared: &Shared,
 ) -> bool {
     use crate::protocol::backend::{self, PgError, Table};
+    if !may_be_local(first.body()) {
+        return false;
+    }
     let Some(sql) = crate::protocol::frontend::query_sql(first) else {
         return false;
     };
@@ -243,6 +260,23 @@ async fn write_lsn(c: &mut super::client::Client, shared: &Shared) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_set_reset_and_show_pass_the_byte_check() {
+        for sql in [
+            "SET pgdecomp.actor = 'x'",
+            " \n show pgdecomp.actor",
+            "Reset x",
+            "\u{b}SET x",
+            "",
+        ] {
+            assert!(may_be_local(sql.as_bytes()), "{sql:?}");
+        }
+        for sql in ["SELECT 1", "settle", "SHOWx", " begin"] {
+            assert!(!may_be_local(sql.as_bytes()), "{sql:?}");
+            assert!(parse(sql).is_none(), "{sql:?}");
+        }
+    }
 
     fn ok(sql: &str) -> Local {
         parse(sql).unwrap().unwrap()

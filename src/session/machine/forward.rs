@@ -361,7 +361,38 @@ fn ensure_prepared(
 }
 
 fn is_discard_all(sql: &str) -> bool {
+    // Looked at for every simple query: most are ruled out by their first word alone, before
+    // the whole text is split into words.
+    let head = sql.trim_start().as_bytes();
+    if !head
+        .get(..7)
+        .is_some_and(|w| w.eq_ignore_ascii_case(b"discard"))
+    {
+        return false;
+    }
     let mut w = sql.trim().trim_end_matches(';').split_whitespace();
     matches!((w.next(), w.next(), w.next()), (Some(a), Some(b), None)
         if a.eq_ignore_ascii_case("discard") && b.eq_ignore_ascii_case("all"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_discard_all;
+
+    #[test]
+    fn discard_all_is_told_by_its_words_whatever_their_case_and_spacing() {
+        for sql in ["DISCARD ALL", " discard\n\tall ;", "Discard All;"] {
+            assert!(is_discard_all(sql), "{sql:?}");
+        }
+        for sql in [
+            "DISCARD PLANS",
+            "DISCARD ALL x",
+            "SELECT 1",
+            "",
+            "DISCARDALL",
+            "discar",
+        ] {
+            assert!(!is_discard_all(sql), "{sql:?}");
+        }
+    }
 }
