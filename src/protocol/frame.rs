@@ -73,8 +73,12 @@ pub fn decode_frame(buf: &mut BytesMut, max_len: usize) -> Result<Option<Frame>,
 
 /// Reads a NUL-terminated string from the front of `buf`, advancing past the NUL.
 pub fn read_cstr<'a>(buf: &mut &'a [u8]) -> Option<&'a [u8]> {
-    // Every statement's text passes here, more than once: memchr scans a word at a time.
-    let pos = memchr::memchr(0, buf)?;
+    // Every statement's text passes here, more than once: memchr scans a word at a time. Names
+    // are mostly empty (the unnamed statement and portal), found without the call.
+    let pos = match buf.first() {
+        Some(0) => 0,
+        _ => memchr::memchr(0, buf)?,
+    };
     let s = &buf[..pos];
     buf.advance(pos + 1);
     Some(s)

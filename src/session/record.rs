@@ -31,7 +31,7 @@ impl Observer for Recorder<'_> {
             m.unparsable.inc();
             tracing::warn!(client = self.client, error = ?c.error, sql = %truncate(e.sql), "unparsable statement sent to the main primary");
         }
-        if c.touches_tables() && phase.sample_schemas_used(rand::random::<f64>() * 100.0) {
+        if c.touches_tables() && phase.sample_schemas_used(|| rand::random::<f64>() * 100.0) {
             count_schemas_used(&c.schemas, d.target, shared);
         }
         for v in &d.violations {

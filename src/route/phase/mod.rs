@@ -111,10 +111,11 @@ impl Phase {
         self.schemas_used_sample_percent
     }
 
-    /// Whether to count this statement in the schemas-used metric; `roll` in [0, 100) must not
-    /// be the rollout roll, or sampling would follow the rollout split.
-    pub fn sample_schemas_used(&self, roll: f64) -> bool {
-        self.schemas_used_sample_percent >= 100.0 || roll < self.schemas_used_sample_percent
+    /// Whether to count this statement in the schemas-used metric; `roll` gives a number in
+    /// [0, 100) that must not be the rollout roll, or sampling would follow the rollout split.
+    /// It is called only when sampling (the default counts every statement, with no roll).
+    pub fn sample_schemas_used(&self, roll: impl FnOnce() -> f64) -> bool {
+        self.schemas_used_sample_percent >= 100.0 || roll() < self.schemas_used_sample_percent
     }
 
     pub fn violation_mode(&self, kind: ViolationKind) -> Mode {
