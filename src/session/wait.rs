@@ -19,7 +19,7 @@ pub enum Event {
     Expired,
 }
 
-/// Waits for the first of: client bytes, server bytes, client writable, server writable. Each
+/// Waits for the first of: client writable, server writable, client bytes, server bytes. Each
 /// operation is polled through a short-lived future on the one stream, so a TLS stream (which
 /// cannot be split into halves) serves reads and writes alike. A TLS session with records still
 /// buffered is flushed as part of its write.
@@ -38,18 +38,8 @@ pub async fn next_event(
                 return Poll::Ready(Event::Expired);
             }
         }
-        if read_client {
-            let mut f = std::pin::pin!(c.io.stream.read_buf(&mut c.io.rbuf));
-            if let Poll::Ready(r) = f.as_mut().poll(cx) {
-                return Poll::Ready(Event::ClientRead(r));
-            }
-        }
-        if read_server {
-            let mut f = std::pin::pin!(sc.stream.read_buf(&mut sc.rbuf));
-            if let Poll::Ready(r) = f.as_mut().poll(cx) {
-                return Poll::Ready(Event::ServerRead(r));
-            }
-        }
+        // Writes first: a socket nearly always takes them at once, and a read polled before
+        // that finds nothing yet costs a readiness check and a waker registration each time.
         if !c.io.wbuf.is_empty() || c.io.stream.needs_flush() {
             let mut f = std::pin::pin!(write_some(&mut c.io.stream, &mut c.io.wbuf));
             if let Poll::Ready(r) = f.as_mut().poll(cx) {
@@ -60,6 +50,18 @@ pub async fn next_event(
             let mut f = std::pin::pin!(write_outbox(&mut sc.stream, out));
             if let Poll::Ready(r) = f.as_mut().poll(cx) {
                 return Poll::Ready(Event::ServerWrote(r));
+            }
+        }
+        if read_client {
+            let mut f = std::pin::pin!(c.io.stream.read_buf(&mut c.io.rbuf));
+            if let Poll::Ready(r) = f.as_mut().poll(cx) {
+                return Poll::Ready(Event::ClientRead(r));
+            }
+        }
+        if read_server {
+            let mut f = std::pin::pin!(sc.stream.read_buf(&mut sc.rbuf));
+            if let Poll::Ready(r) = f.as_mut().poll(cx) {
+                return Poll::Ready(Event::ServerRead(r));
             }
         }
         Poll::Pending
