@@ -18,8 +18,65 @@ pub struct TxnTracker {
     depth: u32,
     written: SchemaMask,
     /// Written tables in order of first write, deduplicated; only for the message.
-    tables: Vec<(String, GitlabSchema)>,
+    tables: WrittenTables,
 }
+
+/// The written tables' names, whose strings the next transaction reuses: a steady stream of
+/// writing transactions allocates nothing here. At most `KEEP` are kept between transactions.
+#[derive(Debug, Default)]
+struct WrittenTables {
+    slots: Vec<(String, GitlabSchema)>,
+    len: usize,
+}
+
+impl WrittenTables {
+    const KEEP: usize = 8;
+
+    fn iter(&self) -> std::slice::Iter<'_, (String, GitlabSchema)> {
+        self.slots[..self.len].iter()
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.iter().any(|(n, _)| n == name)
+    }
+
+    fn push(&mut self, name: &str, schema: &GitlabSchema) {
+        match self.slots.get_mut(self.len) {
+            Some((n, s)) => {
+                n.clear();
+                n.push_str(name);
+                s.clone_from(schema);
+            }
+            None => self.slots.push((name.to_owned(), schema.clone())),
+        }
+        self.len += 1;
+    }
+
+    fn clear(&mut self) {
+        self.len = 0;
+        self.slots.truncate(Self::KEEP);
+    }
+}
+
+/// A copy holds the written tables only: planning copies an idle session's state, which must
+/// not allocate for the spare strings.
+impl Clone for WrittenTables {
+    fn clone(&self) -> Self {
+        let slots = self.slots[..self.len].to_vec();
+        Self {
+            len: slots.len(),
+            slots,
+        }
+    }
+}
+
+impl PartialEq for WrittenTables {
+    fn eq(&self, other: &Self) -> bool {
+        self.slots[..self.len] == other.slots[..other.len]
+    }
+}
+
+impl Eq for WrittenTables {}
 
 /// A transaction that has written tables of both databases.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -129,8 +186,8 @@ impl TxnTracker {
         if in_txn_before {
             for t in modified(c) {
                 self.written |= SchemaMask::of(&t.schema);
-                if !self.tables.iter().any(|(n, _)| *n == t.name) {
-                    self.tables.push((t.name.clone(), t.schema.clone()));
+                if !self.tables.contains(&t.name) {
+                    self.tables.push(&t.name, &t.schema);
                 }
             }
         }

@@ -56,6 +56,31 @@ fn cross_database_modification_in_a_transaction() {
 }
 
 #[test]
+fn a_later_transaction_names_only_its_own_tables() {
+    let p = phase(4);
+    let mut s = RouteState::new(ConnectionKind::DbConfig(Group::Main), 0.0);
+    // The first transaction writes more tables than the second, whose names reuse its slots.
+    run(&begin(), &p, &mut s);
+    for t in ["users", "namespaces", "issues"] {
+        run(&cls(K::Write, &[(t, W)]), &p, &mut s);
+    }
+    run(&txn(TxnCommand::Commit), &p, &mut s);
+    run(&begin(), &p, &mut s);
+    run(&cls(K::Write, &[("projects", W)]), &p, &mut s);
+    let d = route(&cls(K::Write, &[("ci_builds", W)]), &p, &s);
+    let v = d
+        .violations
+        .iter()
+        .find(|v| v.kind == ViolationKind::CrossDatabaseModification)
+        .unwrap();
+    assert_eq!(
+        v.message,
+        "Cross-database data modification of 'gitlab_ci, gitlab_main' were detected within a transaction \
+         modifying the 'projects, ci_builds' tables."
+    );
+}
+
+#[test]
 fn cross_database_modification_rules() {
     let p = phase(4);
     let mut s = transparent();
