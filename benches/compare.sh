@@ -82,6 +82,10 @@ PYTHON=${PYTHON:-python3}
 wanted() { [ -z "$TARGET_LIST" ] || [[ ",$TARGET_LIST," == *",$1,"* ]]; }
 
 ensure_packages postgresql-15 postgresql-client-15 pgbouncer
+if [ "$IDLE" -gt 0 ]; then
+    ensure_packages python3-pip
+    ensure_python_drivers
+fi
 DEBIAN_BIN=$(command -v pgbouncer || echo /usr/sbin/pgbouncer)
 if [ -z "$NEWEST_BIN" ] && wanted pgbouncer-newest; then
     # The highest version among the cached builds.

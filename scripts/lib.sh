@@ -34,6 +34,18 @@ ensure_packages() {
         || { log "apt-get install failed; retrying once"; "${sudo[@]}" "${install[@]}" "${missing[@]}"; }
 }
 
+# ensure_python_drivers: psycopg 3 and asyncpg from PyPI (pinned in
+# tests/drivers/python/requirements.txt), for the driver tests and compare.sh's idle clients.
+ensure_python_drivers() {
+    python3 -c 'import psycopg, asyncpg' 2>/dev/null && return 0
+    log "installing psycopg and asyncpg"
+    # A Debian-managed python3 refuses system-wide installs (PEP 668) unless told.
+    python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore \
+        -r "$REPO_ROOT/tests/drivers/python/requirements.txt" ||
+        python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore \
+            --break-system-packages -r "$REPO_ROOT/tests/drivers/python/requirements.txt"
+}
+
 # PostgreSQL refuses to run as root, so server commands run as postgres when we are root.
 as_pg() {
     if [ "$(id -u)" -eq 0 ]; then
