@@ -29,6 +29,16 @@ fn cross_join_observed_then_enforced() {
     assert!(v.pg_error(&long).message.len() < MAX_SQL_IN_ERROR + 200);
 }
 
+/// The cross-database modification a write to ci_builds reports in `s`'s transaction.
+fn cross_db_on_ci_write(p: &Phase, s: &RouteState) -> Violation {
+    let d = route(&cls(K::Write, &[("ci_builds", W)]), p, s);
+    let found = d
+        .violations
+        .into_iter()
+        .find(|v| v.kind == ViolationKind::CrossDatabaseModification);
+    found.expect("a cross-database modification")
+}
+
 #[test]
 fn cross_database_modification_in_a_transaction() {
     for (n, mode) in [(4, Mode::Observe), (7, Mode::Enforce)] {
@@ -38,12 +48,7 @@ fn cross_database_modification_in_a_transaction() {
         assert!(run(&cls(K::Write, &[("projects", W)]), &p, &mut s)
             .violations
             .is_empty());
-        let d = route(&cls(K::Write, &[("ci_builds", W)]), &p, &s);
-        let v = d
-            .violations
-            .iter()
-            .find(|v| v.kind == ViolationKind::CrossDatabaseModification)
-            .unwrap();
+        let v = cross_db_on_ci_write(&p, &s);
         assert_eq!(v.mode, mode, "phase {n}");
         assert_eq!(v.schemas, [GitlabSchema::Ci, GitlabSchema::Main]);
         assert_eq!(
@@ -67,12 +72,7 @@ fn a_later_transaction_names_only_its_own_tables() {
     run(&txn(TxnCommand::Commit), &p, &mut s);
     run(&begin(), &p, &mut s);
     run(&cls(K::Write, &[("projects", W)]), &p, &mut s);
-    let d = route(&cls(K::Write, &[("ci_builds", W)]), &p, &s);
-    let v = d
-        .violations
-        .iter()
-        .find(|v| v.kind == ViolationKind::CrossDatabaseModification)
-        .unwrap();
+    let v = cross_db_on_ci_write(&p, &s);
     assert_eq!(
         v.message,
         "Cross-database data modification of 'gitlab_ci, gitlab_main' were detected within a transaction \
