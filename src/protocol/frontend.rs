@@ -11,6 +11,26 @@ pub fn query_sql(f: &Frame) -> Option<&str> {
     read_cstr(&mut b).and_then(|s| std::str::from_utf8(s).ok())
 }
 
+/// Whether a query's `text` may begin with one of `verbs` (lowercase letters), told from its
+/// bytes alone: every simple query passes such checks, and most are ruled out here before
+/// their text is validated or split into words. The verb is the run of ASCII letters after
+/// ASCII whitespace; a word split at any whitespace begins with that run, so a different run
+/// rules the verb out. No run (a non-ASCII byte or another character first) rules nothing out.
+#[inline]
+pub fn may_start_with(text: &[u8], verbs: &[&str]) -> bool {
+    let start = text.iter().position(|b| !b.is_ascii_whitespace());
+    let rest = &text[start.unwrap_or(text.len())..];
+    if !rest.first().is_some_and(u8::is_ascii_alphabetic) {
+        return true;
+    }
+    // The run is `v` when it starts with `v` and no letter follows.
+    verbs.iter().any(|v| {
+        rest.get(..v.len())
+            .is_some_and(|w| w.eq_ignore_ascii_case(v.as_bytes()))
+            && !rest.get(v.len()).is_some_and(u8::is_ascii_alphabetic)
+    })
+}
+
 /// A Parse message: statement name, SQL text and the raw parameter-type section.
 pub struct ParseView<'a> {
     pub name: &'a [u8],

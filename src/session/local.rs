@@ -141,18 +141,9 @@ pub fn parse(sql: &str) -> Option<Result<Local, LocalError>> {
     }
 }
 
-/// Whether a Query's `body` may start with SET, RESET or SHOW, told from its bytes before the
-/// text is validated (every simple query passes here). `parse`'s first word begins with the
-/// letters found here, so any other letters rule it out; no letters (a non-ASCII byte first)
-/// rule out nothing.
+/// Whether a Query's `body` may be one of `parse`'s commands, before its text is validated.
 fn may_be_local(body: &[u8]) -> bool {
-    let start = body.iter().position(|b| !b.is_ascii_whitespace());
-    let rest = &body[start.unwrap_or(body.len())..];
-    let letters = rest.iter().take_while(|b| b.is_ascii_alphabetic()).count();
-    letters == 0
-        || ["set", "reset", "show"]
-            .iter()
-            .any(|v| rest[..letters].eq_ignore_ascii_case(v.as_bytes()))
+    crate::protocol::frontend::may_start_with(body, &["set", "reset", "show"])
 }
 
 /// Answers `first` when it is a `pgdecomp.*` command; returns false (and does nothing) when it

@@ -9,8 +9,8 @@ use super::refuse::own_error;
 use super::{execute, Attachment, Ctx, Session};
 use crate::protocol::frame::Frame;
 use crate::protocol::frontend::{
-    bind_statement, parse_view, query_sql, target_of, write_bind_head, write_parse, write_query,
-    write_target,
+    bind_statement, may_start_with, parse_view, query_sql, target_of, write_bind_head, write_parse,
+    write_query, write_target,
 };
 use crate::protocol::Front;
 use crate::server::ServerStatements;
@@ -361,13 +361,7 @@ fn ensure_prepared(
 }
 
 fn is_discard_all(sql: &str) -> bool {
-    // Looked at for every simple query: most are ruled out by their first word alone, before
-    // the whole text is split into words.
-    let head = sql.trim_start().as_bytes();
-    if !head
-        .get(..7)
-        .is_some_and(|w| w.eq_ignore_ascii_case(b"discard"))
-    {
+    if !may_start_with(sql.as_bytes(), &["discard"]) {
         return false;
     }
     let mut w = sql.trim().trim_end_matches(';').split_whitespace();

@@ -9,7 +9,7 @@ use super::{execute, Ctx, Held, Session};
 use crate::classify::{Classification, StatementKind, TxnCommand};
 use crate::protocol::backend::{self, PgError};
 use crate::protocol::frame::Frame;
-use crate::protocol::frontend::{bind_statement, parse_view, query_sql, target_of};
+use crate::protocol::frontend::{bind_statement, may_start_with, parse_view, query_sql, target_of};
 use crate::protocol::tag::back;
 use crate::protocol::Front;
 use crate::route::{route, Reason};
@@ -47,9 +47,7 @@ pub enum Deallocate<'a> {
 }
 
 pub fn deallocate(sql: &str) -> Option<Deallocate<'_>> {
-    // Looked at for every simple query: most are ruled out by their first word alone.
-    let head = sql.trim_start().as_bytes();
-    if !head.get(..10)?.eq_ignore_ascii_case(b"deallocate") {
+    if !may_start_with(sql.as_bytes(), &["deallocate"]) {
         return None;
     }
     let mut words = sql.trim().trim_end_matches(';').split_whitespace();
