@@ -88,19 +88,10 @@ if [ "$IDLE" -gt 0 ]; then
 fi
 DEBIAN_BIN=$(command -v pgbouncer || echo /usr/sbin/pgbouncer)
 if [ -z "$NEWEST_BIN" ] && wanted pgbouncer-newest; then
-    # The highest version among the cached builds.
-    for bin in "${BENCH_CACHE:-/work/cache}"/pgbouncer-*/bin/pgbouncer "$REPO_ROOT"/target/pgbouncer-*/bin/pgbouncer; do
-        [ -x "$bin" ] || continue
-        if [ -z "$NEWEST_BIN" ] || version_ge "$(pgbouncer_version "$bin")" "$(pgbouncer_version "$NEWEST_BIN")"; then
-            NEWEST_BIN=$bin
-        fi
-    done
+    NEWEST_BIN=$(newest_cached_pgbouncer)
 fi
 if [ -z "$PGDECOMP_BIN" ] && wanted pgdecomp; then
-    command -v cargo >/dev/null || die "cargo is required (or pass --pgdecomp PATH)"
-    log "building pgdecomp (release)"
-    (cd "$REPO_ROOT" && cargo build --release --quiet)
-    PGDECOMP_BIN="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release/pgdecomp"
+    PGDECOMP_BIN=$(build_pgdecomp)
 fi
 ! wanted pgdecomp || [ -x "$PGDECOMP_BIN" ] || die "no pgdecomp binary at $PGDECOMP_BIN"
 
@@ -177,20 +168,6 @@ for target in "${TARGETS[@]}"; do
     esac
     PORT[$target]=$port
 done
-
-# workload_args NAME -> the pgbench arguments of a workload, one per line.
-workload_args() {
-    case $1 in
-        simple) printf '%s\n' -S -M simple ;;
-        extended) printf '%s\n' -S -M extended ;;
-        prepared) printf '%s\n' -S -M prepared ;;
-        tpcb) printf '%s\n' -M simple ;;
-        connect) printf '%s\n' -S -C ;;
-        mix) printf '%s\n' -M extended -f "$BENCH_DIR/gitlab-mix/main-read.sql@5" \
-            -f "$BENCH_DIR/gitlab-mix/ci-read.sql@3" -f "$BENCH_DIR/gitlab-mix/ci-write.sql@1" \
-            -f "$BENCH_DIR/gitlab-mix/main-write.sql@1" ;;
-    esac
-}
 
 TICK=$(getconf CLK_TCK)
 # machine_ticks: sets MACHINE_TICKS to the busy ticks of all cores so far (a variable, not

@@ -44,18 +44,9 @@ for w in "${WORKLOAD_NAMES[@]}"; do
 done
 
 ensure_packages postgresql-15 postgresql-client-15 pgbouncer valgrind
-if [ -z "$BOUNCER_BIN" ]; then
-    BOUNCER_BIN=$(command -v pgbouncer || echo /usr/sbin/pgbouncer)
-    for bin in "${BENCH_CACHE:-/work/cache}"/pgbouncer-*/bin/pgbouncer; do
-        [ -x "$bin" ] || continue
-        version_ge "$(pgbouncer_version "$bin")" "$(pgbouncer_version "$BOUNCER_BIN")" && BOUNCER_BIN=$bin
-    done
-fi
-if [ -z "$PGDECOMP_BIN" ]; then
-    log "building pgdecomp (release)"
-    (cd "$REPO_ROOT" && cargo build --release --quiet)
-    PGDECOMP_BIN="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release/pgdecomp"
-fi
+[ -n "$BOUNCER_BIN" ] || BOUNCER_BIN=$(newest_cached_pgbouncer)
+[ -n "$BOUNCER_BIN" ] || BOUNCER_BIN=$(command -v pgbouncer || echo /usr/sbin/pgbouncer)
+[ -n "$PGDECOMP_BIN" ] || PGDECOMP_BIN=$(build_pgdecomp)
 [ -x "$PGDECOMP_BIN" ] || die "no pgdecomp binary at $PGDECOMP_BIN"
 
 ROOT=$(mktemp -d "${TMPDIR:-/tmp}/pgdecomp-instructions.XXXXXX")
@@ -145,12 +136,7 @@ control() {
 # transaction was processed.
 run_pgbench() {
     local args
-    case $2 in
-        simple) args=(-S -M simple) ;;
-        extended) args=(-S -M extended) ;;
-        prepared) args=(-S -M prepared) ;;
-        tpcb) args=(-M simple) ;;
-    esac
+    mapfile -t args < <(workload_args "$2")
     PGPASSWORD=gitlab "$PG_BIN/pgbench" -n "${args[@]}" -c "$CLIENTS" -j 1 -t "$3" -h 127.0.0.1 \
         -p "${PORT[$1]}" -U gitlab gitlabhq_production >"$ROOT/$1/pgbench-$2.log" 2>&1 \
         || die "pgbench $2 through $1 failed: $ROOT/$1/pgbench-$2.log"

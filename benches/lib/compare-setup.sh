@@ -1,7 +1,8 @@
-# shellcheck shell=bash disable=SC2034,SC2153  # sets BOUNCER_PID/PGDECOMP_PID for, and reads ROOT from, benches/compare.sh
-# Setup for benches/compare.sh: a main primary with a streaming replica, PgBouncer instances and
-# pgdecomp, each on free loopback ports under $ROOT. Sourced after scripts/lib.sh; uses its
-# pg_* helpers and sets nothing outside the variables named below.
+# shellcheck shell=bash disable=SC2034,SC2153  # sets BOUNCER_PID/PGDECOMP_PID for, and reads ROOT and BENCH_DIR from, the bench scripts
+# Setup for benches/compare.sh and benches/instructions.sh: a main primary with a streaming
+# replica, PgBouncer instances and pgdecomp, each on free loopback ports under $ROOT, and what
+# both scripts pick and run (the binaries, the workloads). Sourced after scripts/lib.sh; uses
+# its pg_* helpers and sets nothing outside the variables named below.
 
 # bench_pg_pair ROOT PRIMARY_PORT REPLICA_PORT MAX_CONNECTIONS
 # pg_init_primary's steps (the fixtures' config, roles and GitLab tables) with max_connections
@@ -42,6 +43,43 @@ bench_userlist() {
     local secret=gitlab
     [ "${AUTH:-verifier}" = plain ] || secret=$(pg_scram_verifier "$1/main_primary" "$2" gitlab)
     printf '"gitlab" "%s"\n' "$secret" | as_pg tee "$1/userlist.txt" >/dev/null
+}
+
+# newest_cached_pgbouncer -> the highest version among the cached PgBouncer builds
+# ($BENCH_CACHE/pgbouncer-*/bin/pgbouncer, BENCH_CACHE defaulting to /work/cache, and
+# target/pgbouncer-*), or nothing.
+newest_cached_pgbouncer() {
+    local bin newest=''
+    for bin in "${BENCH_CACHE:-/work/cache}"/pgbouncer-*/bin/pgbouncer "$REPO_ROOT"/target/pgbouncer-*/bin/pgbouncer; do
+        [ -x "$bin" ] || continue
+        if [ -z "$newest" ] || version_ge "$(pgbouncer_version "$bin")" "$(pgbouncer_version "$newest")"; then
+            newest=$bin
+        fi
+    done
+    printf '%s\n' "$newest"
+}
+
+# build_pgdecomp -> builds pgdecomp (release, honouring CARGO_TARGET_DIR) and prints its path.
+build_pgdecomp() {
+    command -v cargo >/dev/null || die "cargo is required (or pass --pgdecomp PATH)"
+    log "building pgdecomp (release)"
+    # A command substitution does not inherit errexit: the failure is handled here.
+    (cd "$REPO_ROOT" && cargo build --release --quiet) >&2 || die "cargo build --release failed"
+    printf '%s\n' "${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release/pgdecomp"
+}
+
+# workload_args NAME -> the pgbench arguments of a workload, one per line.
+workload_args() {
+    case $1 in
+        simple) printf '%s\n' -S -M simple ;;
+        extended) printf '%s\n' -S -M extended ;;
+        prepared) printf '%s\n' -S -M prepared ;;
+        tpcb) printf '%s\n' -M simple ;;
+        connect) printf '%s\n' -S -C ;;
+        mix) printf '%s\n' -M extended -f "$BENCH_DIR/gitlab-mix/main-read.sql@5" \
+            -f "$BENCH_DIR/gitlab-mix/ci-read.sql@3" -f "$BENCH_DIR/gitlab-mix/ci-write.sql@1" \
+            -f "$BENCH_DIR/gitlab-mix/main-write.sql@1" ;;
+    esac
 }
 
 # pgbouncer_version BIN -> "1.25.2"
