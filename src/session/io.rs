@@ -75,6 +75,16 @@ impl ClientIo {
         }
     }
 
+    /// Between the requests of a busy period, which keeps its buffers: one grown by a large
+    /// message is let go all the same (the next read takes a spare one).
+    pub fn trim(&mut self) {
+        for buf in [&mut self.rbuf, &mut self.wbuf] {
+            if buf.is_empty() && buf.capacity() > spare::MAX_KEPT {
+                *buf = BytesMut::new();
+            }
+        }
+    }
+
     /// The next complete frame already buffered, if any.
     pub fn buffered_frame(&mut self) -> Result<Option<Frame>, SessionError> {
         let frame = decode_frame(&mut self.rbuf, self.max_message).map_err(too_long)?;
@@ -131,5 +141,31 @@ impl ClientIo {
             self.stream.flush().await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn trim_lets_go_of_a_grown_buffer_only_when_it_is_empty() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stream = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let mut io = ClientIo::new(stream, 1 << 20);
+        io.trim();
+        assert_eq!(
+            io.rbuf.capacity(),
+            spare::SIZE,
+            "a spare-sized buffer stays"
+        );
+        io.rbuf.reserve(4 * spare::MAX_KEPT);
+        io.wbuf.reserve(4 * spare::MAX_KEPT);
+        io.wbuf.extend_from_slice(b"unsent");
+        io.trim();
+        assert_eq!(io.rbuf.capacity(), 0, "the empty grown read buffer goes");
+        assert_eq!(&io.wbuf[..], b"unsent", "a buffer with bytes in it stays");
     }
 }
