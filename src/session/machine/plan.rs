@@ -61,6 +61,9 @@ impl Session {
     }
 
     fn lead(&mut self, unit: &[Frame], ctx: &mut Ctx) -> Lead {
+        if let Some(d) = self.single_statement_lead(unit, ctx) {
+            return Lead::Executes(d);
+        }
         let snap = self.snap.clone();
         let mut search = LeadSearch {
             sim: self.route.clone(),
@@ -115,6 +118,24 @@ impl Session {
         // described statement will run inside that transaction.
         let class = first_statement.unwrap_or_else(empty_class);
         Lead::Prepares(route(&class, &snap.phase, &search.sim))
+    }
+}
+
+impl Session {
+    /// A lone Query of one statement (most requests): its own decision leads, with no copy of
+    /// the routing state to replay it on. A BEGIN held back leaves it to the search.
+    fn single_statement_lead(&mut self, unit: &[Frame], ctx: &mut Ctx) -> Option<Decision> {
+        let [f] = unit else { return None };
+        if f.front() != Front::Query {
+            return None;
+        }
+        let sql = query_sql(f).unwrap_or_default();
+        let whole = self.class_of(ctx.cache, sql);
+        if ctx.cache.each(sql, &whole).is_some() {
+            return None;
+        }
+        let d = route(&whole, &self.snap.phase, &self.route);
+        (d.reason != Reason::BeginDeferred).then_some(d)
     }
 }
 
