@@ -46,6 +46,43 @@ const INTERESTING: [bool; 256] = {
     table
 };
 
+/// The first interesting byte at or after `i` (or the end). Every interesting byte lies in
+/// 0x22..=0x39, which most of a statement's words and spaces do not touch: an 8-byte word with
+/// no byte in that range is skipped whole, and only a word with one is looked at byte by byte.
+fn next_interesting(bytes: &[u8], mut i: usize) -> usize {
+    loop {
+        while let Some(word) = bytes
+            .get(i..i + 8)
+            .and_then(|w| <[u8; 8]>::try_from(w).ok())
+        {
+            if has_byte_between(u64::from_le_bytes(word), 0x21, 0x3a) {
+                break;
+            }
+            i += 8;
+        }
+        let end = bytes.len().min(i + 8);
+        while i < end {
+            if INTERESTING[bytes[i] as usize] {
+                return i;
+            }
+            i += 1;
+        }
+        if i == bytes.len() {
+            return i;
+        }
+    }
+}
+
+/// Whether a byte of `x` lies strictly between `low` and `high` (both below 0x80; bytes with the
+/// high bit set never count). Each byte's lane stays within its 8 bits, so lanes do not mix.
+fn has_byte_between(x: u64, low: u8, high: u8) -> bool {
+    const ONES: u64 = u64::from_le_bytes([1; 8]);
+    let low7 = x & (ONES * 0x7f);
+    let below_high = (ONES * (0x7f + u64::from(high))).wrapping_sub(low7);
+    let above_low = low7.wrapping_add(ONES * (0x7f - u64::from(low)));
+    below_high & !x & above_low & (ONES * 0x80) != 0
+}
+
 /// Identifier bytes (PostgreSQL allows `$` inside identifiers and any non-ASCII byte).
 fn is_ident(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80
@@ -59,9 +96,7 @@ fn normalize(sql: &str, limit: usize, out: &mut String) -> Option<()> {
     let mut copied = 0;
     let mut i = 0;
     loop {
-        while i < bytes.len() && !INTERESTING[bytes[i] as usize] {
-            i += 1;
-        }
+        i = next_interesting(bytes, i);
         let Some(&b) = bytes.get(i) else { break };
         let after_ident = i > 0 && is_ident(bytes[i - 1]);
         match b {
@@ -205,7 +240,21 @@ fn number_end(bytes: &[u8], start: usize) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
-    use super::{cache_key, cache_key_within};
+    use super::{cache_key, cache_key_within, next_interesting, INTERESTING};
+
+    proptest::proptest! {
+        #[test]
+        fn the_word_scan_finds_what_the_byte_scan_finds(
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..40),
+            start in 0usize..40,
+        ) {
+            let start = start.min(bytes.len());
+            let naive = (start..bytes.len())
+                .find(|&i| INTERESTING[bytes[i] as usize])
+                .unwrap_or(bytes.len());
+            proptest::prop_assert_eq!(next_interesting(&bytes, start), naive);
+        }
+    }
 
     #[test]
     fn bounded_keys_stop_at_the_limit() {
