@@ -72,7 +72,7 @@ pub fn show(what: &str, shared: &Shared) -> Result<Table, PgError> {
             ]);
             let paused = shared.control.paused();
             for (key, pool) in shared.pools.load().all() {
-                let st = pool.status();
+                let st = crate::pool::Pools::status(&pool);
                 t.row(vec![
                     s(&key.spec.dbname),
                     s(&key.spec.user),

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use deadpool::managed::{Metrics, RecycleError, RecycleResult};
 
+use super::stash::Stash;
 use crate::server::{ServerConn, ServerError, ServerSpec};
 
 /// Timeouts and limits that govern one pool's connections.
@@ -22,6 +23,17 @@ pub struct ServerManager {
     /// For write targets: refuse a server in recovery. The health checker's view can be a round
     /// old; this check on every new connection keeps writes off a node just demoted.
     pub require_primary: bool,
+    /// Connections released last, checked out before deadpool is asked (`stash.rs`).
+    pub stash: Stash,
+}
+
+/// What a pooled connection needs before a client may have it.
+pub enum Readiness {
+    Ready,
+    /// Idle past server_check_delay: a round trip must show the server still answers.
+    Ping,
+    /// Broken, expired or closed by the server.
+    Discard(&'static str),
 }
 
 impl deadpool::managed::Manager for ServerManager {
@@ -67,28 +79,40 @@ impl ServerManager {
         conn
     }
 
-    async fn check(&self, conn: &mut ServerConn) -> RecycleResult<ServerError> {
+    /// The checks of a checkout that need no round trip, against the clock read `now`.
+    pub fn readiness(&self, conn: &mut ServerConn, now: Instant) -> Readiness {
         if conn.broken || conn.in_use {
-            return Err(RecycleError::message("connection marked broken"));
+            return Readiness::Discard("connection marked broken");
         }
-        // One clock read per checkout serves all three comparisons.
-        let now = Instant::now();
         if now.saturating_duration_since(conn.created) > self.limits.server_lifetime {
-            return Err(RecycleError::message("server_lifetime reached"));
+            return Readiness::Discard("server_lifetime reached");
         }
         if conn.is_closed_or_dirty() {
-            return Err(RecycleError::message("server closed the connection"));
+            return Readiness::Discard("server closed the connection");
         }
         if now.saturating_duration_since(conn.last_used) > self.limits.check_delay {
-            // Boxed with its timer: rare (only after check_delay idle), and inline it would
-            // widen every checkout's state, which each client task carries.
-            let (limit, c) = (self.limits.connect_timeout, &mut *conn);
-            let check =
-                Box::pin(async move { tokio::time::timeout(limit, c.simple_query(";")).await });
-            match check.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(RecycleError::Backend(e)),
-                Err(_) => return Err(RecycleError::message("server check timed out")),
+            return Readiness::Ping;
+        }
+        Readiness::Ready
+    }
+
+    async fn check(&self, conn: &mut ServerConn) -> RecycleResult<ServerError> {
+        // One clock read per checkout serves all three comparisons.
+        let now = Instant::now();
+        match self.readiness(conn, now) {
+            Readiness::Ready => {}
+            Readiness::Discard(why) => return Err(RecycleError::message(why)),
+            Readiness::Ping => {
+                // Boxed with its timer: rare (only after check_delay idle), and inline it would
+                // widen every checkout's state, which each client task carries.
+                let (limit, c) = (self.limits.connect_timeout, &mut *conn);
+                let check =
+                    Box::pin(async move { tokio::time::timeout(limit, c.simple_query(";")).await });
+                match check.await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Err(RecycleError::Backend(e)),
+                    Err(_) => return Err(RecycleError::message("server check timed out")),
+                }
             }
         }
         conn.last_used = now;

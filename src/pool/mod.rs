@@ -3,16 +3,18 @@
 
 mod cache;
 mod manager;
+mod stash;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use deadpool::managed::{Object, Pool, PoolError, QueueMode, TimeoutType, Timeouts};
+use deadpool::managed::{Object, Pool, PoolError, QueueMode, Status, TimeoutType, Timeouts};
 use deadpool::Runtime;
 
 pub use cache::PoolCache;
 pub use manager::{ConnLimits, ServerManager};
+pub use stash::release;
 
 use crate::route::Target;
 use crate::server::{ServerError, ServerSpec};
@@ -38,6 +40,8 @@ pub struct PoolSettings {
     pub query_wait_timeout: Duration,
     pub idle_timeout: Duration,
     pub limits: ConnLimits,
+    /// Released connections wait in a stash in front of deadpool (one serving thread only).
+    pub stash: bool,
 }
 
 /// Why a client could not get a server connection.
@@ -82,6 +86,7 @@ impl Pools {
             spec: key.spec.clone(),
             limits: self.settings.limits.clone(),
             require_primary: !key.target.is_replica(),
+            stash: stash::Stash::new(self.settings.stash),
         };
         let pool = Pool::builder(manager)
             .max_size(self.settings.pool_size.max(1))
@@ -115,6 +120,14 @@ impl Pools {
             .insert(spec.clone(), w);
     }
 
+    /// A pool's counts as deadpool keeps them, with its stashed connections counted idle.
+    pub fn status(pool: &ServerPool) -> Status {
+        let mut st = pool.status();
+        let stashed = pool.manager().stash.len();
+        st.available = (st.available + stashed).min(st.size);
+        st
+    }
+
     /// Every pool with its key, for stats and maintenance.
     pub fn all(&self) -> Vec<(PoolKey, ServerPool)> {
         let pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
@@ -130,6 +143,7 @@ impl Pools {
             if !kept {
                 tracing::info!(server = %key.spec.addr, target = %key.target, "draining a removed server's pool");
                 pool.close();
+                drop(pool.manager().stash.drain());
             }
             kept
         });
@@ -139,6 +153,8 @@ impl Pools {
     pub async fn maintain(&self) {
         let idle_timeout = self.settings.idle_timeout;
         for (_, pool) in self.all() {
+            // Back to deadpool first, so the idle checks below see them too.
+            drop(pool.manager().stash.drain());
             pool.retain(|conn, _| !conn.broken && conn.last_used.elapsed() < idle_timeout);
             let status = pool.status();
             let missing = self.settings.min_idle.saturating_sub(status.available);
@@ -161,6 +177,9 @@ impl Pools {
 
 /// Takes a connection from `pool`, mapping deadpool's errors to what the client is told.
 pub async fn checkout(pool: &ServerPool, target: Target) -> Result<PooledConn, CheckoutError> {
+    if let Some(conn) = stash::take(pool) {
+        return Ok(conn);
+    }
     // A first try that does not wait: with a permit free (the usual case) it skips the wait's
     // timer, which costs more than the rest of a checkout. Both tries are the same future at
     // the same await, so the state is no larger; a client queued for a permit is not

@@ -282,7 +282,7 @@ async fn finish(
             c.session.detach();
             conn.in_use = false;
             conn.last_used = Instant::now();
-            drop(conn);
+            crate::pool::release(conn);
             Ok(PumpEnd::Released)
         }
         Outcome::Gone { clean } => {

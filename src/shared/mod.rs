@@ -116,7 +116,7 @@ impl Shared {
         m.pending_logins.set(self.logins.waiting() as i64);
         m.cutover.held.set(self.hold.waiting() as i64);
         for (key, pool) in self.pools.load().all() {
-            let st = pool.status();
+            let st = crate::pool::Pools::status(&pool);
             let labels = |state| [key.target.label(), key.spec.addr.as_str(), state];
             m.pool_servers
                 .with_label_values(&labels("idle"))

@@ -1,0 +1,80 @@
+//! Pipeline step 4 (… → route → **pool** → server): the connections a pool's clients released
+//! last, kept in front of deadpool. A checkout that finds one here skips deadpool's semaphore,
+//! queue lock, hooks and clock reads, which cost more than the rest of a transaction's
+//! bookkeeping. Only for a single-threaded runtime: there a release cannot slip between a
+//! client's look here and its wait on deadpool, so a stashed connection never idles beside a
+//! waiting client. deadpool still owns every connection (a stashed one counts as in use to it),
+//! so `max_size` holds; `Pools` adds the stash back to the idle count and empties it into
+//! deadpool before each maintenance pass, so idle_timeout and min_idle see every connection.
+
+use std::sync::Mutex;
+use std::time::Instant;
+
+use deadpool::managed::Object;
+
+use super::manager::Readiness;
+use super::{PooledConn, ServerPool};
+
+/// Idle connections released to a pool, the most recent last.
+#[derive(Default)]
+pub struct Stash {
+    enabled: bool,
+    idle: Mutex<Vec<PooledConn>>,
+}
+
+impl Stash {
+    pub fn new(enabled: bool) -> Self {
+        Self {
+            enabled,
+            idle: Mutex::default(),
+        }
+    }
+
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<PooledConn>> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn len(&self) -> usize {
+        self.idle().len()
+    }
+
+    /// Takes every stashed connection out (they go back to deadpool when dropped).
+    pub fn drain(&self) -> Vec<PooledConn> {
+        std::mem::take(&mut *self.idle())
+    }
+}
+
+/// The most recently released connection that passes the checks deadpool's recycle makes, if
+/// one is stashed. One needing a ping goes back to deadpool, whose recycle pings it; a broken
+/// or expired one is closed.
+pub fn take(pool: &ServerPool) -> Option<PooledConn> {
+    let m = pool.manager();
+    if !m.stash.enabled {
+        return None;
+    }
+    let mut now = None;
+    loop {
+        let mut conn = m.stash.idle().pop()?;
+        let at = *now.get_or_insert_with(Instant::now);
+        match m.readiness(&mut conn, at) {
+            Readiness::Ready => {
+                conn.last_used = at;
+                return Some(conn);
+            }
+            Readiness::Ping => drop(conn),
+            Readiness::Discard(_) => drop(Object::take(conn)),
+        }
+    }
+}
+
+/// Gives a connection back after a transaction: into the stash, unless a client is waiting on
+/// deadpool (which then gets it) or the pool is closed.
+pub fn release(conn: PooledConn) {
+    let Some(pool) = Object::pool(&conn) else {
+        return;
+    };
+    let m = pool.manager();
+    if m.stash.enabled && !pool.is_closed() && pool.status().waiting == 0 {
+        m.stash.idle().push(conn);
+    }
+}
