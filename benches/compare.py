@@ -49,38 +49,41 @@ def read_log(prefix):
 
 
 def read_samples(path):
-    """(time in s, the proxy's CPU ticks, the machine's busy ticks or None) sampled while
-    pgbench ran."""
+    """(time in s, the proxy's CPU ticks, the machine's busy ticks or None, the proxy's
+    user-space ticks or None) sampled while pgbench ran."""
     out = []
     if path and os.path.exists(path):
         with open(path) as f:
             for line in f:
                 parts = line.split()
-                if len(parts) in (2, 3):
-                    machine = int(parts[2]) if len(parts) == 3 else None
-                    out.append((float(parts[0]), int(parts[1]), machine))
+                if len(parts) in (2, 3, 4):
+                    machine = int(parts[2]) if len(parts) >= 3 else None
+                    user = int(parts[3]) if len(parts) == 4 else None
+                    out.append((float(parts[0]), int(parts[1]), machine, user))
     return sorted(out)
 
 
 def steady_window(rows, samples):
     """The measurement window: from when every client had finished its first transaction (all
     logged in) to the last completion, narrowed to CPU samples when there are any. Returns
-    (start, end, proxy ticks or None, machine ticks or None), or None when the window is under
-    a second."""
+    (start, end, proxy ticks or None, machine ticks or None, proxy user ticks or None), or None
+    when the window is under a second."""
     first = {}
     for t, _, client in rows:
         first[client] = min(t, first.get(client, t))
     start, end = max(first.values()), max(t for t, _, _ in rows)
-    ticks = machine = None
+    ticks = machine = user = None
     if samples:
         inside = [s for s in samples if start <= s[0] <= end]
         if len(inside) < 2:
             return None
-        (start, a, ma), (end, b, mb) = inside[0], inside[-1]
+        (start, a, ma, ua), (end, b, mb, ub) = inside[0], inside[-1]
         ticks = b - a
         if ma is not None and mb is not None:
             machine = mb - ma
-    return (start, end, ticks, machine) if end - start >= 1.0 else None
+        if ua is not None and ub is not None:
+            user = ub - ua
+    return (start, end, ticks, machine, user) if end - start >= 1.0 else None
 
 
 def parse_pgbench(text):
@@ -113,13 +116,16 @@ def cmd_record(a):
     samples = read_samples(a.cpu_samples)
     window = steady_window(rows, samples) if rows and not a.whole_run else None
     if window:
-        start, end, ticks, machine = window
+        start, end, ticks, machine, user = window
         rows = [r for r in rows if start < r[0] <= end]
         run["window_s"] = round(end - start, 3)
         run["window_txns"] = len(rows)
         run["tps"] = round(len(rows) / (end - start), 1)
         if ticks is not None and a.hz and rows and a.target != "direct":
             run["cpu_us_per_txn"] = round(ticks / a.hz * 1e6 / len(rows), 2)
+            if user is not None:
+                # The proxy's own code (and its libraries); the rest is the kernel's work for it.
+                run["cpu_user_us_per_txn"] = round(user / a.hz * 1e6 / len(rows), 2)
         if machine is not None and a.hz and rows:
             # Every process on the machine (servers, pgbench, the proxy, the kernel's work for
             # them): what a proxy costs the servers and the clients shows up here.
@@ -136,7 +142,7 @@ def cmd_record(a):
         run["cpu_s_whole_run"] = a.cpu_ticks / a.hz
         run["cpu_us_per_txn_whole_run"] = round(a.cpu_ticks / a.hz * 1e6 / run["txns"], 2)
         run.setdefault("cpu_us_per_txn", run["cpu_us_per_txn_whole_run"])
-    machine = [m for _, _, m in samples if m is not None]
+    machine = [m for _, _, m, _ in samples if m is not None]
     if not window and len(machine) >= 2 and a.hz and run["txns"]:
         run.setdefault("machine_us_per_txn",
                        round((machine[-1] - machine[0]) / a.hz * 1e6 / run["txns"], 2))
@@ -246,7 +252,7 @@ def summarize(runs):
     for key, rs in groups.items():
         s = {k: median_of(rs, k) for k in
              ("tps", "lat_avg_ms", "p50_ms", "p99_ms", "p99_9_ms", "cpu_us_per_txn",
-              "machine_us_per_txn")}
+              "cpu_user_us_per_txn", "machine_us_per_txn")}
         s["runs"] = len(rs)
         s["failed_runs"] = sum(1 for r in rs if not r.get("ok"))
         s["tps_each"] = [r.get("tps") for r in rs]
@@ -291,13 +297,19 @@ def print_tables(summary, workloads, targets, na):
             print(f"\n== {clients} clients: proxy CPU µs per transaction (utime+stime from /proc)")
             print(f"{'workload':<10}" + "".join(f"{short[t]:>10}" for t in proxies) + " |" + "".join(
                 f"{'pgd/' + s:>13}" for _, s in cpu_pairs))
-            for w in workloads:
-                row = "".join(f"{na_or(w, t, fmt(cell(w, t).get('cpu_us_per_txn'), '{:.1f}')):>10}"
-                              for t in proxies)
-                rat = "".join(
-                    f"{fmt(ratio(cell(w, 'pgdecomp').get('cpu_us_per_txn'), cell(w, b).get('cpu_us_per_txn')), '{:.2f}'):>13}"
-                    for b, _ in cpu_pairs)
-                print(f"{w:<10}{row} |{rat}")
+            for key, title in (("cpu_us_per_txn", None),
+                               ("cpu_user_us_per_txn", "user space only (utime)")):
+                if title:
+                    if not any(cell(w, t).get(key) for w in workloads for t in proxies):
+                        continue
+                    print(f"   {title}")
+                for w in workloads:
+                    row = "".join(f"{na_or(w, t, fmt(cell(w, t).get(key), '{:.1f}')):>10}"
+                                  for t in proxies)
+                    rat = "".join(
+                        f"{fmt(ratio(cell(w, 'pgdecomp').get(key), cell(w, b).get(key)), '{:.2f}'):>13}"
+                        for b, _ in cpu_pairs)
+                    print(f"{w:<10}{row} |{rat}")
         if any(cell(w, t).get("machine_us_per_txn") for w in workloads for t in present):
             print(f"\n== {clients} clients: machine CPU µs per transaction (all processes, /proc/stat)")
             print(f"{'workload':<10}{head}")

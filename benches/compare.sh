@@ -178,19 +178,19 @@ machine_ticks() {
     read -r -a cpu </proc/stat
     MACHINE_TICKS=$((cpu[1] + cpu[2] + cpu[3] + cpu[6] + cpu[7] + cpu[8]))
 }
-# sample_cpu [PID]: "time proxy-ticks machine-busy-ticks" every 0.25 s until killed (bash
-# builtins only: no fork per sample). Without a PID (direct) the proxy's ticks are 0.
+# sample_cpu [PID]: "time proxy-ticks machine-busy-ticks proxy-user-ticks" every 0.25 s until
+# killed (bash builtins only: no fork per sample). Without a PID (direct) the proxy's are 0.
 sample_cpu() {
-    local stat own
+    local stat own user
     while :; do
-        own=0
+        own=0 user=0
         if [ -n "${1:-}" ]; then
             read -r -a stat <"/proc/$1/stat" || return 0
             # Fields 14 and 15 (utime, stime); the command name in field 2 has no spaces here.
-            own=$((stat[13] + stat[14]))
+            own=$((stat[13] + stat[14])) user=${stat[13]}
         fi
         machine_ticks
-        printf '%s %s %s\n' "$EPOCHREALTIME" "$own" "$MACHINE_TICKS"
+        printf '%s %s %s %s\n' "$EPOCHREALTIME" "$own" "$MACHINE_TICKS" "$user"
         sleep 0.25
     done
 }
