@@ -251,7 +251,6 @@ impl Snapshot {
                 server_lifetime: secs(path, "pool.server_lifetime", p.server_lifetime)?,
                 check_delay: secs(path, "pool.server_check_delay", p.server_check_delay)?,
             },
-            stash: raw.workers == 1,
         };
         let mut databases = HashMap::new();
         for (name, db) in &raw.databases {

@@ -83,7 +83,6 @@ mod tests {
             query_wait_timeout: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(60),
             limits,
-            stash: true,
         })
     }
 

@@ -40,8 +40,6 @@ pub struct PoolSettings {
     pub query_wait_timeout: Duration,
     pub idle_timeout: Duration,
     pub limits: ConnLimits,
-    /// Released connections wait in a stash in front of deadpool (one serving thread only).
-    pub stash: bool,
 }
 
 /// Why a client could not get a server connection.
@@ -82,12 +80,16 @@ impl Pools {
         if let Some(p) = pools.get(key) {
             return p.clone();
         }
-        let manager = ServerManager {
-            spec: key.spec.clone(),
-            limits: self.settings.limits.clone(),
-            require_primary: !key.target.is_replica(),
-            stash: stash::Stash::new(self.settings.stash),
-        };
+        let manager =
+            ServerManager {
+                spec: key.spec.clone(),
+                limits: self.settings.limits.clone(),
+                require_primary: !key.target.is_replica(),
+                // Only where one thread serves every client (see `stash.rs`).
+                stash: stash::Stash::new(tokio::runtime::Handle::try_current().is_ok_and(|h| {
+                    h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread
+                })),
+            };
         let pool = Pool::builder(manager)
             .max_size(self.settings.pool_size.max(1))
             .wait_timeout(Some(self.settings.query_wait_timeout))
