@@ -165,7 +165,7 @@ async fn relay_loop(
         let read_client = out.len() < c.high_water
             && wants_client_bytes(&c.io.rbuf, c.io.max_message, c.high_water);
         let read_server = c.io.wbuf.len() < c.high_water;
-        let running = watch.update(c.session.waiting(), timer.as_mut());
+        let running = watch.update(|| c.session.waiting(), timer.as_mut());
         match next_event(c, sc, out, (read_client, read_server), running).await {
             Event::Expired => {
                 if let Some(e) = watch.armed() {

@@ -89,13 +89,17 @@ impl Watch {
         self.timed.then(|| tokio::time::sleep(Duration::ZERO))
     }
 
-    /// Re-arms for what the session waits on; the timer to poll, if one runs.
+    /// Re-arms for what the session waits on; the timer to poll, if one runs. `waiting` is
+    /// asked only when a limit is on: it counts the replies outstanding, on every relay turn.
     pub fn update<'a>(
         &mut self,
-        waiting: Waiting,
+        waiting: impl FnOnce() -> Waiting,
         mut timer: Pin<&'a mut Option<Sleep>>,
     ) -> Option<Pin<&'a mut Sleep>> {
-        let want = timer_for(waiting, self.limits.0, self.limits.1);
+        if !self.timed {
+            return None;
+        }
+        let want = timer_for(waiting(), self.limits.0, self.limits.1);
         if want != self.armed {
             if let (Some(e), Some(t)) = (want, timer.as_mut().as_pin_mut()) {
                 t.reset(tokio::time::Instant::now() + e.after());
