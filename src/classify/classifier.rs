@@ -100,6 +100,17 @@ impl Classifier {
         self.assemble(vec![unknown()], Some(message))
     }
 
+    /// A statement whose text is not UTF-8 (a client_encoding other than UTF8) or not
+    /// terminated: it cannot be parsed, so it is unknown and fails closed like any unparsable
+    /// statement.
+    pub fn not_utf8(&self, len: usize) -> Classification {
+        let message = format!(
+            "statement of {len} bytes not parsed: its text is not valid UTF-8 (pgdecomp reads \
+             statements as UTF-8; set client_encoding to UTF8)"
+        );
+        self.assemble(vec![unknown()], Some(message))
+    }
+
     /// Each statement of a multi-statement string classified on its own, in order: the session
     /// routes, checks and counts them one by one. A single statement gives one entry.
     pub fn classify_each(&self, sql: &str) -> Vec<Classification> {

@@ -73,6 +73,7 @@ impl FakePg {
                 "2F002" => "2F002",
                 "26000" => "26000",
                 "53400" => "53400",
+                "08P01" => "08P01",
                 _ => "XX000",
             };
             self.error(code, sql, out, extended);

@@ -9,7 +9,7 @@ use super::refuse::own_error;
 use super::{execute, Attachment, Ctx, Session};
 use crate::protocol::frame::Frame;
 use crate::protocol::frontend::{
-    bind_statement, may_start_with, parse_view, query_sql, target_of, write_bind_head, write_parse,
+    bind_statement, may_start_with, parse_view, target_of, write_bind_head, write_parse,
     write_query, write_target,
 };
 use crate::protocol::Front;
@@ -24,6 +24,10 @@ use super::super::scan::SegmentOwner;
 const NOOP_PORTAL: &str = "pgdecomp_noop";
 
 const SYNC: [u8; 5] = [b'S', 0, 0, 0, 4];
+
+pub(super) const MALFORMED_PARSE: &str =
+    "malformed Parse message, or its statement text is not valid UTF-8 (pgdecomp reads \
+     statements as UTF-8; set client_encoding to UTF8)";
 
 impl Session {
     /// Writes client message `f` for the attached server into `out`. Nothing is written when
@@ -85,8 +89,7 @@ impl Session {
         server: &mut ServerStatements,
         out: &mut BytesMut,
     ) {
-        let sql = query_sql(f).unwrap_or_default();
-        let whole = self.class_of(ctx.cache, sql);
+        let (sql, whole) = self.query_class(ctx.cache, f);
         let Session {
             link: Some(a),
             stmts,
@@ -155,8 +158,11 @@ impl Session {
             return;
         };
         let (Some(p), Some(class)) = (view, class) else {
-            out.extend_from_slice(&f.raw);
-            a.tracker.parse_sent(None, false);
+            // Its statement could not be classified (not UTF-8, or malformed): it must not run,
+            // nor leave an earlier unnamed statement's classification to its Binds.
+            let e = own_error("08P01", MALFORMED_PARSE.into());
+            a.refuse_extended(&e, out);
+            *skip = true;
             return;
         };
         if p.name.is_empty() {

@@ -171,11 +171,10 @@ impl Session {
         };
         if let [f] = unit {
             if f.front() == Front::Query {
-                let sql = query_sql(f).unwrap_or_default();
+                let (sql, c) = self.query_class(ctx.cache, f);
                 if deallocate(sql).is_some() {
                     return true;
                 }
-                let c = self.class_of(ctx.cache, sql);
                 return deferrable(self, &c);
             }
         }
@@ -292,7 +291,7 @@ impl Session {
 
     fn local_parse(&mut self, f: &Frame, ctx: &mut Ctx, reply: &mut BytesMut) {
         let Some(p) = parse_view(f) else {
-            self.local_error("08P01", "malformed Parse message", reply);
+            self.local_error("08P01", super::forward::MALFORMED_PARSE, reply);
             return;
         };
         let class = self.class_of(ctx.cache, p.sql);

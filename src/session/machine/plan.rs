@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bytes::BytesMut;
 
 use super::{empty_class, Ctx, Held, Session};
-use crate::classify::Classification;
+use crate::classify::{Classification, ClassifyCache};
 use crate::protocol::frame::Frame;
 use crate::protocol::frontend::{bind_statement, parse_view, query_sql, target_of};
 use crate::protocol::Front;
@@ -75,8 +75,7 @@ impl Session {
         for (i, f) in unit.iter().enumerate() {
             match f.front() {
                 Front::Query => {
-                    let sql = query_sql(f).unwrap_or_default();
-                    let whole = self.class_of(ctx.cache, sql);
+                    let (sql, whole) = self.query_class(ctx.cache, f);
                     let each = ctx.cache.each(sql, &whole);
                     for class in each.as_deref().map_or(std::slice::from_ref(&whole), |e| e) {
                         if let Some(d) = search.consider(class, &snap.phase) {
@@ -122,6 +121,19 @@ impl Session {
 }
 
 impl Session {
+    /// The text of Query message `f` with its classification. A text that is not UTF-8 is
+    /// unknown (so it runs on the main primary and is counted), never the empty query.
+    pub(super) fn query_class<'f>(
+        &mut self,
+        cache: &ClassifyCache,
+        f: &'f Frame,
+    ) -> (&'f str, Arc<Classification>) {
+        match query_sql(f) {
+            Some(sql) => (sql, self.class_of(cache, sql)),
+            None => ("", Arc::new(cache.classifier().not_utf8(f.body().len()))),
+        }
+    }
+
     /// A lone Query of one statement (most requests): its own decision leads, with no copy of
     /// the routing state to replay it on. A BEGIN held back leaves it to the search.
     fn single_statement_lead(&mut self, unit: &[Frame], ctx: &mut Ctx) -> Option<Decision> {
@@ -129,8 +141,7 @@ impl Session {
         if f.front() != Front::Query {
             return None;
         }
-        let sql = query_sql(f).unwrap_or_default();
-        let whole = self.class_of(ctx.cache, sql);
+        let (sql, whole) = self.query_class(ctx.cache, f);
         if ctx.cache.each(sql, &whole).is_some() {
             return None;
         }

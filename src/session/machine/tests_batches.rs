@@ -117,3 +117,37 @@ fn each_statement_of_a_multi_statement_query_is_counted() {
     assert_eq!(c.tally.rejected, 1);
     assert!(w.servers.values().all(|(pg, _)| pg.executed.is_empty()));
 }
+
+/// A client_encoding other than UTF8 sends text pgdecomp cannot read. Such a Query must not
+/// pass for the empty query (routed by the session's group, counted as nothing): it fails
+/// closed like an unparsable one. Such a Parse is refused, so no Bind runs it under another
+/// statement's classification.
+#[test]
+fn a_statement_whose_text_is_not_utf8_fails_closed() {
+    use crate::route::Reason;
+    let mut w = World::new(1, "observe");
+    let mut c = w.client(None);
+    let latin1 = b"SELECT * FROM ci_builds WHERE name = '\xe9'\0";
+    w.send(&mut c, vec![frame(b'Q', latin1)]);
+    assert_eq!(c.tally.decisions, vec![(Target::Main, Reason::Unparsable)]);
+    assert_eq!(w.executed(Target::Main).len(), 1);
+    c.take();
+
+    w.send(&mut c, exec_params(INS_CI));
+    let executions = c.tally.executions;
+    let mut body = b"\0".to_vec();
+    body.extend_from_slice(&latin1[..latin1.len() - 1]);
+    body.extend_from_slice(b"\0\0\0");
+    w.send(
+        &mut c,
+        vec![frame(b'P', &body), bind(""), execute(), sync()],
+    );
+    assert_eq!(c.tally.executions, executions, "nothing ran");
+    let replies = c.take();
+    assert!(
+        replies
+            .iter()
+            .any(|r| r.starts_with("E:") && r.contains("08P01")),
+        "{replies:?}"
+    );
+}
