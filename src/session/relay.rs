@@ -28,8 +28,7 @@ use crate::topology::select::write_cluster;
 /// A client that sent nothing for this long (to twice this) goes back to its idle state. A
 /// transaction's futures (the pool checkout, the pump) are the largest part of a session's
 /// state: they live in a box taken for a busy period, not in the task of every idle client,
-/// and not allocated per transaction either. The client's buffers are kept for the period too,
-/// and parked when it ends.
+/// and not allocated per transaction either.
 const LULL: Duration = Duration::from_secs(1);
 
 /// Serves requests until the client leaves.
@@ -71,11 +70,8 @@ async fn busy(
         if !serve(c, shared, entry, first).await? {
             return Ok(false);
         }
-        // The buffers stay through the busy period: giving them back after every request and
-        // taking them again (behind a readiness wait) cost 5 % of a -S transaction. The run
-        // loop parks them when a lull ends the period.
         c.io.flush().await?;
-        c.io.trim();
+        park_if_idle(c);
         first = loop {
             match next_request(c, drain.as_mut(), lull.as_mut(), start).await? {
                 Waited::Request(next) => break next,

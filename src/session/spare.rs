@@ -12,7 +12,7 @@ pub const SIZE: usize = 8 * 1024;
 /// Buffers kept per thread: enough for the clients one thread serves at once.
 const KEEP: usize = 256;
 /// A buffer grown past this is not kept (a large message should not pin its memory).
-pub const MAX_KEPT: usize = 64 * 1024;
+const MAX_KEPT: usize = 64 * 1024;
 
 thread_local! {
     static SPARE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
