@@ -7,10 +7,10 @@ mod common;
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use common::cluster::{Kind, Topology, DATABASE};
-use common::proxy::{Proxy, GITLAB};
+use common::proxy::{psql_command, Proxy, GITLAB};
 use common::scrape::{metric, metrics};
 
 fn topology() -> &'static Topology {
@@ -19,21 +19,10 @@ fn topology() -> &'static Topology {
 
 /// psql through the proxy with `sql` sent byte for byte, in `encoding`.
 fn psql(proxy: &Proxy, encoding: &str, sql: &[u8]) -> Output {
-    Command::new("psql")
-        .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1"])
-        .args([
-            "-p",
-            &proxy.port().to_string(),
-            "-U",
-            GITLAB.0,
-            "-d",
-            DATABASE,
-        ])
+    psql_command(proxy, GITLAB, DATABASE)
         .arg("-c")
         .arg(OsStr::from_bytes(sql))
-        .env("PGPASSWORD", GITLAB.1)
         .env("PGCLIENTENCODING", encoding)
-        .env("PGCONNECT_TIMEOUT", "10")
         .output()
         .expect("run psql")
 }

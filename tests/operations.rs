@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::cluster::{wait_until, Kind, Topology, BOUND};
-use common::proxy::{Proxy, ProxyConfig, ADMIN};
+use common::proxy::{psql_command, Proxy, ProxyConfig, ADMIN};
 use common::scrape::{metric, metrics};
 use tokio_postgres::SimpleQueryMessage;
 
@@ -184,26 +184,9 @@ fn psql_admin(proxy: &Proxy, sql: &str) -> std::process::Output {
     psql_as(proxy, ADMIN, "pgdecomp", sql)
 }
 
-fn psql_as(
-    proxy: &Proxy,
-    (user, password): (&str, &str),
-    db: &str,
-    sql: &str,
-) -> std::process::Output {
-    Command::new("psql")
-        .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1"])
-        .args([
-            "-p",
-            &proxy.port().to_string(),
-            "-U",
-            user,
-            "-d",
-            db,
-            "-c",
-            sql,
-        ])
-        .env("PGPASSWORD", password)
-        .env("PGCONNECT_TIMEOUT", "10")
+fn psql_as(proxy: &Proxy, user: (&str, &str), db: &str, sql: &str) -> std::process::Output {
+    psql_command(proxy, user, db)
+        .args(["-c", sql])
         .output()
         .expect("run psql")
 }

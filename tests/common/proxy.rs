@@ -505,3 +505,14 @@ fn spawn_killer(pid: u32, dir: &Path) -> Child {
         .spawn()
         .expect("spawn proxy watchdog")
 }
+
+/// psql through `proxy` as `user` on `db`: `-X -At`, stopping at the first error. The caller
+/// adds the statement (`-c`) and any environment.
+pub fn psql_command(proxy: &Proxy, (user, password): (&str, &str), db: &str) -> Command {
+    let mut cmd = Command::new("psql");
+    cmd.args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1"])
+        .args(["-p", &proxy.port().to_string(), "-U", user, "-d", db])
+        .env("PGPASSWORD", password)
+        .env("PGCONNECT_TIMEOUT", "10");
+    cmd
+}
