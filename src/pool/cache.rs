@@ -65,36 +65,8 @@ impl PoolCache {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
-    use crate::pool::{ConnLimits, PoolSettings};
-    use crate::server::ServerCredential;
-
-    fn pools() -> Arc<Pools> {
-        let limits = ConnLimits {
-            connect_timeout: Duration::from_secs(1),
-            server_lifetime: Duration::from_secs(60),
-            check_delay: Duration::from_secs(1),
-        };
-        Pools::new(PoolSettings {
-            pool_size: 2,
-            min_idle: 0,
-            query_wait_timeout: Duration::from_secs(1),
-            idle_timeout: Duration::from_secs(60),
-            limits,
-        })
-    }
-
-    fn spec() -> ServerSpec {
-        ServerSpec {
-            addr: String::new(),
-            dbname: "db".into(),
-            user: "u".into(),
-            credential: ServerCredential::None,
-            tls: ServerTls::default(),
-        }
-    }
+    use crate::pool::testing::{pools, spec};
 
     fn same(a: &ServerPool, b: &ServerPool) -> bool {
         std::ptr::eq(a.manager(), b.manager())

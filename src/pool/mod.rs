@@ -80,16 +80,12 @@ impl Pools {
         if let Some(p) = pools.get(key) {
             return p.clone();
         }
-        let manager =
-            ServerManager {
-                spec: key.spec.clone(),
-                limits: self.settings.limits.clone(),
-                require_primary: !key.target.is_replica(),
-                // Only where one thread serves every client (see `stash.rs`).
-                stash: stash::Stash::new(tokio::runtime::Handle::try_current().is_ok_and(|h| {
-                    h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread
-                })),
-            };
+        let manager = ServerManager {
+            spec: key.spec.clone(),
+            limits: self.settings.limits.clone(),
+            require_primary: !key.target.is_replica(),
+            stash: stash::Stash::for_this_runtime(),
+        };
         let pool = Pool::builder(manager)
             .max_size(self.settings.pool_size.max(1))
             .wait_timeout(Some(self.settings.query_wait_timeout))
@@ -212,5 +208,41 @@ pub async fn checkout(pool: &ServerPool, target: Target) -> Result<PooledConn, C
                 message: e.to_string(),
             })),
         };
+    }
+}
+
+/// Pools and a login for the pool module's unit tests (no server is reached).
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::{ConnLimits, PoolSettings, Pools};
+    use crate::server::tls::ServerTls;
+    use crate::server::{ServerCredential, ServerSpec};
+
+    pub fn pools() -> Arc<Pools> {
+        let limits = ConnLimits {
+            connect_timeout: Duration::from_secs(1),
+            server_lifetime: Duration::from_secs(60),
+            check_delay: Duration::from_secs(1),
+        };
+        Pools::new(PoolSettings {
+            pool_size: 2,
+            min_idle: 0,
+            query_wait_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(60),
+            limits,
+        })
+    }
+
+    pub fn spec() -> ServerSpec {
+        ServerSpec {
+            addr: String::new(),
+            dbname: "db".into(),
+            user: "u".into(),
+            credential: ServerCredential::None,
+            tls: ServerTls::default(),
+        }
     }
 }

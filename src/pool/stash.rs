@@ -16,16 +16,19 @@ use super::manager::Readiness;
 use super::{PooledConn, ServerPool};
 
 /// Idle connections released to a pool, the most recent last.
-#[derive(Default)]
 pub struct Stash {
     enabled: bool,
     idle: Mutex<Vec<PooledConn>>,
 }
 
 impl Stash {
-    pub fn new(enabled: bool) -> Self {
+    /// On only where one thread serves every client: the current-thread runtime, read from the
+    /// runtime itself rather than from `workers`, which a reload may change.
+    pub fn for_this_runtime() -> Self {
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        let flavor = Handle::try_current().map(|h| h.runtime_flavor());
         Self {
-            enabled,
+            enabled: flavor.is_ok_and(|f| f == RuntimeFlavor::CurrentThread),
             idle: Mutex::default(),
         }
     }
@@ -81,38 +84,16 @@ pub fn release(conn: PooledConn) {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
-    use crate::pool::{ConnLimits, PoolKey, PoolSettings, Pools};
+    use crate::pool::testing::{pools, spec};
+    use crate::pool::PoolKey;
     use crate::route::Target;
-    use crate::server::tls::ServerTls;
-    use crate::server::{ServerCredential, ServerSpec};
 
     fn stash_enabled() -> bool {
-        let limits = ConnLimits {
-            connect_timeout: Duration::from_secs(1),
-            server_lifetime: Duration::from_secs(60),
-            check_delay: Duration::from_secs(1),
-        };
-        let pools = Pools::new(PoolSettings {
-            pool_size: 2,
-            min_idle: 0,
-            query_wait_timeout: Duration::from_secs(1),
-            idle_timeout: Duration::from_secs(60),
-            limits,
-        });
-        let spec = ServerSpec {
-            addr: "127.0.0.1:1".into(),
-            dbname: "db".into(),
-            user: "u".into(),
-            credential: ServerCredential::None,
-            tls: ServerTls::default(),
-        };
         let key = PoolKey {
             target: Target::Main,
-            spec,
+            spec: spec(),
         };
-        pools.pool(&key).manager().stash.enabled
+        pools().pool(&key).manager().stash.enabled
     }
 
     #[tokio::test(flavor = "current_thread")]

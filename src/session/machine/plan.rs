@@ -118,9 +118,7 @@ impl Session {
         let class = first_statement.unwrap_or_else(empty_class);
         Lead::Prepares(route(&class, &snap.phase, &search.sim))
     }
-}
 
-impl Session {
     /// The text of Query message `f` with its classification. A text that is not UTF-8 is
     /// unknown (so it runs on the main primary and is counted), never the empty query.
     pub(super) fn query_class<'f>(
