@@ -51,6 +51,12 @@ impl deadpool::managed::Manager for ServerManager {
     async fn recycle(&self, conn: &mut Box<ServerConn>, _: &Metrics) -> RecycleResult<ServerError> {
         self.check(conn).await
     }
+
+    /// A connection left the pool (closed, expired, or failed to open): there is room for
+    /// another, so a client waiting in the hand-off queue asks deadpool again.
+    fn detach(&self, _: &mut Box<ServerConn>) {
+        self.stash.queue.retry_one();
+    }
 }
 
 impl ServerManager {

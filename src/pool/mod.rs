@@ -2,25 +2,27 @@
 //! server connections, one per (target, server address, database, user).
 
 mod cache;
+mod handoff;
+mod lease;
 mod manager;
 mod stash;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use deadpool::managed::{Object, Pool, PoolError, QueueMode, Status, TimeoutType, Timeouts};
 use deadpool::Runtime;
 
 pub use cache::PoolCache;
+pub use handoff::Slot;
+pub use lease::PooledConn;
 pub use manager::{ConnLimits, ServerManager};
-pub use stash::release;
 
 use crate::route::Target;
 use crate::server::{ServerError, ServerSpec};
 
 pub type ServerPool = Pool<ServerManager>;
-pub type PooledConn = Object<ServerManager>;
 /// ParameterStatus `(name, value)` pairs a server sent at login.
 pub type Welcome = Arc<Vec<(String, String)>>;
 
@@ -121,8 +123,9 @@ impl Pools {
     /// A pool's counts as deadpool keeps them, with its stashed connections counted idle.
     pub fn status(pool: &ServerPool) -> Status {
         let mut st = pool.status();
-        let stashed = pool.manager().stash.len();
-        st.available = (st.available + stashed).min(st.size);
+        let stash = &pool.manager().stash;
+        st.available = (st.available + stash.len()).min(st.size);
+        st.waiting += stash.queue.len();
         st
     }
 
@@ -142,6 +145,8 @@ impl Pools {
                 tracing::info!(server = %key.spec.addr, target = %key.target, "draining a removed server's pool");
                 pool.close();
                 drop(pool.manager().stash.drain());
+                // Its waiters ask deadpool again and learn it is closed.
+                pool.manager().stash.queue.retry_all();
             }
             kept
         });
@@ -174,10 +179,86 @@ impl Pools {
 }
 
 /// Takes a connection from `pool`, mapping deadpool's errors to what the client is told.
-pub async fn checkout(pool: &ServerPool, target: Target) -> Result<PooledConn, CheckoutError> {
-    if let Some(conn) = stash::take(pool) {
-        return Ok(conn);
+/// `slot` is the client's place for a wait in the pool's hand-off queue, made on its first wait.
+pub async fn checkout(
+    pool: &ServerPool,
+    target: Target,
+    slot: &mut Option<Arc<Slot>>,
+) -> Result<PooledConn, CheckoutError> {
+    let got = match pool.manager().stash.enabled() {
+        true => queued(pool, target, slot).await,
+        false => in_deadpool(pool, target).await,
+    };
+    got.map(PooledConn::new)
+}
+
+/// A checkout where the stash is on: the stash, then deadpool without waiting (an idle
+/// connection, or room to open one), then a wait in the hand-off queue, bounded by the pool's
+/// wait timeout (query_wait_timeout) over all its turns.
+async fn queued(
+    pool: &ServerPool,
+    target: Target,
+    slot: &mut Option<Arc<Slot>>,
+) -> Result<Object<ServerManager>, CheckoutError> {
+    let m = pool.manager();
+    let configured = pool.timeouts();
+    let now = Timeouts {
+        wait: Some(Duration::ZERO),
+        ..configured
+    };
+    // Armed on the first wait only: most checkouts never wait.
+    let mut timer = std::pin::pin!(None::<tokio::time::Sleep>);
+    let mut front = false;
+    loop {
+        if let Some(c) = stash::take(pool) {
+            return Ok(c);
+        }
+        match pool.timeout_get(&now).await {
+            Ok(c) => return Ok(c),
+            Err(PoolError::Timeout(TimeoutType::Wait)) => {}
+            Err(e) => return Err(checkout_error(e, target, configured)),
+        }
+        if let (None, Some(limit)) = (timer.as_ref().get_ref(), configured.wait) {
+            timer.set(Some(tokio::time::sleep(limit)));
+        }
+        let slot = slot.get_or_insert_with(Arc::default);
+        let got = tokio::select! {
+            biased;
+            got = m.stash.queue.wait(slot, front) => got,
+            () = expiry(timer.as_mut().as_pin_mut()) => {
+                return Err(checkout_error(PoolError::Timeout(TimeoutType::Wait), target, configured));
+            }
+        };
+        // Whatever comes next, this client was first in line.
+        front = true;
+        let handoff::Got::Conn(mut c) = got else {
+            continue;
+        };
+        let at = Instant::now();
+        match m.readiness(&mut c, at) {
+            manager::Readiness::Ready => {
+                c.last_used = at;
+                return Ok(c);
+            }
+            // Into deadpool, whose recycle (reached on the next turn) pings it.
+            manager::Readiness::Ping => drop(c),
+            manager::Readiness::Discard(_) => drop(Object::take(c)),
+        }
     }
+}
+
+async fn expiry(timer: Option<std::pin::Pin<&mut tokio::time::Sleep>>) {
+    match timer {
+        Some(t) => t.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A checkout where the stash is off (several serving threads): deadpool's own wait.
+async fn in_deadpool(
+    pool: &ServerPool,
+    target: Target,
+) -> Result<Object<ServerManager>, CheckoutError> {
     // A first try that does not wait: with a permit free (the usual case) it skips the wait's
     // timer, which costs more than the rest of a checkout. Both tries are the same future at
     // the same await, so the state is no larger; a client queued for a permit is not
@@ -189,25 +270,34 @@ pub async fn checkout(pool: &ServerPool, target: Target) -> Result<PooledConn, C
     };
     let mut first = true;
     loop {
-        let got = pool.timeout_get(&timeouts).await;
-        return match got {
+        return match pool.timeout_get(&timeouts).await {
             Ok(c) => Ok(c),
             Err(PoolError::Timeout(TimeoutType::Wait)) if first => {
                 first = false;
                 timeouts = configured;
                 continue;
             }
-            Err(PoolError::Timeout(_)) => Err(CheckoutError::WaitTimeout {
-                target,
-                secs: configured.wait.unwrap_or_default().as_secs_f64(),
-            }),
-            Err(PoolError::Backend(e)) => Err(CheckoutError::Server(e)),
-            Err(PoolError::Closed) => Err(CheckoutError::Closed(target)),
-            Err(e) => Err(CheckoutError::Server(ServerError::Protocol {
-                addr: target.to_string(),
-                message: e.to_string(),
-            })),
+            Err(e) => Err(checkout_error(e, target, configured)),
         };
+    }
+}
+
+fn checkout_error(
+    e: PoolError<ServerError>,
+    target: Target,
+    configured: Timeouts,
+) -> CheckoutError {
+    match e {
+        PoolError::Timeout(_) => CheckoutError::WaitTimeout {
+            target,
+            secs: configured.wait.unwrap_or_default().as_secs_f64(),
+        },
+        PoolError::Backend(e) => CheckoutError::Server(e),
+        PoolError::Closed => CheckoutError::Closed(target),
+        e => CheckoutError::Server(ServerError::Protocol {
+            addr: target.to_string(),
+            message: e.to_string(),
+        }),
     }
 }
 

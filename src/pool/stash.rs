@@ -2,8 +2,8 @@
 //! last, kept in front of deadpool. A checkout that finds one here skips deadpool's semaphore,
 //! queue lock, hooks and clock reads: 6 % of the instructions of a pgbench -S transaction.
 //! Only on a current-thread runtime (`workers = 1`): there a release cannot slip between a
-//! client's look here and its wait on deadpool, so a stashed connection never idles beside a
-//! waiting client. deadpool still owns every connection (a stashed one counts as in use to it),
+//! client's look here and its place in the hand-off queue (`handoff.rs`), so a stashed
+//! connection never idles beside a waiting client. deadpool still owns every connection (a stashed one counts as in use to it),
 //! so `max_size` holds; `Pools` adds the stash back to the idle count and empties it into
 //! deadpool before each maintenance pass, so idle_timeout and min_idle see every connection.
 
@@ -12,13 +12,18 @@ use std::time::Instant;
 
 use deadpool::managed::Object;
 
-use super::manager::Readiness;
-use super::{PooledConn, ServerPool};
+use super::handoff::Queue;
+use super::manager::{Readiness, ServerManager};
+use super::ServerPool;
 
-/// Idle connections released to a pool, the most recent last.
+type Conn = Object<ServerManager>;
+
+/// Idle connections released to a pool, the most recent last, and the clients waiting for one.
+/// While a client waits the stash is empty: a release goes to the waiter.
 pub struct Stash {
     enabled: bool,
-    idle: Mutex<Vec<PooledConn>>,
+    idle: Mutex<Vec<Conn>>,
+    pub queue: Queue,
 }
 
 impl Stash {
@@ -30,10 +35,15 @@ impl Stash {
         Self {
             enabled: flavor.is_ok_and(|f| f == RuntimeFlavor::CurrentThread),
             idle: Mutex::default(),
+            queue: Queue::default(),
         }
     }
 
-    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<PooledConn>> {
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Conn>> {
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -42,7 +52,7 @@ impl Stash {
     }
 
     /// Takes every stashed connection out (they go back to deadpool when dropped).
-    pub fn drain(&self) -> Vec<PooledConn> {
+    pub fn drain(&self) -> Vec<Conn> {
         std::mem::take(&mut *self.idle())
     }
 }
@@ -50,7 +60,7 @@ impl Stash {
 /// The most recently released connection that passes the checks deadpool's recycle makes, if
 /// one is stashed. One needing a ping goes back to deadpool, whose recycle pings it; a broken
 /// or expired one is closed.
-pub fn take(pool: &ServerPool) -> Option<PooledConn> {
+pub fn take(pool: &ServerPool) -> Option<Conn> {
     let m = pool.manager();
     if !m.stash.enabled {
         return None;
@@ -70,15 +80,17 @@ pub fn take(pool: &ServerPool) -> Option<PooledConn> {
     }
 }
 
-/// Gives a connection back after a transaction: into the stash, unless a client is waiting on
-/// deadpool (which then gets it) or the pool is closed.
-pub fn release(conn: PooledConn) {
+/// Gives a connection back (see `PooledConn`'s drop): to the client waiting longest, else into
+/// the stash; to deadpool when the stash is off or the pool closed.
+pub fn release(conn: Conn) {
     let Some(pool) = Object::pool(&conn) else {
         return;
     };
     let m = pool.manager();
-    if m.stash.enabled && !pool.is_closed() && pool.status().waiting == 0 {
-        m.stash.idle().push(conn);
+    if m.stash.enabled && !pool.is_closed() {
+        if let Err(conn) = m.stash.queue.hand(conn) {
+            m.stash.idle().push(conn);
+        }
     }
 }
 

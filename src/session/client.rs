@@ -42,6 +42,8 @@ pub struct Client {
     pub pools: crate::pool::PoolCache,
     /// This client's turn in the rotation over replicas.
     pub reads: usize,
+    /// Its place in a pool's hand-off queue, made on its first wait for a full pool.
+    pub queue_slot: Option<std::sync::Arc<crate::pool::Slot>>,
 }
 
 /// What the handshake established about a client.
@@ -62,6 +64,7 @@ impl Client {
     pub fn rest(&mut self) {
         self.session.rest();
         self.unit = Vec::new();
+        self.queue_slot = None;
     }
 
     /// Takes back a planned request's frame list, emptied (a huge pipeline's is let go).
@@ -100,6 +103,7 @@ impl Client {
             unit: Vec::new(),
             pools: crate::pool::PoolCache::default(),
             reads: l.id as usize,
+            queue_slot: None,
         }
     }
 

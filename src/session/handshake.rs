@@ -272,7 +272,7 @@ async fn welcome(
         target,
         spec: spec.clone(),
     });
-    let conn = Box::pin(checkout(&pool, target)).await?;
+    let conn = Box::pin(checkout(&pool, target, &mut None)).await?;
     let w = conn.welcome.clone();
     shared.pools.load().set_welcome(spec, w.clone());
     Ok(w)

@@ -6,7 +6,6 @@
 use std::time::Instant;
 
 use bytes::BytesMut;
-use deadpool::managed::Object;
 
 use super::client::Client;
 use super::machine::Ctx;
@@ -282,7 +281,8 @@ async fn finish(
             c.session.detach();
             conn.in_use = false;
             conn.last_used = Instant::now();
-            crate::pool::release(conn);
+            // Dropped: to the client waiting longest, else into the stash.
+            drop(conn);
             Ok(PumpEnd::Released)
         }
         Outcome::Gone { clean } => {
@@ -326,7 +326,7 @@ async fn finish(
 fn discard_if_broken(conn: PooledConn) {
     if conn.broken {
         // Taking it out of the pool closes the socket instead of recycling it.
-        drop(Object::take(conn));
+        conn.discard();
     }
 }
 

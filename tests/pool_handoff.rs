@@ -1,0 +1,126 @@
+//! The pool's hand-off queue (issue 12): a client waiting for a full pool is handed the
+//! connection another client lets go of, however it lets go, and is told to open a new one
+//! when a connection leaves the pool. Each test has one server connection and a second client
+//! waiting for it, counted by SHOW POOLS' gauge; a waiter left waiting would fail with
+//! query_wait_timeout (53300). Backends are checked on the server.
+
+mod common;
+
+use common::cluster::{wait_until, Kind, Topology, DATABASE};
+use common::proxy::Proxy;
+use common::scrape::metrics;
+use tokio_postgres::SimpleQueryMessage;
+
+fn topology() -> &'static Topology {
+    Topology::shared(Kind::MainOnly)
+}
+
+/// The backend of `sql`'s one row. Every test uses the main target's pool (a transaction, or a
+/// statement inside one): a read outside a transaction would use another pool.
+async fn pid_of(client: &tokio_postgres::Client, sql: &str) -> Result<i64, tokio_postgres::Error> {
+    let rows = client.simple_query(sql).await?;
+    Ok(rows
+        .iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(r) => r.get(0).and_then(|v| v.parse().ok()),
+            _ => None,
+        })
+        .expect("a row"))
+}
+
+/// Clients waiting for a server connection, over every pool (`pgdecomp_pool_servers`).
+fn waiting_clients(proxy: &Proxy) -> f64 {
+    metrics(proxy)
+        .lines()
+        .filter(|l| {
+            l.starts_with("pgdecomp_pool_servers{") && l.contains("state=\"waiting_clients\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+const IN_TRANSACTION: &str = "select pg_backend_pid()";
+const TRANSACTION: &str = "begin; select pg_backend_pid(); commit";
+
+/// Starts a client's transaction and returns once the proxy counts it waiting and it is still
+/// unanswered a moment later (a pool's first connection counts as waiting while it opens).
+fn waiter(
+    proxy: &Proxy,
+    client: tokio_postgres::Client,
+) -> tokio::task::JoinHandle<(tokio_postgres::Client, Result<i64, tokio_postgres::Error>)> {
+    let waiting = tokio::spawn(async move {
+        let pid = pid_of(&client, TRANSACTION).await;
+        (client, pid)
+    });
+    wait_until("the second client to wait for the pool", || {
+        waiting_clients(proxy) == 1.0
+    });
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(
+        !waiting.is_finished(),
+        "the second client waits for the one connection"
+    );
+    waiting
+}
+
+/// The connection a client waits for is closed by the server mid-transaction: it leaves the
+/// pool, and the waiter is told to open another rather than wait into query_wait_timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_opens_a_connection_when_the_one_it_waits_for_is_closed() {
+    let proxy = Proxy::with(topology(), |c| c.pool_size(1).query_wait_timeout(20.0));
+    let holder = proxy.connect().await;
+    holder.simple_query("begin").await.expect("begin");
+    let held = pid_of(&holder, IN_TRANSACTION)
+        .await
+        .expect("the holder's backend");
+    let waiting = waiter(&proxy, proxy.connect().await);
+    let topo = topology();
+    let sql = format!("select pg_terminate_backend({held})");
+    assert_eq!(topo.psql(topo.main_primary(), DATABASE, &sql).trim(), "t");
+    let (_waiter, pid) = waiting.await.expect("the waiting client's task");
+    let pid = pid.expect("the waiter is served, not timed out");
+    assert_ne!(pid, held, "a new backend serves the waiter");
+    let sql = format!("select count(*) from pg_stat_activity where pid = {pid}");
+    assert_eq!(topo.psql(topo.main_primary(), DATABASE, &sql).trim(), "1");
+    assert_eq!(waiting_clients(&proxy), 0.0);
+}
+
+/// In session pooling a client holds its connection until it leaves; when it does, the
+/// connection (cleaned with DISCARD ALL) goes to the waiter, not back to an idle list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_client_leaving_hands_its_connection_to_the_waiter() {
+    let proxy = Proxy::with(topology(), |c| {
+        c.pool_mode("session").pool_size(1).query_wait_timeout(20.0)
+    });
+    let holder = proxy.connect().await;
+    let held = pid_of(&holder, TRANSACTION)
+        .await
+        .expect("the holder's backend");
+    let waiting = waiter(&proxy, proxy.connect().await);
+    drop(holder);
+    let (waiter, pid) = waiting.await.expect("the waiting client's task");
+    assert_eq!(
+        pid.expect("the waiter is served, not timed out"),
+        held,
+        "the holder's connection was handed over"
+    );
+    assert_eq!(pid_of(&waiter, TRANSACTION).await.expect("again"), held);
+}
+
+/// A client that disconnects mid-transaction leaves its connection unusable: it is closed,
+/// and the waiter opens a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_is_served_when_the_holder_disconnects_mid_transaction() {
+    let proxy = Proxy::with(topology(), |c| c.pool_size(1).query_wait_timeout(20.0));
+    let holder = proxy.connect().await;
+    holder.simple_query("begin").await.expect("begin");
+    let held = pid_of(&holder, IN_TRANSACTION)
+        .await
+        .expect("the holder's backend");
+    let waiting = waiter(&proxy, proxy.connect().await);
+    drop(holder);
+    let (_waiter, pid) = waiting.await.expect("the waiting client's task");
+    let pid = pid.expect("the waiter is served, not timed out");
+    assert_ne!(pid, held, "the mid-transaction backend is not reused");
+    assert_eq!(waiting_clients(&proxy), 0.0);
+}
