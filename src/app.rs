@@ -70,6 +70,7 @@ pub async fn start(snapshot: Snapshot) -> std::io::Result<Running> {
     let (accepting, accepting_rx) = watch::channel(true);
     tokio::spawn(accept_loop(listener, shared.clone(), accepting_rx));
     tokio::spawn(maintenance(shared.clone(), rx.clone()));
+    tokio::spawn(expire_waiters(shared.clone(), rx.clone()));
     tokio::spawn(crate::shared::catalog::run(shared.clone(), rx.clone()));
     let s = shared.clone();
     tokio::spawn(async move {
@@ -108,6 +109,19 @@ async fn accept_loop(
                 }
             },
             _ = accepting.changed() => return,
+        }
+    }
+}
+
+/// query_wait_timeout's check for clients waiting in a pool's hand-off queue, to a quarter
+/// second (PgBouncer's janitor checks it as often). Its own task: a maintenance pass can wait
+/// on new connections for up to connect_timeout.
+async fn expire_waiters(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let mut sweep = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            _ = sweep.tick() => shared.pools.load().expire_waiters(std::time::Instant::now()),
+            _ = stop.changed() => return,
         }
     }
 }

@@ -152,6 +152,14 @@ impl Pools {
         });
     }
 
+    /// Ends the waits for a connection that passed query_wait_timeout (see `handoff.rs`).
+    pub fn expire_waiters(&self, now: Instant) {
+        let pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        for pool in pools.values() {
+            pool.manager().stash.queue.expire(now);
+        }
+    }
+
     /// Closes idle connections past idle_timeout and opens connections up to min_idle.
     pub async fn maintain(&self) {
         let idle_timeout = self.settings.idle_timeout;
@@ -179,14 +187,16 @@ impl Pools {
 }
 
 /// Takes a connection from `pool`, mapping deadpool's errors to what the client is told.
-/// `slot` is the client's place for a wait in the pool's hand-off queue, made on its first wait.
+/// `slot` is the client's place for a wait in the pool's hand-off queue, made on its first wait;
+/// `since` is when the client began to wait (the wait limit counts from it).
 pub async fn checkout(
     pool: &ServerPool,
     target: Target,
     slot: &mut Option<Arc<Slot>>,
+    since: Instant,
 ) -> Result<PooledConn, CheckoutError> {
     let got = match pool.manager().stash.enabled() {
-        true => queued(pool, target, slot).await,
+        true => queued(pool, target, slot, since).await,
         false => in_deadpool(pool, target).await,
     };
     got.map(PooledConn::new)
@@ -199,6 +209,7 @@ async fn queued(
     pool: &ServerPool,
     target: Target,
     slot: &mut Option<Arc<Slot>>,
+    since: Instant,
 ) -> Result<Object<ServerManager>, CheckoutError> {
     let m = pool.manager();
     let configured = pool.timeouts();
@@ -206,8 +217,7 @@ async fn queued(
         wait: Some(Duration::ZERO),
         ..configured
     };
-    // Armed on the first wait only: most checkouts never wait.
-    let mut timer = std::pin::pin!(None::<tokio::time::Sleep>);
+    let deadline = configured.wait.and_then(|limit| since.checked_add(limit));
     let mut front = false;
     loop {
         if let Some(c) = stash::take(pool) {
@@ -218,39 +228,28 @@ async fn queued(
             Err(PoolError::Timeout(TimeoutType::Wait)) => {}
             Err(e) => return Err(checkout_error(e, target, configured)),
         }
-        if let (None, Some(limit)) = (timer.as_ref().get_ref(), configured.wait) {
-            timer.set(Some(tokio::time::sleep(limit)));
-        }
         let slot = slot.get_or_insert_with(Arc::default);
-        let got = tokio::select! {
-            biased;
-            got = m.stash.queue.wait(slot, front) => got,
-            () = expiry(timer.as_mut().as_pin_mut()) => {
-                return Err(checkout_error(PoolError::Timeout(TimeoutType::Wait), target, configured));
+        let mut c = match m.stash.queue.wait(slot, front, deadline).await {
+            handoff::Got::Conn(c) => c,
+            handoff::Got::Retry => {
+                front = true;
+                continue;
+            }
+            handoff::Got::Expired => {
+                let e = PoolError::Timeout(TimeoutType::Wait);
+                return Err(checkout_error(e, target, configured));
             }
         };
         // Whatever comes next, this client was first in line.
         front = true;
-        let handoff::Got::Conn(mut c) = got else {
-            continue;
-        };
-        let at = Instant::now();
+        // Released a moment ago: its release time stands in for the clock.
+        let at = c.last_used;
         match m.readiness(&mut c, at) {
-            manager::Readiness::Ready => {
-                c.last_used = at;
-                return Ok(c);
-            }
+            manager::Readiness::Ready => return Ok(c),
             // Into deadpool, whose recycle (reached on the next turn) pings it.
             manager::Readiness::Ping => drop(c),
             manager::Readiness::Discard(_) => drop(Object::take(c)),
         }
-    }
-}
-
-async fn expiry(timer: Option<std::pin::Pin<&mut tokio::time::Sleep>>) {
-    match timer {
-        Some(t) => t.await,
-        None => std::future::pending().await,
     }
 }
 

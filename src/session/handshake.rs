@@ -272,7 +272,8 @@ async fn welcome(
         target,
         spec: spec.clone(),
     });
-    let conn = Box::pin(checkout(&pool, target, &mut None)).await?;
+    let since = std::time::Instant::now();
+    let conn = Box::pin(checkout(&pool, target, &mut None, since)).await?;
     let w = conn.welcome.clone();
     shared.pools.load().set_welcome(spec, w.clone());
     Ok(w)

@@ -68,7 +68,7 @@ pub async fn place(
                 };
                 // The view is not held across the pool wait.
                 drop(view);
-                match checkout(pool, target, &mut c.queue_slot).await {
+                match checkout(pool, target, &mut c.queue_slot, started).await {
                     Ok(conn) => {
                         if waited {
                             tm.primary_wait.observe(started.elapsed().as_secs_f64());
