@@ -195,6 +195,10 @@ pub async fn checkout(
     slot: &mut Option<Arc<Slot>>,
     since: Instant,
 ) -> Result<PooledConn, CheckoutError> {
+    // The usual case, before any wait's state is set up.
+    if let Some(c) = stash::take(pool) {
+        return Ok(PooledConn::new(c));
+    }
     let got = match pool.manager().stash.enabled() {
         true => queued(pool, target, slot, since).await,
         false => in_deadpool(pool, target).await,
@@ -202,8 +206,8 @@ pub async fn checkout(
     got.map(PooledConn::new)
 }
 
-/// A checkout where the stash is on: the stash, then deadpool without waiting (an idle
-/// connection, or room to open one), then a wait in the hand-off queue, bounded by the pool's
+/// A checkout where the stash is on and empty: deadpool without waiting (an idle connection, or
+/// room to open one), then a wait in the hand-off queue, bounded by the pool's
 /// wait timeout (query_wait_timeout) over all its turns.
 async fn queued(
     pool: &ServerPool,
@@ -220,6 +224,8 @@ async fn queued(
     let deadline = configured.wait.and_then(|limit| since.checked_add(limit));
     let mut front = false;
     loop {
+        // Again after a retry: a release may have stashed a connection while this client was
+        // out of the queue.
         if let Some(c) = stash::take(pool) {
             return Ok(c);
         }
