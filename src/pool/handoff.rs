@@ -76,6 +76,10 @@ impl Queue {
         lock(&self.0).len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        lock(&self.0).is_empty()
+    }
+
     /// Hands `conn` to the longest waiter; gives it back when nobody waits.
     pub fn hand(&self, conn: Conn) -> Result<(), Conn> {
         match self.first() {
@@ -186,12 +190,8 @@ impl Drop for Wait<'_> {
         match left {
             State::Out | State::Expired => {}
             State::Waiting { .. } => lock(&self.queue.0).retain(|s| !Arc::ptr_eq(s, self.slot)),
-            State::Handed(c) => {
-                if let Err(c) = self.queue.hand(c) {
-                    // Nobody else waits: deadpool takes it back as idle.
-                    drop(c);
-                }
-            }
+            // To the next waiter, else into the stash.
+            State::Handed(c) => super::stash::release(c),
             State::Retry => self.queue.retry_one(),
         }
     }

@@ -229,10 +229,14 @@ async fn queued(
         if let Some(c) = stash::take(pool) {
             return Ok(c);
         }
-        match pool.timeout_get(&now).await {
-            Ok(c) => return Ok(c),
-            Err(PoolError::Timeout(TimeoutType::Wait)) => {}
-            Err(e) => return Err(checkout_error(e, target, configured)),
+        // With clients already waiting, deadpool has nothing free (releases go to them, and
+        // room to open a connection to the first of them): a newcomer queues behind them.
+        if front || m.stash.queue.is_empty() {
+            match pool.timeout_get(&now).await {
+                Ok(c) => return Ok(c),
+                Err(PoolError::Timeout(TimeoutType::Wait)) => {}
+                Err(e) => return Err(checkout_error(e, target, configured)),
+            }
         }
         let slot = slot.get_or_insert_with(Arc::default);
         let mut c = match m.stash.queue.wait(slot, front, deadline).await {
