@@ -124,3 +124,52 @@ async fn a_waiter_is_served_when_the_holder_disconnects_mid_transaction() {
     assert_ne!(pid, held, "the mid-transaction backend is not reused");
     assert_eq!(waiting_clients(&proxy), 0.0);
 }
+
+/// Clients waiting for a full pool are served in the order they came, as PgBouncer serves
+/// them: the first waiter gets the released connection, the second the one it releases. The
+/// order is read on the server (transaction ids), not from when the replies reach the test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_are_served_in_arrival_order() {
+    let proxy = Proxy::with(topology(), |c| c.pool_size(1).query_wait_timeout(20.0));
+    let holder = proxy.connect().await;
+    holder.simple_query("begin").await.expect("begin");
+    let held = pid_of(&holder, IN_TRANSACTION)
+        .await
+        .expect("the holder's backend");
+    let mut tasks = Vec::new();
+    for i in 0..2 {
+        let client = proxy.connect().await;
+        tasks.push(tokio::spawn(async move {
+            let sql = "begin; select txid_current(), pg_backend_pid(); commit";
+            let rows = client
+                .simple_query(sql)
+                .await
+                .expect("served, not timed out");
+            let row = rows
+                .iter()
+                .find_map(|m| match m {
+                    SimpleQueryMessage::Row(r) => Some((r.get(0)?.parse(), r.get(1)?.parse())),
+                    _ => None,
+                })
+                .expect("a row");
+            (client, row.0.expect("a txid"), row.1.expect("a pid"))
+        }));
+        wait_until("the client to wait for the pool", || {
+            waiting_clients(&proxy) == f64::from(i + 1)
+        });
+    }
+    holder.simple_query("commit").await.expect("commit");
+    let mut served: Vec<(i64, i64)> = Vec::new();
+    for task in tasks {
+        let (_client, txid, pid) = task.await.expect("a waiter's task");
+        served.push((txid, pid));
+    }
+    assert!(
+        served[0].0 < served[1].0,
+        "the first to wait ran first: {served:?}"
+    );
+    assert!(
+        served.iter().all(|&(_, pid)| pid == held),
+        "one connection, handed on: {served:?}"
+    );
+}
