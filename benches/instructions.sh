@@ -56,15 +56,7 @@ declare -A PORT PID OWNER
 TARGETS=(pgbouncer pgdecomp)
 [ -n "$BASELINE_BIN" ] && TARGETS+=(baseline)
 
-# shellcheck disable=SC2317  # invoked by the trap below
-cleanup() {
-    trap - INT TERM EXIT
-    local t
-    for t in "${TARGETS[@]}"; do [ -z "${PID[$t]:-}" ] || kill "${PID[$t]}" 2>/dev/null || true; done
-    pg_stop_topology "$ROOT" immediate
-    if [ -n "$KEEP" ]; then log "kept $ROOT"; else rm -rf "$ROOT"; fi
-}
-trap cleanup EXIT
+trap bench_cleanup EXIT
 trap 'exit 130' INT
 
 bench_pg_pair "$ROOT" "$P" "$R" 200

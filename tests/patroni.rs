@@ -14,7 +14,6 @@ use common::scrape::{metric, metrics};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio_postgres::SimpleQueryMessage;
 
 const MAIN_READ: &str = "select inet_server_port() from projects limit 1";
 const WRITERS: usize = 20;
@@ -45,14 +44,7 @@ fn proxy_for(lab: &PatroniLab, phase: u32, primary_wait: f64) -> Proxy {
 }
 
 async fn port(client: &tokio_postgres::Client, sql: &str) -> Result<u16, tokio_postgres::Error> {
-    let rows = client.simple_query(sql).await?;
-    Ok(rows
-        .iter()
-        .find_map(|m| match m {
-            SimpleQueryMessage::Row(r) => r.get(0).and_then(|v| v.parse().ok()),
-            _ => None,
-        })
-        .expect("a row with a port"))
+    common::proxy::first_value(client, sql).await
 }
 
 fn other<'a>(members: &'a [String], one: &str) -> &'a str {

@@ -18,14 +18,19 @@ fn topology() -> &'static Topology {
 /// The backend of `sql`'s one row. Every test uses the main target's pool (a transaction, or a
 /// statement inside one): a read outside a transaction would use another pool.
 async fn pid_of(client: &tokio_postgres::Client, sql: &str) -> Result<i64, tokio_postgres::Error> {
-    let rows = client.simple_query(sql).await?;
-    Ok(rows
-        .iter()
-        .find_map(|m| match m {
-            SimpleQueryMessage::Row(r) => r.get(0).and_then(|v| v.parse().ok()),
-            _ => None,
-        })
-        .expect("a row"))
+    common::proxy::first_value(client, sql).await
+}
+
+/// A proxy with one server connection per pool, and a client holding it inside a transaction
+/// (with its backend's pid).
+async fn held_pool() -> (Proxy, tokio_postgres::Client, i64) {
+    let proxy = Proxy::with(topology(), |c| c.pool_size(1).query_wait_timeout(20.0));
+    let holder = proxy.connect().await;
+    holder.simple_query("begin").await.expect("begin");
+    let held = pid_of(&holder, IN_TRANSACTION)
+        .await
+        .expect("the holder's backend");
+    (proxy, holder, held)
 }
 
 /// Clients waiting for a server connection, over every pool (`pgdecomp_pool_servers`).
@@ -67,12 +72,8 @@ fn waiter(
 /// pool, and the waiter is told to open another rather than wait into query_wait_timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiter_opens_a_connection_when_the_one_it_waits_for_is_closed() {
-    let proxy = Proxy::with(topology(), |c| c.pool_size(1).query_wait_timeout(20.0));
-    let holder = proxy.connect().await;
-    holder.simple_query("begin").await.expect("begin");
-    let held = pid_of(&holder, IN_TRANSACTION)
-        .await
-        .expect("the holder's backend");
+    // The holder stays connected: its server connection is closed under it.
+    let (proxy, _holder, held) = held_pool().await;
     let waiting = waiter(&proxy, proxy.connect().await);
     let topo = topology();
     let sql = format!("select pg_terminate_backend({held})");
@@ -111,12 +112,7 @@ async fn a_session_client_leaving_hands_its_connection_to_the_waiter() {
 /// and the waiter opens a new one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiter_is_served_when_the_holder_disconnects_mid_transaction() {
-    let proxy = Proxy::with(topology(), |c| c.pool_size(1).query_wait_timeout(20.0));
-    let holder = proxy.connect().await;
-    holder.simple_query("begin").await.expect("begin");
-    let held = pid_of(&holder, IN_TRANSACTION)
-        .await
-        .expect("the holder's backend");
+    let (proxy, holder, held) = held_pool().await;
     let waiting = waiter(&proxy, proxy.connect().await);
     drop(holder);
     let (_waiter, pid) = waiting.await.expect("the waiting client's task");
@@ -130,12 +126,7 @@ async fn a_waiter_is_served_when_the_holder_disconnects_mid_transaction() {
 /// order is read on the server (transaction ids), not from when the replies reach the test.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiters_are_served_in_arrival_order() {
-    let proxy = Proxy::with(topology(), |c| c.pool_size(1).query_wait_timeout(20.0));
-    let holder = proxy.connect().await;
-    holder.simple_query("begin").await.expect("begin");
-    let held = pid_of(&holder, IN_TRANSACTION)
-        .await
-        .expect("the holder's backend");
+    let (proxy, holder, held) = held_pool().await;
     let mut tasks = Vec::new();
     for i in 0..2 {
         let client = proxy.connect().await;

@@ -1,5 +1,5 @@
 # shellcheck shell=bash disable=SC2034,SC2153  # sets BOUNCER_PID/PGDECOMP_PID for, and reads ROOT and BENCH_DIR from, the bench scripts
-# Setup for benches/compare.sh and benches/instructions.sh: a main primary with a streaming
+# Setup for benches/compare.sh, instructions.sh and syscalls.sh: a main primary with a streaming
 # replica, PgBouncer instances and pgdecomp, each on free loopback ports under $ROOT, and what
 # both scripts pick and run (the binaries, the workloads). Sourced after scripts/lib.sh; uses
 # its pg_* helpers and sets nothing outside the variables named below.
@@ -152,6 +152,17 @@ bench_start_pgdecomp() {
     PGDECOMP_PID=$!
     wait_for "$name on port $port (log: $ROOT/$name.log)" \
         bash -c "kill -0 $PGDECOMP_PID && exec 3<>/dev/tcp/127.0.0.1/$port"
+}
+
+# bench_cleanup: the EXIT trap of instructions.sh and syscalls.sh. Stops the processes of
+# TARGETS (pids in PID) and the servers under ROOT, and removes ROOT unless KEEP is set.
+# shellcheck disable=SC2317  # invoked by the scripts' traps
+bench_cleanup() {
+    trap - INT TERM EXIT
+    local t
+    for t in "${TARGETS[@]}"; do [ -z "${PID[$t]:-}" ] || kill "${PID[$t]}" 2>/dev/null || true; done
+    pg_stop_topology "$ROOT" immediate
+    if [ -n "${KEEP:-}" ]; then log "kept $ROOT"; else rm -rf "$ROOT"; fi
 }
 
 # cpu_ticks PID: utime + stime of the whole process, in clock ticks.

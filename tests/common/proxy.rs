@@ -516,3 +516,18 @@ pub fn psql_command(proxy: &Proxy, (user, password): (&str, &str), db: &str) -> 
         .env("PGCONNECT_TIMEOUT", "10");
     cmd
 }
+
+/// The first column of the first row `sql` returns (simple protocol), parsed.
+pub async fn first_value<T: std::str::FromStr>(
+    client: &tokio_postgres::Client,
+    sql: &str,
+) -> Result<T, tokio_postgres::Error> {
+    let rows = client.simple_query(sql).await?;
+    Ok(rows
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).and_then(|v| v.parse().ok()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("a row with a value from {sql:?}")))
+}
