@@ -150,8 +150,24 @@ bench_start_pgdecomp() {
     grep -q '^\[server\]' "$conf" || printf '\n[server]\nuser = "gitlab"\npassword = "gitlab"\n' >>"$conf"
     "$bin" run --config "$conf" >"$ROOT/$name.log" 2>&1 &
     PGDECOMP_PID=$!
-    wait_for "$name on port $port (log: $ROOT/$name.log)" \
-        bash -c "kill -0 $PGDECOMP_PID && exec 3<>/dev/tcp/127.0.0.1/$port"
+    bench_wait_listening "$name" "$PGDECOMP_PID" "$port" "$ROOT/$name.log"
+}
+
+# bench_wait_listening NAME PID PORT LOG: returns once PORT accepts connections; dies at once,
+# with the log's tail, if the process exits first (a port taken since free_port picked it shows
+# as "Address already in use"), or after 30 s. The scripts' cleanup removes the log.
+bench_wait_listening() {
+    local name=$1 pid=$2 port=$3 log=$4 i
+    for ((i = 0; i < 300; i++)); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
+        if ! kill -0 "$pid" 2>/dev/null; then
+            tail -n 20 "$log" >&2
+            die "$name exited before listening on port $port (its log is above)"
+        fi
+        sleep 0.1
+    done
+    tail -n 20 "$log" >&2
+    die "timed out after 30 s waiting for $name on port $port (its log is above)"
 }
 
 # bench_cleanup: the EXIT trap of instructions.sh and syscalls.sh. Stops the processes of
