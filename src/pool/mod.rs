@@ -238,6 +238,11 @@ async fn queued(
                 Err(e) => return Err(checkout_error(e, target, configured)),
             }
         }
+        if configured.wait.is_some_and(|w| w.is_zero()) {
+            // query_wait_timeout = 0: no wait at all, as before the queue.
+            let e = PoolError::Timeout(TimeoutType::Wait);
+            return Err(checkout_error(e, target, configured));
+        }
         let slot = slot.get_or_insert_with(Arc::default);
         let mut c = match m.stash.queue.wait(slot, front, deadline).await {
             handoff::Got::Conn(c) => c,
