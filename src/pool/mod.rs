@@ -120,7 +120,8 @@ impl Pools {
             .insert(spec.clone(), w);
     }
 
-    /// A pool's counts as deadpool keeps them, with its stashed connections counted idle.
+    /// A pool's counts as deadpool keeps them, with its stashed connections counted idle and
+    /// the clients in its hand-off queue counted waiting.
     pub fn status(pool: &ServerPool) -> Status {
         let mut st = pool.status();
         let stash = &pool.manager().stash;
@@ -224,11 +225,6 @@ async fn queued(
     let deadline = configured.wait.and_then(|limit| since.checked_add(limit));
     let mut front = false;
     loop {
-        // Again after a retry: a release may have stashed a connection while this client was
-        // out of the queue.
-        if let Some(c) = stash::take(pool) {
-            return Ok(c);
-        }
         // With clients already waiting, deadpool has nothing free (releases go to them, and
         // room to open a connection to the first of them): a newcomer queues behind them.
         if front || m.stash.queue.is_empty() {
@@ -244,26 +240,28 @@ async fn queued(
             return Err(checkout_error(e, target, configured));
         }
         let slot = slot.get_or_insert_with(Arc::default);
-        let mut c = match m.stash.queue.wait(slot, front, deadline).await {
-            handoff::Got::Conn(c) => c,
-            handoff::Got::Retry => {
-                front = true;
-                continue;
+        match m.stash.queue.wait(slot, front, deadline).await {
+            handoff::Got::Conn(mut c) => {
+                // Released a moment ago: its release time stands in for the clock.
+                let at = c.last_used;
+                match m.readiness(&mut c, at) {
+                    manager::Readiness::Ready => return Ok(c),
+                    // Into deadpool, whose recycle (reached on the next turn) pings it.
+                    manager::Readiness::Ping => drop(c),
+                    manager::Readiness::Discard(_) => drop(Object::take(c)),
+                }
             }
+            handoff::Got::Retry => {}
             handoff::Got::Expired => {
                 let e = PoolError::Timeout(TimeoutType::Wait);
                 return Err(checkout_error(e, target, configured));
             }
-        };
-        // Whatever comes next, this client was first in line.
+        }
+        // Whatever comes next, this client was first in line. A release may have stashed a
+        // connection while it was out of the queue.
         front = true;
-        // Released a moment ago: its release time stands in for the clock.
-        let at = c.last_used;
-        match m.readiness(&mut c, at) {
-            manager::Readiness::Ready => return Ok(c),
-            // Into deadpool, whose recycle (reached on the next turn) pings it.
-            manager::Readiness::Ping => drop(c),
-            manager::Readiness::Discard(_) => drop(Object::take(c)),
+        if let Some(c) = stash::take(pool) {
+            return Ok(c);
         }
     }
 }
