@@ -164,3 +164,65 @@ async fn waiters_are_served_in_arrival_order() {
         "one connection, handed on: {served:?}"
     );
 }
+
+/// Sum and count of histogram `name`'s series whose labels include `labels`.
+fn histogram(text: &str, name: &str, labels: &[(&str, &str)]) -> (f64, f64) {
+    let sum = common::scrape::metric(text, &format!("{name}_sum"), labels);
+    (
+        sum,
+        common::scrape::metric(text, &format!("{name}_count"), labels),
+    )
+}
+
+/// The time histograms count each checkout, transaction and request once, and their times lie
+/// inside what the test saw: a handed connection's wait lasts until the holder's commit, which
+/// comes after the test's pause; the holder's transaction lasts at least as long. These times
+/// come from readings the relay shares (the release, the last reply), not from their own
+/// clock reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handed_connection_times_its_wait_and_its_transaction() {
+    const PAUSE: std::time::Duration = std::time::Duration::from_millis(300);
+    let (proxy, holder, _held) = held_pool().await;
+    let begun = std::time::Instant::now();
+    let main = [("db_config_name", "main")];
+    let before = metrics(&proxy);
+    let client = proxy.connect().await;
+    let wait_began = std::time::Instant::now();
+    let waiting = waiter(&proxy, client);
+    tokio::time::sleep(PAUSE).await;
+    holder.simple_query("commit").await.expect("commit");
+    let (_waiter, pid) = waiting.await.expect("the waiting client's task");
+    pid.expect("the waiter is served");
+    let (waited_at_most, held_at_most) = (wait_began.elapsed(), begun.elapsed());
+    let after = metrics(&proxy);
+    let delta = |name: &str, labels: &[(&str, &str)]| {
+        let (s0, c0) = histogram(&before, name, labels);
+        let (s1, c1) = histogram(&after, name, labels);
+        (s1 - s0, c1 - c0)
+    };
+    let (wait_sum, waits) = delta("pgdecomp_pool_wait_seconds", &[]);
+    assert_eq!(waits, 1.0, "one checkout: the waiter's");
+    let pause = PAUSE.as_secs_f64();
+    let most = waited_at_most.as_secs_f64() + 0.05;
+    assert!(
+        (pause..most).contains(&wait_sum),
+        "the waiter waited {wait_sum} s: at least the {pause} s pause, at most {most}"
+    );
+    let (txn_sum, txns) = delta("pgdecomp_transaction_duration_seconds", &main);
+    assert_eq!(txns, 2.0, "the holder's transaction and the waiter's");
+    let most = held_at_most.as_secs_f64() + waited_at_most.as_secs_f64();
+    assert!(
+        (pause..most).contains(&txn_sum),
+        "transactions took {txn_sum} s in all: the holder's outlasted the pause, and both \
+         fit in what the test saw ({most} s)"
+    );
+    let (request_sum, requests) = delta("pgdecomp_statement_duration_seconds", &main);
+    assert_eq!(
+        requests, 2.0,
+        "the holder's commit and the waiter's one query string"
+    );
+    assert!(
+        request_sum > 0.0 && request_sum < txn_sum,
+        "requests took {request_sum} s, inside their transactions' {txn_sum} s"
+    );
+}

@@ -11,7 +11,7 @@ use super::client::Client;
 use super::machine::Ctx;
 use super::outbox::Outbox;
 use super::record::Recorder;
-use super::timeouts::{Expiry, Watch};
+use super::timeouts::{Expiry, Waiting, Watch};
 use super::wait::{next_event, Event};
 use super::SessionError;
 use crate::config::PoolMode;
@@ -22,7 +22,8 @@ use crate::server::ServerConn;
 use crate::shared::cancel::{cancel_server, CancelSlot};
 use crate::shared::Shared;
 
-/// How a relay ended.
+/// How a relay ended, with when (the last reply's arrival when there was one: the clock is
+/// not read again for it).
 #[derive(Debug, PartialEq, Eq)]
 pub enum PumpEnd {
     /// The transaction ended; the server went back to the pool.
@@ -41,6 +42,12 @@ enum Outcome {
     TimedOut(Expiry),
 }
 
+/// The relay's clock: the statement-latency histogram, and when the last reply came.
+struct Timing<'h> {
+    statement_seconds: &'h prometheus::Histogram,
+    replied: Option<Instant>,
+}
+
 /// Runs `unit` (already planned onto this connection) and everything after it until the
 /// attachment ends.
 pub async fn pump(
@@ -49,7 +56,7 @@ pub async fn pump(
     unit: Vec<Frame>,
     shared: &Shared,
     statement_seconds: &prometheus::Histogram,
-) -> Result<PumpEnd, SessionError> {
+) -> Result<(PumpEnd, Instant), SessionError> {
     let sc: &mut ServerConn = &mut conn;
     sc.in_use = true;
     sc.prepared.set_cap(c.session.snap.max_prepared_statements);
@@ -82,7 +89,11 @@ pub async fn pump(
         forward(c, f, &mut ctx, &mut sc.prepared, &mut out);
     }
     c.keep_unit(unit);
-    let outcome = relay_loop(c, sc, &mut out, &mut ctx, statement_seconds).await;
+    let mut timing = Timing {
+        statement_seconds,
+        replied: None,
+    };
+    let outcome = relay_loop(c, sc, &mut out, &mut ctx, &mut timing).await;
     set_cancel(&c.cancel_slot, None);
     if let Ok(Outcome::TimedOut(e)) = &outcome {
         let limits = &shared.metrics.client_limits;
@@ -90,7 +101,10 @@ pub async fn pump(
     }
     c.to_server = out.into_buf(KEEP_BUFFER);
     match outcome {
-        Ok(o) => finish(c, conn, o).await,
+        Ok(o) => {
+            let end = finish(c, conn, o, timing.replied).await?;
+            Ok((end, timing.replied.unwrap_or_else(Instant::now)))
+        }
         Err(e) => {
             c.session.detach();
             conn.broken = true;
@@ -128,7 +142,7 @@ async fn relay_loop(
     sc: &mut ServerConn,
     out: &mut Outbox,
     ctx: &mut Ctx<'_>,
-    statement_seconds: &prometheus::Histogram,
+    timing: &mut Timing<'_>,
 ) -> Result<Outcome, SessionError> {
     let mut terminate = false;
     let mut client_eof = false;
@@ -164,14 +178,17 @@ async fn relay_loop(
         let read_client = out.len() < c.high_water
             && wants_client_bytes(&c.io.rbuf, c.io.max_message, c.high_water);
         let read_server = c.io.wbuf.len() < c.high_water;
-        let running = watch.update(|| c.session.waiting(), timer.as_mut());
-        match next_event(c, sc, out, (read_client, read_server), running).await {
+        let waiting = c.session.waiting();
+        let running = watch.update(|| waiting, timer.as_mut());
+        let server_first = waiting == Waiting::Server;
+        let reads = (read_client, read_server, server_first);
+        match next_event(c, sc, out, reads, running).await {
             Event::Expired => {
                 if let Some(e) = watch.armed() {
                     return expire(e, sc);
                 }
             }
-            ev => match on_event(ev, c, sc, statement_seconds) {
+            ev => match on_event(ev, c, sc, timing) {
                 Step::Go => {}
                 Step::ClientGone => client_eof = true,
                 Step::Answered => watch.answered(),
@@ -190,19 +207,14 @@ enum Step {
     End(Outcome),
 }
 
-fn on_event(
-    ev: Event,
-    c: &mut Client,
-    sc: &mut ServerConn,
-    statement_seconds: &prometheus::Histogram,
-) -> Step {
+fn on_event(ev: Event, c: &mut Client, sc: &mut ServerConn, timing: &mut Timing<'_>) -> Step {
     match ev {
         Event::ClientRead(Ok(n)) if n > 0 => Step::Go,
         Event::ClientRead(_) => Step::ClientGone,
         Event::ServerRead(Ok(0)) => Step::End(Outcome::ServerLost(
             "server closed the connection unexpectedly".into(),
         )),
-        Event::ServerRead(Ok(_)) => match on_server_bytes(c, sc, statement_seconds) {
+        Event::ServerRead(Ok(_)) => match on_server_bytes(c, sc, timing) {
             Ok(0) => Step::Go,
             Ok(_) => Step::Answered,
             Err(lost) => Step::End(lost),
@@ -240,7 +252,7 @@ fn expire(e: Expiry, sc: &ServerConn) -> Result<Outcome, SessionError> {
 fn on_server_bytes(
     c: &mut Client,
     sc: &mut ServerConn,
-    statement_seconds: &prometheus::Histogram,
+    timing: &mut Timing<'_>,
 ) -> Result<u32, Outcome> {
     let ev = match c.session.scan(
         &mut sc.rbuf,
@@ -262,9 +274,10 @@ fn on_server_bytes(
         // Pipelined requests answered in one read share their mean.
         let mean = ev.latency_sum / f64::from(ev.latency_count);
         for _ in 0..ev.latency_count {
-            statement_seconds.observe(mean);
+            timing.statement_seconds.observe(mean);
         }
     }
+    timing.replied = ev.answered_at.or(timing.replied);
     if let Some((code, msg)) = ev.proxy_error {
         tracing::warn!(client = c.id, %code, %msg, "proxy statement failed on the server");
     }
@@ -275,12 +288,13 @@ async fn finish(
     c: &mut Client,
     mut conn: PooledConn,
     outcome: Outcome,
+    replied: Option<Instant>,
 ) -> Result<PumpEnd, SessionError> {
     match outcome {
         Outcome::Released => {
             c.session.detach();
             conn.in_use = false;
-            conn.last_used = Instant::now();
+            conn.last_used = replied.unwrap_or_else(Instant::now);
             // Dropped: to the client waiting longest, else into the stash.
             drop(conn);
             Ok(PumpEnd::Released)

@@ -180,7 +180,9 @@ async fn transact(
     };
     entry.set(2, Some(target));
     let m = &shared.metrics;
-    let held = Instant::now();
+    // The connection became this client's at its checkout check or its release to this
+    // client, whichever is later than the wait's start: no clock read of its own.
+    let held = conn.last_used.max(waited);
     m.checkout_wait.observe((held - waited).as_secs_f64());
     let tm = m.target(target);
     tm.transactions.inc();
@@ -189,9 +191,9 @@ async fn transact(
     drop(running);
     drop(ci_running);
     entry.set(0, Some(target));
-    let end = end?;
-    let ended = Instant::now();
-    tm.transaction_seconds.observe((ended - held).as_secs_f64());
+    let (end, ended) = end?;
+    tm.transaction_seconds
+        .observe(ended.saturating_duration_since(held).as_secs_f64());
     if c.session.take_wrote() && !target.is_replica() {
         // Committed (or ended) now: reads need a replica that has replayed it.
         let cluster = write_cluster(target, c.session.snap.phase.ci_write_host());

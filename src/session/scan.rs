@@ -23,6 +23,8 @@ pub struct ScanEvents {
     /// Seconds from the client's Sync/Query to its ReadyForQuery, summed over `ready` answers.
     pub latency_sum: f64,
     pub latency_count: u32,
+    /// When the first of those answers was scanned (one clock read per pass).
+    pub answered_at: Option<std::time::Instant>,
     /// SQLSTATE and message of an error answering the proxy's own query.
     pub proxy_error: Option<(String, String)>,
     /// Reported parameters changed by the client's own statements.
@@ -321,7 +323,8 @@ impl Tracker {
                 if owner == SegmentOwner::Client && !swallow {
                     ev.client_status = Some(self.status);
                     if let Some(at) = seg.as_ref().and_then(|s| s.sent_at) {
-                        ev.latency_sum += at.elapsed().as_secs_f64();
+                        let now = *ev.answered_at.get_or_insert_with(std::time::Instant::now);
+                        ev.latency_sum += now.saturating_duration_since(at).as_secs_f64();
                         ev.latency_count += 1;
                     }
                 }

@@ -19,7 +19,8 @@ pub enum Event {
     Expired,
 }
 
-/// Waits for the first of: client writable, server writable, client bytes, server bytes. Each
+/// Waits for the first of: client writable, server writable, client bytes, server bytes
+/// (`server_first`: server bytes are looked for before client bytes). Each
 /// operation is polled through a short-lived future on the one stream, so a TLS stream (which
 /// cannot be split into halves) serves reads and writes alike. A TLS session with records still
 /// buffered is flushed as part of its write.
@@ -27,7 +28,7 @@ pub async fn next_event(
     c: &mut Client,
     sc: &mut ServerConn,
     out: &mut Outbox,
-    (read_client, read_server): (bool, bool),
+    (read_client, read_server, server_first): (bool, bool, bool),
     mut timer: Option<Pin<&mut tokio::time::Sleep>>,
 ) -> Event {
     use std::future::Future;
@@ -52,21 +53,36 @@ pub async fn next_event(
                 return Poll::Ready(Event::ServerWrote(r));
             }
         }
+        // The side the client waits on first: when its reply has come, the other side's
+        // readiness check (and waker registration) is skipped for this turn.
+        if server_first && read_server {
+            if let Poll::Ready(r) = poll_read(&mut sc.stream, &mut sc.rbuf, cx) {
+                return Poll::Ready(Event::ServerRead(r));
+            }
+        }
         if read_client {
-            let mut f = std::pin::pin!(c.io.stream.read_buf(&mut c.io.rbuf));
-            if let Poll::Ready(r) = f.as_mut().poll(cx) {
+            if let Poll::Ready(r) = poll_read(&mut c.io.stream, &mut c.io.rbuf, cx) {
                 return Poll::Ready(Event::ClientRead(r));
             }
         }
-        if read_server {
-            let mut f = std::pin::pin!(sc.stream.read_buf(&mut sc.rbuf));
-            if let Poll::Ready(r) = f.as_mut().poll(cx) {
+        if !server_first && read_server {
+            if let Poll::Ready(r) = poll_read(&mut sc.stream, &mut sc.rbuf, cx) {
                 return Poll::Ready(Event::ServerRead(r));
             }
         }
         Poll::Pending
     })
     .await
+}
+
+/// One read of what `stream` has now into `buf`.
+fn poll_read(
+    stream: &mut crate::net::Stream,
+    buf: &mut BytesMut,
+    cx: &mut std::task::Context<'_>,
+) -> std::task::Poll<std::io::Result<usize>> {
+    use std::future::Future;
+    std::pin::pin!(stream.read_buf(buf)).poll(cx)
 }
 
 /// Writes what the socket takes now (at least one byte, or the pending TLS records).

@@ -5,6 +5,7 @@
 
 use bytes::{BufMut, BytesMut};
 
+use super::plan::LoneQuery;
 use super::{execute, Ctx, Held, Session};
 use crate::classify::{Classification, StatementKind, TxnCommand};
 use crate::protocol::backend::{self, PgError};
@@ -90,11 +91,12 @@ impl Session {
     pub(super) fn answer_locally(
         &mut self,
         unit: &[Frame],
+        lone: Option<&LoneQuery>,
         ctx: &mut Ctx,
         reply: &mut BytesMut,
     ) -> bool {
         let failed = self.held == (Held::Begin { failed: true });
-        if !failed && !self.answerable(unit, ctx) {
+        if !failed && !self.answerable(unit, lone, ctx) {
             return false;
         }
         let mut begun = false;
@@ -165,18 +167,12 @@ impl Session {
     /// Whether every message of `unit` can be answered locally (outside a failed
     /// transaction): a deferrable BEGIN with its Parse/Bind/Describe/Execute, Close, Sync,
     /// Flush, or a whole-query DEALLOCATE.
-    fn answerable(&mut self, unit: &[Frame], ctx: &mut Ctx) -> bool {
+    fn answerable(&mut self, unit: &[Frame], lone: Option<&LoneQuery>, ctx: &mut Ctx) -> bool {
         let deferrable = |me: &Self, c: &Classification| {
             is_begin(c) && route(c, &me.snap.phase, &me.route).reason == Reason::BeginDeferred
         };
-        if let [f] = unit {
-            if f.front() == Front::Query {
-                let (sql, c) = self.query_class(ctx.cache, f);
-                if deallocate(sql).is_some() {
-                    return true;
-                }
-                return deferrable(self, &c);
-            }
+        if let Some((sql, c)) = lone {
+            return deallocate(sql).is_some() || deferrable(self, c);
         }
         let mut begun = false;
         let mut batch_unnamed = None;

@@ -29,6 +29,9 @@ pub enum Plan {
     },
 }
 
+/// A batch of one Query message: its text and classification.
+pub(super) type LoneQuery<'u> = (&'u str, Arc<Classification>);
+
 /// The execution that decides where a batch runs.
 enum Lead {
     /// The first statement of a transaction the batch opens, else its strictest execution.
@@ -44,11 +47,16 @@ impl Session {
         // Only what `remember` gave for this batch: older addresses may have been reused.
         self.memo
             .truncate(usize::from(std::mem::take(&mut self.seeded)));
-        if self.answer_locally(unit, ctx, reply) {
+        // A lone Query (most requests) is read and classified once for both questions.
+        let lone = match unit {
+            [f] if f.front() == Front::Query => Some(self.query_class(ctx.cache, f)),
+            _ => None,
+        };
+        if self.answer_locally(unit, lone.as_ref(), ctx, reply) {
             self.memo.clear();
             return Plan::Answered;
         }
-        let (d, executes) = match self.lead(unit, ctx) {
+        let (d, executes) = match self.lead(unit, lone, ctx) {
             Lead::Executes(d) => (d, true),
             Lead::Prepares(d) => (d, false),
         };
@@ -60,8 +68,8 @@ impl Session {
         }
     }
 
-    fn lead(&mut self, unit: &[Frame], ctx: &mut Ctx) -> Lead {
-        if let Some(d) = self.single_statement_lead(unit, ctx) {
+    fn lead(&mut self, unit: &[Frame], lone: Option<LoneQuery>, ctx: &mut Ctx) -> Lead {
+        if let Some(d) = lone.and_then(|q| self.single_statement_lead(q, ctx)) {
             return Lead::Executes(d);
         }
         let snap = self.snap.clone();
@@ -134,12 +142,11 @@ impl Session {
 
     /// A lone Query of one statement (most requests): its own decision leads, with no copy of
     /// the routing state to replay it on. A BEGIN held back leaves it to the search.
-    fn single_statement_lead(&mut self, unit: &[Frame], ctx: &mut Ctx) -> Option<Decision> {
-        let [f] = unit else { return None };
-        if f.front() != Front::Query {
-            return None;
-        }
-        let (sql, whole) = self.query_class(ctx.cache, f);
+    fn single_statement_lead(
+        &mut self,
+        (sql, whole): LoneQuery,
+        ctx: &mut Ctx,
+    ) -> Option<Decision> {
         if ctx.cache.each(sql, &whole).is_some() {
             return None;
         }
