@@ -7,7 +7,8 @@
 # (the socket calls) is not counted: see benches/compare.sh for CPU per transaction.
 #
 # Usage: benches/instructions.sh [options]
-#   --workloads LIST    comma list of simple,extended,prepared,tpcb (simple,extended,prepared,tpcb)
+#   --workloads LIST    comma list of simple,extended,prepared,tpcb,connect,mix
+#                       (simple,extended,prepared,tpcb; connect logs in once per transaction)
 #   --transactions N    transactions per client, counted after a warm-up (2000)
 #   --clients N         pgbench clients (4; the pool has 8 connections, so none waits)
 #   --pgdecomp PATH     the pgdecomp binary (default: cargo build --release)
@@ -40,7 +41,7 @@ while [ $# -gt 0 ]; do
 done
 IFS=, read -r -a WORKLOAD_NAMES <<<"$WORKLOADS"
 for w in "${WORKLOAD_NAMES[@]}"; do
-    case $w in simple|extended|prepared|tpcb) ;; *) die "unknown workload: $w" ;; esac
+    case $w in simple|extended|prepared|tpcb|connect|mix) ;; *) die "unknown workload: $w" ;; esac
 done
 
 ensure_packages postgresql-15 postgresql-client-15 pgbouncer valgrind

@@ -33,12 +33,12 @@ fn fast_verifier() -> &'static ScramVerifier {
     V.get_or_init(|| {
         let salt = b"fuzz-salt".to_vec();
         let sp = salted(SCRAM_PASSWORD.as_bytes(), &salt);
-        ScramVerifier {
-            iterations: 1,
-            stored_key: Sha256::digest(hmac(&sp, b"Client Key")).into(),
-            server_key: hmac(&sp, b"Server Key"),
+        ScramVerifier::new(
+            1,
             salt,
-        }
+            Sha256::digest(hmac(&sp, b"Client Key")).into(),
+            hmac(&sp, b"Server Key"),
+        )
     })
 }
 

@@ -40,6 +40,15 @@ pub struct ClientIo {
     pub max_message: usize,
 }
 
+/// A client that leaves gives its buffers back too: the next login takes them rather than
+/// two fresh allocations (most logins are followed by a logout, with `-C` one per transaction).
+impl Drop for ClientIo {
+    fn drop(&mut self) {
+        spare::give(std::mem::take(&mut self.rbuf));
+        spare::give(std::mem::take(&mut self.wbuf));
+    }
+}
+
 impl ClientIo {
     pub fn new(stream: TcpStream, max_message: usize) -> Self {
         Self {

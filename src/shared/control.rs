@@ -33,6 +33,24 @@ pub struct ClientEntry {
     rollout: Mutex<(Arc<Actor>, f64)>,
 }
 
+/// Clients logged in per user and per database (max_user_connections, max_db_connections),
+/// looked up by name without building a key per login.
+#[derive(Default)]
+struct LoginCounts {
+    users: HashMap<String, usize>,
+    databases: HashMap<String, usize>,
+}
+
+/// Counts one more for `name`; its key is allocated only for the first.
+fn add(map: &mut HashMap<String, usize>, name: &str) {
+    match map.get_mut(name) {
+        Some(n) => *n += 1,
+        None => {
+            map.insert(name.to_string(), 1);
+        }
+    }
+}
+
 impl ClientEntry {
     pub fn set(&self, state: u8, target: Option<Target>) {
         self.state.store(state, Ordering::Relaxed);
@@ -70,7 +88,7 @@ pub struct Control {
     active: [AtomicUsize; 4],
     draining: std::sync::atomic::AtomicBool,
     /// Logged-in clients per user (`true`) and per database (`false`).
-    counts: Mutex<HashMap<(bool, String), usize>>,
+    counts: Mutex<LoginCounts>,
 }
 
 impl Default for Control {
@@ -127,20 +145,15 @@ impl Control {
         (max_user, max_db): (usize, usize),
     ) -> Result<(), &'static str> {
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        let of = |counts: &HashMap<(bool, String), usize>, key: (bool, &str)| {
-            counts
-                .get(&(key.0, key.1.to_string()))
-                .copied()
-                .unwrap_or(0)
-        };
-        if max_user > 0 && of(&counts, (true, user)) >= max_user {
+        let of = |map: &HashMap<String, usize>, name: &str| map.get(name).copied().unwrap_or(0);
+        if max_user > 0 && of(&counts.users, user) >= max_user {
             return Err("max_user_connections");
         }
-        if max_db > 0 && of(&counts, (false, database)) >= max_db {
+        if max_db > 0 && of(&counts.databases, database) >= max_db {
             return Err("max_db_connections");
         }
-        *counts.entry((true, user.to_string())).or_default() += 1;
-        *counts.entry((false, database.to_string())).or_default() += 1;
+        add(&mut counts.users, user);
+        add(&mut counts.databases, database);
         Ok(())
     }
 
@@ -150,13 +163,12 @@ impl Control {
         Self::decrement(&mut counts, user, database);
     }
 
-    fn decrement(counts: &mut HashMap<(bool, String), usize>, user: &str, database: &str) {
-        for key in [(true, user), (false, database)] {
-            let key = (key.0, key.1.to_string());
-            if let Some(n) = counts.get_mut(&key) {
+    fn decrement(counts: &mut LoginCounts, user: &str, database: &str) {
+        for (map, name) in [(&mut counts.users, user), (&mut counts.databases, database)] {
+            if let Some(n) = map.get_mut(name) {
                 *n = n.saturating_sub(1);
                 if *n == 0 {
-                    counts.remove(&key);
+                    map.remove(name);
                 }
             }
         }

@@ -8,6 +8,9 @@
 //! An actor below `percent` takes the new target. Rust's `DefaultHasher` is seeded per process,
 //! so it could not give two instances the same answer.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -66,8 +69,32 @@ pub fn actor_point(hash: u64) -> f64 {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ActorHashes([u64; 2]);
 
+/// Actors whose hashes a thread keeps: most logins come from a few users and applications,
+/// and each new client would otherwise pay a SHA-256 per rollout for each of its actors.
+const KEEP_ACTORS: usize = 256;
+
+thread_local! {
+    static SEEN: RefCell<HashMap<Box<str>, ActorHashes>> = RefCell::new(HashMap::new());
+}
+
 impl ActorHashes {
+    /// The hashes of `actor`, remembered per thread (the same as computing them: the hash is
+    /// fixed). A full memory starts over rather than tracking which actor is oldest.
     pub fn of(actor: &str) -> Self {
+        if let Some(h) = SEEN.with_borrow(|seen| seen.get(actor).copied()) {
+            return h;
+        }
+        let h = Self::compute(actor);
+        SEEN.with_borrow_mut(|seen| {
+            if seen.len() >= KEEP_ACTORS {
+                seen.clear();
+            }
+            seen.insert(actor.into(), h);
+        });
+        h
+    }
+
+    fn compute(actor: &str) -> Self {
         Self(RolloutName::ALL.map(|r| actor_hash(r, actor)))
     }
 

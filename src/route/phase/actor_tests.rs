@@ -187,3 +187,17 @@ fn show_clients_describes_the_sides() {
     let full = Phase::from_toml(FILES[3]).unwrap();
     assert_eq!(full.describe_rollouts(&project(1), 0.0), "");
 }
+
+#[test]
+fn remembered_hashes_are_the_computed_ones_past_the_memory_bound() {
+    // Twice the bound: the memory starts over once, and every answer stays the documented hash.
+    for round in 0..2 {
+        for i in 0..600 {
+            let actor = format!("actor-{i}");
+            let h = super::actor::ActorHashes::of(&actor);
+            for r in RolloutName::ALL {
+                assert_eq!(h.get(r), actor_hash(r, &actor), "{actor} in round {round}");
+            }
+        }
+    }
+}
