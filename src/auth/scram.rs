@@ -18,7 +18,8 @@ pub struct ScramVerifier {
     pub salt: Vec<u8>,
     pub stored_key: [u8; 32],
     pub server_key: [u8; 32],
-    macs: KeyedMacs,
+    /// Boxed: a verifier sits in every auth-file entry that has one, the MACs are 400 bytes.
+    macs: Box<KeyedMacs>,
 }
 
 /// HMAC-SHA-256 keyed with the verifier's StoredKey and ServerKey: keying hashes a block for
@@ -61,7 +62,7 @@ impl ScramVerifier {
         Self {
             iterations,
             salt,
-            macs: KeyedMacs::new(&stored_key, &server_key),
+            macs: Box::new(KeyedMacs::new(&stored_key, &server_key)),
             stored_key,
             server_key,
         }
