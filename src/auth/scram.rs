@@ -18,7 +18,7 @@ pub struct ScramVerifier {
     pub salt: Vec<u8>,
     pub stored_key: [u8; 32],
     pub server_key: [u8; 32],
-    /// Boxed: a verifier sits in every auth-file entry that has one, the MACs are 400 bytes.
+    /// Boxed: a verifier sits in every auth-file entry that has one, the MACs are 288 bytes.
     macs: Box<KeyedMacs>,
 }
 
