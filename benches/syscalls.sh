@@ -6,7 +6,7 @@
 # (benches/compare.sh) follows from these.
 #
 # Usage: benches/syscalls.sh [options]
-#   --workloads LIST    comma list of simple,extended,prepared,tpcb (simple,tpcb)
+#   --workloads LIST    comma list of simple,extended,prepared,tpcb,connect,mix (simple,tpcb)
 #   --clients N         pgbench clients (32; the pool has 8 connections)
 #   --transactions N    transactions per client (2000; TPC-B runs a fifth of them)
 #   --pgdecomp PATH     the pgdecomp binary (default: cargo build --release)
@@ -37,7 +37,7 @@ while [ $# -gt 0 ]; do
 done
 IFS=, read -r -a WORKLOAD_NAMES <<<"$WORKLOADS"
 for w in "${WORKLOAD_NAMES[@]}"; do
-    case $w in simple|extended|prepared|tpcb) ;; *) die "unknown workload: $w" ;; esac
+    case $w in simple|extended|prepared|tpcb|connect|mix) ;; *) die "unknown workload: $w" ;; esac
 done
 
 ensure_packages postgresql-15 postgresql-client-15 pgbouncer linux-perf
