@@ -65,11 +65,16 @@ pg_prepare_root() {
     fi
 }
 
-# A loopback TCP port nobody listens on right now.
+# A loopback TCP port nobody listens on right now, below the kernel's ephemeral range: a port
+# in that range may be the local end of an outgoing connection (the benches open thousands),
+# and a listener cannot bind it then (EADDRINUSE), though nothing listens there.
 free_port() {
-    local port
+    local port low=32768 span
+    read -r low _ </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || true
+    span=$((low - 20000))
+    [ "$span" -ge 2000 ] || span=40000
     while :; do
-        port=$((20000 + RANDOM % 40000))
+        port=$((20000 + RANDOM % span))
         if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
             echo "$port"
             return

@@ -46,12 +46,19 @@ impl Running {
     }
 }
 
+/// A listener on `addr`, the `setting` that names it; a failure says which address it was.
+async fn bind(addr: std::net::SocketAddr, setting: &str) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{setting} = \"{addr}\": {e}")))
+}
+
 /// Binds the listener and spawns the accept loop and maintenance tasks.
 pub async fn start(snapshot: Snapshot) -> std::io::Result<Running> {
-    let listener = TcpListener::bind(snapshot.listen).await?;
+    let listener = bind(snapshot.listen, "listen").await?;
     let addr = listener.local_addr()?;
     let metrics_listener = match snapshot.metrics_listen {
-        Some(a) => Some(TcpListener::bind(a).await?),
+        Some(a) => Some(bind(a, "metrics_listen").await?),
         None => None,
     };
     let metrics_addr = metrics_listener

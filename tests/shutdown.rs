@@ -175,3 +175,38 @@ async fn admin_shutdown_drains_and_sigint_is_immediate() {
     assert!(proxy.wait_exit(BOUND).is_some(), "SIGINT exits at once");
     assert!(client.batch_execute("commit").await.is_err());
 }
+
+/// A second pgdecomp on a port already taken does not start, and says which setting and
+/// address it could not bind (the first keeps serving).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_listen_port_is_named_in_the_start_error() {
+    let first = proxy();
+    let out = run_bounded(
+        Command::new(env!("CARGO_BIN_EXE_pgdecomp"))
+            .arg("run")
+            .arg("--config")
+            .arg(first.config_path())
+            .current_dir(first.dir()),
+        "",
+        BOUND,
+    );
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !out.status.success(),
+        "the second instance must not start: {said}"
+    );
+    let wanted = format!("listen = \"127.0.0.1:{}\"", first.port());
+    assert!(
+        said.contains(&wanted) && said.contains("in use"),
+        "the error names {wanted} and the cause: {said}"
+    );
+    let client = first.connect().await;
+    client
+        .simple_query("select 1")
+        .await
+        .expect("the first still serves");
+}
