@@ -228,6 +228,10 @@ run_one() {
         || grep -q 'actually processed: 0$' "$dir/pgbench.out"; then
         log "run failed (rc $rc): $(tail -n 3 "$dir/pgbench.out" | tr '\n' ' ')"
         cp "$dir/pgbench.out" "$ROOT/failed-r$round-c$clients-$workload-$target.out"
+        # The proxies' and servers' logs explain a failure: keep them past the cleanup.
+        KEEP=1
+        [ ! -f "$ROOT/$target.log" ] \
+            || log "$target's warnings so far: $(grep -E 'WARN|ERROR' "$ROOT/$target.log" | tail -n 5 | tr '\n' ' ')"
     fi
 }
 

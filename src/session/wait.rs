@@ -48,9 +48,13 @@ pub async fn next_event(
             }
         }
         if !out.is_empty() || sc.stream.needs_flush() {
-            let mut f = std::pin::pin!(write_outbox(&mut sc.stream, out));
-            if let Poll::Ready(r) = f.as_mut().poll(cx) {
-                return Poll::Ready(Event::ServerWrote(r));
+            let wrote = std::pin::pin!(write_outbox(&mut sc.stream, out)).poll(cx);
+            match wrote {
+                // All sent and nothing of the client's left to forward: the relay loop would
+                // only come back here, so the reads are polled in this same turn.
+                Poll::Ready(Ok(())) if all_sent(sc, out) && c.io.rbuf.is_empty() => {}
+                Poll::Ready(r) => return Poll::Ready(Event::ServerWrote(r)),
+                Poll::Pending => {}
             }
         }
         // The side the client waits on first: when its reply has come, the other side's
@@ -73,6 +77,10 @@ pub async fn next_event(
         Poll::Pending
     })
     .await
+}
+
+fn all_sent(sc: &ServerConn, out: &Outbox) -> bool {
+    out.is_empty() && !sc.stream.needs_flush()
 }
 
 /// One read of what `stream` has now into `buf`.
