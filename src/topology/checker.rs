@@ -257,6 +257,19 @@ impl Checker {
     }
 }
 
+/// What a check that failed with `e` says of the server.
+pub(super) fn failed(e: &ServerError) -> Health {
+    match e {
+        // The checker's own login is wrong: that says nothing about the server.
+        ServerError::Auth { .. } => Health::Unknown,
+        ServerError::Rejected { code, .. } if code.starts_with("28") => Health::Unknown,
+        // Cancelled by the check's own statement_timeout: as slow as a check that timed out
+        // here, so it gets the same one-time grace on a busy machine (see `settle`).
+        ServerError::Query { code, .. } if code == "57014" => Health::Down(TIMED_OUT.into()),
+        _ => Health::Down(e.to_string()),
+    }
+}
+
 /// Checks one server, reusing its connection, which is returned when it is still good.
 async fn probe(spec: ServerSpec, conn: Option<ServerConn>, timeout: Duration) -> Outcome {
     let addr = spec.addr.clone();
@@ -284,12 +297,7 @@ async fn probe(spec: ServerSpec, conn: Option<ServerConn>, timeout: Duration) ->
     let (conn, health, archive) = match result {
         Err(_) => (None, Health::Down(TIMED_OUT.into()), None),
         Ok(Err(e)) => {
-            let health = match &e {
-                // The checker's own login is wrong: that says nothing about the server.
-                ServerError::Auth { .. } => Health::Unknown,
-                ServerError::Rejected { code, .. } if code.starts_with("28") => Health::Unknown,
-                _ => Health::Down(e.to_string()),
-            };
+            let health = failed(&e);
             if matches!(health, Health::Unknown) {
                 tracing::warn!(server = %addr, error = %e, "health check cannot log in; check [health] user/password");
             }

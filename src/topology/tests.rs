@@ -253,3 +253,24 @@ fn an_idle_caught_up_replica_has_no_lag_though_the_insert_position_runs_ahead() 
     assert_eq!(r1.probe().unwrap().lag_seconds, 0.0);
     assert!(!r1.lagging);
 }
+
+#[test]
+fn a_check_cancelled_by_its_statement_timeout_counts_as_a_timeout() {
+    use crate::server::ServerError;
+    let query = |code: &str| ServerError::Query {
+        addr: "db:5432".into(),
+        code: code.into(),
+        message: "m".into(),
+    };
+    // The grace `settle` gives one timeout applies to both.
+    let timed_out = super::checker::failed(&query("57014"));
+    assert!(matches!(&timed_out, Health::Down(e) if e == "check timed out"));
+    let other = super::checker::failed(&query("XX000"));
+    assert!(matches!(&other, Health::Down(e) if e.contains("XX000")));
+    let login = ServerError::Rejected {
+        addr: "db:5432".into(),
+        code: "28P01".into(),
+        message: "m".into(),
+    };
+    assert!(matches!(super::checker::failed(&login), Health::Unknown));
+}
