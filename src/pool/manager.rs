@@ -76,6 +76,10 @@ impl ServerManager {
                 };
             }
         }
+        if let Ok(c) = &mut conn {
+            // Ready now, after its login: a client's wait for it ends here (see `transact`).
+            c.last_used = Instant::now();
+        }
         match &conn {
             Ok(c) => {
                 tracing::debug!(server = %c.addr, pid = c.backend_pid, "server connection opened")

@@ -22,8 +22,7 @@ use crate::server::ServerConn;
 use crate::shared::cancel::{cancel_server, CancelSlot};
 use crate::shared::Shared;
 
-/// How a relay ended, with when (the last reply's arrival when there was one: the clock is
-/// not read again for it).
+/// How a relay ended.
 #[derive(Debug, PartialEq, Eq)]
 pub enum PumpEnd {
     /// The transaction ended; the server went back to the pool.
@@ -49,7 +48,8 @@ struct Timing<'h> {
 }
 
 /// Runs `unit` (already planned onto this connection) and everything after it until the
-/// attachment ends.
+/// attachment ends. Returns how it ended and when: the last reply's arrival when there was
+/// one, so the clock is not read again for it.
 pub async fn pump(
     c: &mut Client,
     mut conn: PooledConn,

@@ -79,6 +79,7 @@ pub async fn next_event(
     .await
 }
 
+/// Nothing left for the server: the outbox is empty and no TLS record waits.
 fn all_sent(sc: &ServerConn, out: &Outbox) -> bool {
     out.is_empty() && !sc.stream.needs_flush()
 }

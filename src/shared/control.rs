@@ -87,7 +87,7 @@ pub struct Control {
     paused_bits: AtomicU8,
     active: [AtomicUsize; 4],
     draining: std::sync::atomic::AtomicBool,
-    /// Logged-in clients per user (`true`) and per database (`false`).
+    /// Logged-in clients per user and per database.
     counts: Mutex<LoginCounts>,
 }
 
