@@ -102,8 +102,9 @@ pub async fn pump(
     c.to_server = out.into_buf(KEEP_BUFFER);
     match outcome {
         Ok(o) => {
-            let end = finish(c, conn, o, timing.replied).await?;
-            Ok((end, timing.replied.unwrap_or_else(Instant::now)))
+            // One reading for both: the connection's release and the transaction's end.
+            let ended = timing.replied.unwrap_or_else(Instant::now);
+            Ok((finish(c, conn, o, ended).await?, ended))
         }
         Err(e) => {
             c.session.detach();
@@ -288,13 +289,13 @@ async fn finish(
     c: &mut Client,
     mut conn: PooledConn,
     outcome: Outcome,
-    replied: Option<Instant>,
+    ended: Instant,
 ) -> Result<PumpEnd, SessionError> {
     match outcome {
         Outcome::Released => {
             c.session.detach();
             conn.in_use = false;
-            conn.last_used = replied.unwrap_or_else(Instant::now);
+            conn.last_used = ended;
             // Dropped: to the client waiting longest, else into the stash.
             drop(conn);
             Ok(PumpEnd::Released)
