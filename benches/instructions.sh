@@ -14,6 +14,11 @@
 #   --pgdecomp PATH     the pgdecomp binary (default: cargo build --release)
 #   --baseline PATH     another pgdecomp binary (e.g. an earlier commit's), counted beside it
 #   --pgbouncer PATH    a PgBouncer binary (default: the newest in $BENCH_CACHE, else Debian's)
+#   --cache             also simulate this CPU's caches (L1i 64 KiB, L1d 48 KiB, L2 2 MiB per
+#                       core) and print misses per transaction: a hot path larger than L1i
+#                       costs cycles the instruction count does not show. The proxy is alone
+#                       in the simulated caches; the real ones are shared with pgbench and
+#                       the servers, so real misses are higher. About twice as slow.
 #   --keep              keep the temporary directory (callgrind's files, for callgrind_annotate)
 # Both proxies read from the primary (pgdecomp lists no replica), as compare.sh --reads primary.
 set -euo pipefail
@@ -25,7 +30,7 @@ source "$BENCH_DIR/../scripts/lib.sh"
 source "$BENCH_DIR/lib/compare-setup.sh"
 
 WORKLOADS=simple,extended,prepared,tpcb TXNS=2000 CLIENTS=4 PGDECOMP_BIN='' BASELINE_BIN=''
-BOUNCER_BIN='' KEEP=${KEEP:-}
+BOUNCER_BIN='' KEEP=${KEEP:-} CACHE=''
 while [ $# -gt 0 ]; do
     case $1 in
         --workloads) WORKLOADS=$2; shift 2 ;;
@@ -35,6 +40,7 @@ while [ $# -gt 0 ]; do
         --baseline) BASELINE_BIN=$2; shift 2 ;;
         --pgbouncer) BOUNCER_BIN=$2; shift 2 ;;
         --keep) KEEP=1; shift ;;
+        --cache) CACHE=1; shift ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown argument: $1 (see --help)" ;;
     esac
@@ -67,10 +73,11 @@ bench_userlist "$ROOT" "$P"
 # under_callgrind NAME BIN: a script that runs BIN under callgrind, counting nothing until
 # told to (logins and the warm-up are not counted); prints its path.
 under_callgrind() {
-    local wrapper=$ROOT/$1/callgrind.sh
+    local wrapper=$ROOT/$1/callgrind.sh sim=''
     mkdir -p "$ROOT/$1"
-    printf '#!/bin/sh\nexec valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file=%s %s "$@"\n' \
-        "$ROOT/$1/callgrind.out.%p" "$2" >"$wrapper"
+    [ -z "$CACHE" ] || sim='--cache-sim=yes --I1=65536,16,64 --D1=49152,12,64 --LL=2097152,16,64'
+    printf '#!/bin/sh\nexec valgrind --tool=callgrind %s --instr-atstart=no --callgrind-out-file=%s %s "$@"\n' \
+        "$sim" "$ROOT/$1/callgrind.out.%p" "$2" >"$wrapper"
     chmod 755 "$wrapper"
     chown -R postgres "$ROOT/$1"
     printf '%s\n' "$wrapper"
@@ -137,7 +144,7 @@ run_pgbench() {
         || die "pgbench $2 through $1 lost transactions: $ROOT/$1/pgbench-$2.log"
 }
 
-declare -A IR
+declare -A IR MISSES
 for w in "${WORKLOAD_NAMES[@]}"; do
     for t in "${TARGETS[@]}"; do
         log "$w through $t"
@@ -151,6 +158,10 @@ for w in "${WORKLOAD_NAMES[@]}"; do
         file=$(find "$ROOT/$t" -name 'callgrind.out.*.*' | head -n1)
         [ -n "$file" ] || die "callgrind wrote no dump for $t: $ROOT/$t/valgrind.log"
         IR[$t,$w]=$(awk '/^totals:/ { print $2; exit }' "$file")
+        # With --cache: "I1 D1 L2" misses (reads and writes) from the totals, by event name.
+        MISSES[$t,$w]=$(awk '/^events:/ { for (i = 2; i <= NF; i++) col[$i] = i }
+            /^totals:/ && col["I1mr"] { print $col["I1mr"], $col["D1mr"] + $col["D1mw"],
+                $col["ILmr"] + $col["DLmr"] + $col["DLmw"]; exit }' "$file")
         mv "$file" "$ROOT/$t/callgrind.$w"
     done
 done
@@ -169,4 +180,15 @@ for w in "${WORKLOAD_NAMES[@]}"; do
     fi
     printf '%s\n' "$line"
 done
+if [ -n "$CACHE" ]; then
+    printf '\ncache misses per transaction (callgrind: L1i 64 KiB, L1d 48 KiB, L2 2 MiB)\n'
+    printf '%-9s %-10s %9s %9s %9s\n' workload target L1i L1d L2
+    for w in "${WORKLOAD_NAMES[@]}"; do
+        for t in "${TARGETS[@]}"; do
+            read -r i1 d1 l2 <<<"${MISSES[$t,$w]}"
+            awk -v w="$w" -v t="$t" -v i="$i1" -v d="$d1" -v l="$l2" -v n=$((TXNS * CLIENTS)) \
+                'BEGIN { printf "%-9s %-10s %9.1f %9.1f %9.2f\n", w, t, i / n, d / n, l / n }'
+        done
+    done
+fi
 [ -z "$KEEP" ] || log "callgrind's files: $ROOT/<target>/callgrind.<workload> (callgrind_annotate FILE)"
