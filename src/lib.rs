@@ -6,6 +6,7 @@
 //! (pools, caches, registries, metrics) beside the pipeline; `app` wires the running proxy.
 
 pub mod admin;
+pub mod alloc;
 pub mod app;
 pub mod auth;
 pub mod catalog;

@@ -9,6 +9,10 @@ use pgdecomp::classify::{to_json, to_text, Classifier};
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
+/// mimalloc for small blocks, the system allocator for large ones (`src/alloc.rs`).
+#[global_allocator]
+static ALLOCATOR: pgdecomp::alloc::Routed = pgdecomp::alloc::Routed;
+
 #[derive(Parser)]
 #[command(
     name = "pgdecomp",
