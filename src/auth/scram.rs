@@ -22,22 +22,26 @@ pub struct ScramVerifier {
     macs: Box<KeyedMacs>,
 }
 
-/// HMAC-SHA-256 keyed with the verifier's StoredKey and ServerKey: keying hashes a block for
-/// each, done once per verifier rather than twice per login.
+/// What every login would otherwise compute again, done once per verifier: HMAC-SHA-256 keyed
+/// with the StoredKey and the ServerKey (keying hashes a block for each), and the tail of the
+/// server-first-message.
 #[derive(Clone)]
 struct KeyedMacs {
     stored: Hmac<Sha256>,
     server: Hmac<Sha256>,
+    /// `,s=<salt>,i=<iterations>`.
+    salt_and_iterations: String,
 }
 
 impl KeyedMacs {
-    fn new(stored_key: &[u8; 32], server_key: &[u8; 32]) -> Self {
+    fn new(stored_key: &[u8; 32], server_key: &[u8; 32], salt: &[u8], iterations: u32) -> Self {
         let keyed = |k: &[u8]| {
             <Hmac<Sha256> as KeyInit>::new_from_slice(k).expect("HMAC accepts any key length")
         };
         Self {
             stored: keyed(stored_key),
             server: keyed(server_key),
+            salt_and_iterations: format!(",s={},i={iterations}", B64.encode(salt)),
         }
     }
 }
@@ -60,9 +64,9 @@ impl std::fmt::Debug for ScramVerifier {
 impl ScramVerifier {
     pub fn new(iterations: u32, salt: Vec<u8>, stored_key: [u8; 32], server_key: [u8; 32]) -> Self {
         Self {
+            macs: Box::new(KeyedMacs::new(&stored_key, &server_key, &salt, iterations)),
             iterations,
             salt,
-            macs: Box::new(KeyedMacs::new(&stored_key, &server_key)),
             stored_key,
             server_key,
         }
@@ -106,8 +110,16 @@ fn keyed_hmac(keyed: &Hmac<Sha256>, msg: &[u8]) -> [u8; 32] {
 pub struct ScramExchange {
     client_first_bare: String,
     server_first: String,
-    gs2_header: String,
+    /// The base64 of the client's gs2 header, which client-final-message must repeat.
+    channel_binding: &'static str,
     nonce: String,
+}
+
+/// Joins `parts` into one string allocated once (`format!` grows its string as it goes).
+fn concat(parts: &[&str]) -> String {
+    let mut s = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+    parts.iter().for_each(|p| s.push_str(p));
+    s
 }
 
 /// RFC 5802 client-first-message-bare: `[m=ext,]n=user,r=nonce[,ext...]`. A mandatory
@@ -145,9 +157,11 @@ impl ScramExchange {
         let (cb, rest) = text
             .split_once(',')
             .ok_or_else(|| protocol("missing gs2 header"))?;
-        if cb != "n" && cb != "y" {
-            return Err(protocol("channel binding is not supported"));
-        }
+        let channel_binding = match cb {
+            "n" => "biws",
+            "y" => "eSws",
+            _ => return Err(protocol("channel binding is not supported")),
+        };
         let (authzid, bare) = rest
             .split_once(',')
             .ok_or_else(|| protocol("missing gs2 header"))?;
@@ -155,16 +169,12 @@ impl ScramExchange {
             return Err(protocol("authorization identity is not supported"));
         }
         let client_nonce = client_nonce(bare)?;
-        let nonce = format!("{client_nonce}{server_nonce}");
-        let server_first = format!(
-            "r={nonce},s={},i={}",
-            B64.encode(&verifier.salt),
-            verifier.iterations
-        );
+        let nonce = concat(&[client_nonce, server_nonce]);
+        let server_first = concat(&["r=", &nonce, &verifier.macs.salt_and_iterations]);
         let ex = ScramExchange {
             client_first_bare: bare.to_string(),
             server_first: server_first.clone(),
-            gs2_header: format!("{cb},,"),
+            channel_binding,
             nonce,
         };
         Ok((ex, server_first))
@@ -191,38 +201,38 @@ impl ScramExchange {
             .next()
             .and_then(|a| a.strip_prefix("r="))
             .unwrap_or_default();
-        if cbind != B64.encode(self.gs2_header.as_bytes()) || nonce != self.nonce {
+        if cbind != self.channel_binding || nonce != self.nonce {
             return Err(AuthError::Failed(user.to_string()));
         }
         let proof = B64
             .decode(proof)
             .map_err(|_| protocol("client proof is not base64"))?;
-        let auth_message = format!(
-            "{},{},{}",
-            self.client_first_bare, self.server_first, without_proof
-        );
+        let auth_message = concat(&[
+            &self.client_first_bare,
+            ",",
+            &self.server_first,
+            ",",
+            without_proof,
+        ]);
         let client_signature = keyed_hmac(&verifier.macs.stored, auth_message.as_bytes());
-        if proof.len() != 32 {
+        let Ok(proof) = <[u8; 32]>::try_from(proof.as_slice()) else {
             return Err(AuthError::Failed(user.to_string()));
-        }
-        let client_key: Vec<u8> = proof
-            .iter()
-            .zip(client_signature.iter())
-            .map(|(a, b)| a ^ b)
-            .collect();
-        let computed: [u8; 32] = Sha256::digest(&client_key).into();
+        };
+        let client_key: [u8; 32] = std::array::from_fn(|i| proof[i] ^ client_signature[i]);
+        let computed: [u8; 32] = Sha256::digest(client_key).into();
         // In constant time: how long a wrong proof takes to refuse says nothing of the key.
         if !bool::from(computed.ct_eq(&verifier.stored_key)) {
             return Err(AuthError::Failed(user.to_string()));
         }
         let server_signature = keyed_hmac(&verifier.macs.server, auth_message.as_bytes());
         let keys = ScramKeys {
-            client_key: client_key
-                .try_into()
-                .map_err(|_| AuthError::Failed(user.to_string()))?,
+            client_key,
             server_key: verifier.server_key,
         };
-        Ok((format!("v={}", B64.encode(server_signature)), keys))
+        let mut server_final = String::with_capacity(2 + 44);
+        server_final.push_str("v=");
+        B64.encode_string(server_signature, &mut server_final);
+        Ok((server_final, keys))
     }
 }
 
@@ -232,8 +242,12 @@ mod tests {
     use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 
     fn run(client_pw: &str, stored_pw: &str) -> Result<(), AuthError> {
+        run_with(client_pw, stored_pw, ChannelBinding::unsupported())
+    }
+
+    fn run_with(client_pw: &str, stored_pw: &str, cb: ChannelBinding) -> Result<(), AuthError> {
         let verifier = ScramVerifier::derive(stored_pw);
-        let mut client = ScramSha256::new(client_pw.as_bytes(), ChannelBinding::unsupported());
+        let mut client = ScramSha256::new(client_pw.as_bytes(), cb);
         let (ex, server_first) = ScramExchange::start(client.message(), &verifier, "srvnonce")?;
         client.update(server_first.as_bytes()).unwrap();
         let (server_final, _) = ex.finish(client.message(), &verifier, "u")?;
@@ -246,6 +260,20 @@ mod tests {
     fn accepts_right_password_rejects_wrong() {
         run("s3cret", "s3cret").unwrap();
         assert!(matches!(run("wrong", "s3cret"), Err(AuthError::Failed(_))));
+    }
+
+    /// gs2 "y,,": the client could bind but the server offered no binding; its final message
+    /// repeats that header, and the wrong one is refused.
+    #[test]
+    fn a_client_that_could_bind_logs_in_with_its_own_header() {
+        run_with("s3cret", "s3cret", ChannelBinding::unrequested()).unwrap();
+        let verifier = ScramVerifier::derive("pw");
+        let (ex, _) = ScramExchange::start(b"y,,n=,r=abc", &verifier, "srv").unwrap();
+        let forged = format!("c=biws,r=abcsrv,p={}", B64.encode([0u8; 32]));
+        assert!(matches!(
+            ex.finish(forged.as_bytes(), &verifier, "u"),
+            Err(AuthError::Failed(_))
+        ));
     }
 
     #[test]
