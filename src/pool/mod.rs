@@ -7,7 +7,9 @@ mod lease;
 mod manager;
 mod stash;
 
-use std::collections::HashMap;
+// foldhash: a few instructions per key where std's SipHash costs hundreds; every key here is
+// made by the proxy or its config, not chosen by clients, so HashDoS resistance buys nothing.
+use foldhash::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -67,7 +69,7 @@ impl Pools {
     pub fn new(settings: PoolSettings) -> Arc<Self> {
         Arc::new(Self {
             settings,
-            pools: Mutex::new(HashMap::new()),
+            pools: Mutex::default(),
             welcome: Mutex::default(),
         })
     }

@@ -2,7 +2,9 @@
 //! (pid, secret); a cancel is forwarded only to the server connection that client holds at that
 //! moment.
 
-use std::collections::HashMap;
+// foldhash: a few instructions per key where std's SipHash costs hundreds; every key here is
+// made by the proxy or its config, not chosen by clients, so HashDoS resistance buys nothing.
+use foldhash::HashMap;
 use std::sync::{Arc, Mutex};
 
 use bytes::BytesMut;
