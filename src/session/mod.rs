@@ -7,6 +7,7 @@ mod console;
 mod handshake;
 mod idle;
 mod io;
+mod live;
 mod local;
 mod machine;
 mod outbox;

@@ -6,6 +6,7 @@
 use std::time::{Duration, Instant};
 
 use super::client::Client;
+use super::live::Live;
 use crate::config::PoolMode;
 use crate::pool::{checkout, CheckoutError, PooledConn};
 use crate::route::Target;
@@ -36,6 +37,7 @@ pub async fn place(
     c: &mut Client,
     target: Target,
     shared: &Shared,
+    live: &mut Live<'_>,
     started: Instant,
 ) -> Result<PooledConn, PlaceError> {
     let snap = &c.session.snap;
@@ -47,27 +49,23 @@ pub async fn place(
     let mut skip: Option<String> = None;
     let mut waited = false;
     loop {
-        let view = shared.topology.view_guard();
+        let view = live.view.load();
         let need = if !target.is_replica()
             || c.session.pool_mode() == PoolMode::Session
             || c.ryw.is_idle()
         {
             Need::Any
         } else {
-            c.ryw.need(&view, read_cluster(target), Instant::now())
+            c.ryw.need(view, read_cluster(target), Instant::now())
         };
         // Each client rotates over the replicas on its own count (started at its id), so no
         // counter is shared by every transaction.
         c.reads = c.reads.wrapping_add(1);
-        let picked = pick(&view, target, ci_host, need, c.reads, skip.as_deref());
+        let picked = pick(view, target, ci_host, need, c.reads, skip.as_deref());
         let err = match picked {
             Pick::Server { addr, via } => {
-                let pool = {
-                    let map = shared.pools.load();
-                    c.pools.get(&map, target, addr, &c.spec, &snap.server_tls)
-                };
-                // The view is not held across the pool wait.
-                drop(view);
+                let map = live.pools.load();
+                let pool = c.pools.get(map, target, addr, &c.spec, &snap.server_tls);
                 match checkout(pool, target, &mut c.queue_slot, started).await {
                     Ok(conn) => {
                         if waited {

@@ -14,6 +14,7 @@ use super::record::Recorder;
 use super::timeouts::{Expiry, Waiting, Watch};
 use super::wait::{next_event, Event};
 use super::SessionError;
+use crate::classify::ClassifyCache;
 use crate::config::PoolMode;
 use crate::pool::PooledConn;
 use crate::protocol::frame::{peek_header, Frame};
@@ -55,6 +56,7 @@ pub async fn pump(
     mut conn: PooledConn,
     unit: Vec<Frame>,
     shared: &Shared,
+    cache: &ClassifyCache,
     statement_seconds: &prometheus::Histogram,
 ) -> Result<(PumpEnd, Instant), SessionError> {
     let sc: &mut ServerConn = &mut conn;
@@ -75,13 +77,12 @@ pub async fn pump(
         sc.params_fingerprint = c.params.fingerprint();
     }
     c.session.send_held(&mut out.buf);
-    let cache = shared.cache.load();
     let mut recorder = Recorder {
         shared,
         client: c.id,
     };
     let mut ctx = Ctx {
-        cache: &cache,
+        cache,
         registry: &shared.statements,
         observer: &mut recorder,
     };

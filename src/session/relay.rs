@@ -8,12 +8,14 @@ use std::time::{Duration, Instant};
 
 use super::client::Client;
 use super::idle::{next_request, WaitStart, Waited};
+use super::live::Live;
 use super::machine::{Ctx, Plan};
 use super::placement::{place, PlaceError};
 use super::pump::{pump, PumpEnd};
 use super::record::Recorder;
 use super::throttle;
 use super::SessionError;
+use crate::classify::ClassifyCache;
 use crate::pool::CheckoutError;
 use crate::pool::PooledConn;
 use crate::protocol::backend::PgError;
@@ -65,9 +67,10 @@ async fn busy(
 ) -> Result<bool, SessionError> {
     let lull = tokio::time::sleep(LULL);
     tokio::pin!(lull);
+    let mut live = Live::new(shared);
     loop {
         let mut asked = true;
-        if !serve(c, shared, entry, first).await? {
+        if !serve(c, shared, &mut live, entry, first).await? {
             return Ok(false);
         }
         c.io.flush().await?;
@@ -93,6 +96,7 @@ async fn busy(
 async fn serve(
     c: &mut Client,
     shared: &Shared,
+    live: &mut Live<'_>,
     entry: &ClientEntry,
     first: Frame,
 ) -> Result<bool, SessionError> {
@@ -102,7 +106,7 @@ async fn serve(
         Next::Serve => {}
     }
     c.session
-        .refresh(&shared.config.load(), rand::random::<f64>() * 100.0);
+        .refresh(live.config.load(), rand::random::<f64>() * 100.0);
     let Some(unit) = collect_unit(c, first).await? else {
         // Terminate before the batch's Sync: nothing of it ran, the client is gone.
         return Ok(false);
@@ -110,8 +114,8 @@ async fn serve(
     if super::prewarm::needed(&unit) {
         super::prewarm::prewarm(&unit, &shared.cache, &mut c.session).await;
     }
-    let plan = plan_unit(c, shared, &unit);
-    transact(c, shared, entry, unit, plan).await
+    let plan = plan_unit(c, shared, live.cache.load(), &unit);
+    transact(c, shared, live, entry, unit, plan).await
 }
 
 /// What to do with a request's first message.
@@ -138,14 +142,13 @@ async fn triage(c: &mut Client, first: &Frame, shared: &Shared) -> Next {
 }
 
 /// Lets the session machine plan `unit`, counting what it classifies.
-fn plan_unit(c: &mut Client, shared: &Shared, unit: &[Frame]) -> Plan {
-    let cache = shared.cache.load();
+fn plan_unit(c: &mut Client, shared: &Shared, cache: &ClassifyCache, unit: &[Frame]) -> Plan {
     let mut recorder = Recorder {
         shared,
         client: c.id,
     };
     let mut ctx = Ctx {
-        cache: &cache,
+        cache,
         registry: &shared.statements,
         observer: &mut recorder,
     };
@@ -157,6 +160,7 @@ fn plan_unit(c: &mut Client, shared: &Shared, unit: &[Frame]) -> Plan {
 async fn transact(
     c: &mut Client,
     shared: &Shared,
+    live: &mut Live<'_>,
     entry: &ClientEntry,
     unit: Vec<Frame>,
     plan: Plan,
@@ -172,7 +176,7 @@ async fn transact(
         return Ok(true);
     };
     entry.set(1, Some(target));
-    let admitted = admit(c, target, shared).await;
+    let admitted = admit(c, target, shared, live).await;
     let Ok((conn, running, ci_running, waited)) = admitted.map_err(|e| reject(c, &unit, &e)) else {
         c.keep_unit(unit);
         entry.set(0, Some(target));
@@ -187,7 +191,8 @@ async fn transact(
     let tm = m.target(target);
     tm.transactions.inc();
     c.session.attach(target, group, hold_status, prepares);
-    let end = pump(c, conn, unit, shared, &tm.statement_seconds).await;
+    let cache = live.cache.load();
+    let end = pump(c, conn, unit, shared, cache, &tm.statement_seconds).await;
     drop(running);
     drop(ci_running);
     entry.set(0, Some(target));
@@ -213,13 +218,14 @@ async fn admit<'s>(
     c: &mut Client,
     target: Target,
     shared: &'s Shared,
+    live: &mut Live<'_>,
 ) -> Result<Admitted<'s>, PlaceError> {
     loop {
         shared.control.wait_unpaused(target).await;
         throttle::hold(c, target, shared).await?;
         let ci_running = throttle::cutover_hold(c, target, shared).await;
         let waited = Instant::now();
-        let conn = place(c, target, shared, waited).await?;
+        let conn = place(c, target, shared, live, waited).await?;
         let running = shared.control.begin(target);
         if shared.control.admitted(target) {
             return Ok((conn, running, ci_running, waited));

@@ -54,6 +54,12 @@ impl Topology {
         self.view.load()
     }
 
+    /// The published view's slot, for a reader that keeps the view between reads
+    /// (`arc_swap::cache::Cache`).
+    pub fn view_swap(&self) -> &ArcSwap<View> {
+        &self.view
+    }
+
     /// Publishes `next`; returns whether anything differed (waiting sessions are woken then).
     pub fn publish(&self, next: View) -> bool {
         if **self.view.load() == next {
