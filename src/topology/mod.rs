@@ -48,12 +48,6 @@ impl Topology {
         self.view.load_full()
     }
 
-    /// The current view without taking a count on it (no write to a line every core shares):
-    /// for a look that ends before the next await.
-    pub fn view_guard(&self) -> arc_swap::Guard<Arc<View>> {
-        self.view.load()
-    }
-
     /// The published view's slot, for a reader that keeps the view between reads
     /// (`arc_swap::cache::Cache`).
     pub fn view_swap(&self) -> &ArcSwap<View> {
