@@ -1,8 +1,6 @@
 //! The auth file in PgBouncer's userlist.txt format: `"user" "secret"` per line, where the secret
 //! is plaintext, `md5<hex>` or a SCRAM-SHA-256 verifier. Parsed once per (re)load.
 
-// foldhash: a few instructions per key where std's SipHash costs hundreds; every key here is
-// made by the proxy or its config, not chosen by clients, so HashDoS resistance buys nothing.
 use foldhash::HashMap;
 use std::sync::OnceLock;
 

@@ -7,8 +7,6 @@ mod lease;
 mod manager;
 mod stash;
 
-// foldhash: a few instructions per key where std's SipHash costs hundreds; every key here is
-// made by the proxy or its config, not chosen by clients, so HashDoS resistance buys nothing.
 use foldhash::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

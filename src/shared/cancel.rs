@@ -2,8 +2,6 @@
 //! (pid, secret); a cancel is forwarded only to the server connection that client holds at that
 //! moment.
 
-// foldhash: a few instructions per key where std's SipHash costs hundreds; every key here is
-// made by the proxy or its config, not chosen by clients, so HashDoS resistance buys nothing.
 use foldhash::HashMap;
 use std::sync::{Arc, Mutex};
 

@@ -1,8 +1,6 @@
 //! Operator control over sessions, beside the pipeline: the client registry behind SHOW CLIENTS
 //! and KILL, and the PAUSE/RESUME gate that holds new transactions of a target before checkout.
 
-// foldhash: a few instructions per key where std's SipHash costs hundreds; every key here is
-// made by the proxy or its config, not chosen by clients, so HashDoS resistance buys nothing.
 use foldhash::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
