@@ -79,6 +79,7 @@ impl ServerManager {
         if let Ok(c) = &mut conn {
             // Ready now, after its login: a client's wait for it ends here (see `transact`).
             c.last_used = Instant::now();
+            c.retire_at = c.last_used.checked_add(self.limits.server_lifetime);
         }
         match &conn {
             Ok(c) => {
@@ -91,19 +92,37 @@ impl ServerManager {
 
     /// The checks of a checkout that need no round trip, against the clock read `now`.
     pub fn readiness(&self, conn: &mut ServerConn, now: Instant) -> Readiness {
-        if conn.broken || conn.in_use {
-            return Readiness::Discard("connection marked broken");
-        }
-        if now.saturating_duration_since(conn.created) > self.limits.server_lifetime {
-            return Readiness::Discard("server_lifetime reached");
-        }
-        if conn.is_closed_or_dirty() {
-            return Readiness::Discard("server closed the connection");
+        if let Some(why) = Self::unusable(conn, now) {
+            return Readiness::Discard(why);
         }
         if now.saturating_duration_since(conn.last_used) > self.limits.check_delay {
             return Readiness::Ping;
         }
         Readiness::Ready
+    }
+
+    /// [`Self::readiness`] of a connection released a moment ago (a hand-off to a waiting
+    /// client): its release time stands in for the clock, so it was idle for no time and needs
+    /// no ping.
+    pub fn readiness_released(&self, conn: &mut ServerConn) -> Readiness {
+        match Self::unusable(conn, conn.last_used) {
+            Some(why) => Readiness::Discard(why),
+            None => Readiness::Ready,
+        }
+    }
+
+    /// Why a connection must be closed rather than used, if it must.
+    fn unusable(conn: &mut ServerConn, now: Instant) -> Option<&'static str> {
+        if conn.broken || conn.in_use {
+            return Some("connection marked broken");
+        }
+        if conn.retire_at.is_some_and(|at| now > at) {
+            return Some("server_lifetime reached");
+        }
+        if conn.is_closed_or_dirty() {
+            return Some("server closed the connection");
+        }
+        None
     }
 
     async fn check(&self, conn: &mut ServerConn) -> RecycleResult<ServerError> {

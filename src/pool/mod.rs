@@ -242,9 +242,7 @@ async fn queued(
         let slot = slot.get_or_insert_with(Arc::default);
         match m.stash.queue.wait(slot, front, deadline).await {
             handoff::Got::Conn(mut c) => {
-                // Released a moment ago: its release time stands in for the clock.
-                let at = c.last_used;
-                match m.readiness(&mut c, at) {
+                match m.readiness_released(&mut c) {
                     manager::Readiness::Ready => return Ok(c),
                     // Into deadpool, whose recycle (reached on the next turn) pings it.
                     manager::Readiness::Ping => drop(c),

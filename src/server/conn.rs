@@ -131,7 +131,9 @@ pub struct ServerConn {
     pub welcome: Arc<Vec<(String, String)>>,
     /// Server-side names of statements prepared on this connection.
     pub prepared: ServerStatements,
-    pub created: Instant,
+    /// When `server_lifetime` ends for it (set by the pool that opened it; `None`: never).
+    /// A deadline rather than the opening time: a checkout compares, it does not subtract.
+    pub retire_at: Option<Instant>,
     pub last_used: Instant,
     /// Set when the connection may be in an unknown state; the pool then drops it.
     pub broken: bool,
@@ -177,7 +179,7 @@ impl ServerConn {
             defaults: Arc::default(),
             welcome: Arc::default(),
             prepared: ServerStatements::default(),
-            created: Instant::now(),
+            retire_at: None,
             last_used: Instant::now(),
             broken: false,
             in_use: false,

@@ -3,11 +3,17 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
+
+/// How many signals were ever raised, process-wide. A waiting session compares it with the
+/// count it saw last before it reads its own flag: the counter is one line that every
+/// session reads and almost none writes, so it stays cached, where each session's own flag
+/// is a line of its own that the other clients' transactions have evicted by its next wake.
+static RAISES: AtomicU64 = AtomicU64::new(0);
 
 /// Raised once by the operator side; awaited by the session it is for.
 #[derive(Default)]
@@ -19,6 +25,8 @@ pub struct Signal {
 impl Signal {
     pub fn raise(&self) {
         self.raised.store(true, Ordering::Release);
+        // After the flag: a session that sees the new count also sees the flag.
+        RAISES.fetch_add(1, Ordering::AcqRel);
         // Stores a permit when the session is not waiting yet.
         self.notify.notify_one();
     }
@@ -31,6 +39,7 @@ impl Signal {
             raised: &self.raised,
             notified: self.notify.notified(),
             registered: false,
+            seen: 0,
         }
     }
 
@@ -75,6 +84,8 @@ pin_project_lite::pin_project! {
         #[pin]
         notified: Notified<'a>,
         registered: bool,
+        // RAISES when the flag was last read.
+        seen: u64,
     }
 }
 
@@ -83,10 +94,21 @@ impl Future for Raised<'_> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let me = self.project();
-        if *me.registered && !me.raised.load(Ordering::Acquire) {
-            return Poll::Pending;
+        if *me.registered {
+            let raises = RAISES.load(Ordering::Acquire);
+            if raises == *me.seen {
+                return Poll::Pending;
+            }
+            *me.seen = raises;
+            if !me.raised.load(Ordering::Acquire) {
+                return Poll::Pending;
+            }
+        } else {
+            // Read before the registration: a raise after it changes the count, and its
+            // notify_one wakes the registered task to see it.
+            *me.seen = RAISES.load(Ordering::Acquire);
+            *me.registered = true;
         }
-        *me.registered = true;
         me.notified.poll(cx)
     }
 }
@@ -127,6 +149,19 @@ mod tests {
             assert!(polled.is_pending());
         }
         s.raise();
+        assert!(futures_util::poll!(wait.as_mut()).is_ready());
+    }
+
+    #[tokio::test]
+    async fn another_signal_raised_leaves_this_one_waiting() {
+        let (mine, other) = (Signal::default(), Signal::default());
+        let mut wait = std::pin::pin!(mine.raised());
+        assert!(futures_util::poll!(wait.as_mut()).is_pending());
+        other.raise();
+        // The process-wide count moved; this signal's own flag decides.
+        assert!(futures_util::poll!(wait.as_mut()).is_pending());
+        assert!(futures_util::poll!(wait.as_mut()).is_pending());
+        mine.raise();
         assert!(futures_util::poll!(wait.as_mut()).is_ready());
     }
 
