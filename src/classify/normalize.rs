@@ -77,15 +77,12 @@ fn next_interesting(bytes: &[u8], mut i: usize) -> usize {
 /// Whether a byte of `x` is interesting: `/` and the digits (0x2f..=0x39), `'`, `"`, `$`, `-`.
 /// The range they all lie in is tested first: most words of letters and spaces stop there.
 fn has_interesting(x: u64) -> bool {
-    has_byte_between(x, 0x21, 0x3a) && has_exactly_interesting(x)
-}
-
-fn has_exactly_interesting(x: u64) -> bool {
-    has_byte_between(x, 0x2e, 0x3a)
-        || has_byte(x, b'\'')
-        || has_byte(x, b'"')
-        || has_byte(x, b'$')
-        || has_byte(x, b'-')
+    has_byte_between(x, 0x21, 0x3a)
+        && (has_byte_between(x, 0x2e, 0x3a)
+            || has_byte(x, b'\'')
+            || has_byte(x, b'"')
+            || has_byte(x, b'$')
+            || has_byte(x, b'-'))
 }
 
 /// Whether a byte of `x` equals `c` (below 0x80). The borrow of `v - ONES` can mark a lane

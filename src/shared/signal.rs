@@ -32,14 +32,13 @@ impl Signal {
     }
 
     /// Ready once raised. A waiting `Notified` takes the Notify's lock on every poll, and the
-    /// session polls this at each wake-up (several per transaction): after the first poll,
-    /// which registers the task's waker, it is polled only once the flag is up.
+    /// session polls this at each wake-up (several per transaction): it is polled only when
+    /// some signal was raised since this one's flag was last read down.
     pub fn raised(&self) -> Raised<'_> {
         Raised {
             raised: &self.raised,
             notified: self.notify.notified(),
-            registered: false,
-            seen: 0,
+            seen: None,
         }
     }
 
@@ -78,14 +77,13 @@ impl<F: Future> Future for Unless<'_, F> {
 
 pin_project_lite::pin_project! {
     /// The wait of [`Signal::raised`]; a named future, so it is no larger than the
-    /// `Notified` it wraps plus a flag.
+    /// `Notified` it wraps plus a count.
     pub struct Raised<'a> {
         raised: &'a AtomicBool,
         #[pin]
         notified: Notified<'a>,
-        registered: bool,
-        // RAISES when the flag was last read.
-        seen: u64,
+        // RAISES when the flag was last read down (and the task registered); `None` before.
+        seen: Option<u64>,
     }
 }
 
@@ -94,21 +92,17 @@ impl Future for Raised<'_> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let me = self.project();
-        if *me.registered {
-            let raises = RAISES.load(Ordering::Acquire);
-            if raises == *me.seen {
-                return Poll::Pending;
-            }
-            *me.seen = raises;
-            if !me.raised.load(Ordering::Acquire) {
-                return Poll::Pending;
-            }
-        } else {
-            // Read before the registration: a raise after it changes the count, and its
-            // notify_one wakes the registered task to see it.
-            *me.seen = RAISES.load(Ordering::Acquire);
-            *me.registered = true;
+        // The count is read before the flag: a raise whose flag this read misses bumps the
+        // count after it, and its notify_one wakes the task registered below.
+        let raises = RAISES.load(Ordering::Acquire);
+        if *me.seen == Some(raises) {
+            return Poll::Pending;
         }
+        if me.raised.load(Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        *me.seen = Some(raises);
+        // Ready only once notified, which a raise does after it sets the flag.
         me.notified.poll(cx)
     }
 }
@@ -163,6 +157,19 @@ mod tests {
         assert!(futures_util::poll!(wait.as_mut()).is_pending());
         mine.raise();
         assert!(futures_util::poll!(wait.as_mut()).is_ready());
+    }
+
+    /// A wait that starts while a raise is half done (flag and count set, the notify not sent
+    /// yet) is ready once the raise completes.
+    #[tokio::test]
+    async fn a_raise_half_done_when_the_wait_starts_is_seen() {
+        let s = Signal::default();
+        let mut wait = std::pin::pin!(s.raised());
+        s.raised.store(true, Ordering::Release);
+        RAISES.fetch_add(1, Ordering::AcqRel);
+        let first = futures_util::poll!(wait.as_mut());
+        s.notify.notify_one();
+        assert!(first.is_ready() || futures_util::poll!(wait.as_mut()).is_ready());
     }
 
     #[tokio::test]
