@@ -31,52 +31,78 @@ pub async fn next_event(
     (read_client, read_server, server_first): (bool, bool, bool),
     mut timer: Option<Pin<&mut tokio::time::Sleep>>,
 ) -> Event {
-    use std::future::Future;
-    use std::task::Poll;
     std::future::poll_fn(|cx| {
-        if let Some(t) = timer.as_mut() {
-            if t.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Event::Expired);
-            }
+        // The plaintext reads and writes below skip the runtime's per-operation budget: it is
+        // taken here, once per wait, so a client that always has bytes still yields in turn.
+        let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
+        let ev = poll_event(
+            c,
+            sc,
+            out,
+            (read_client, read_server, server_first),
+            &mut timer,
+            cx,
+        );
+        if ev.is_ready() {
+            coop.made_progress();
         }
-        // Writes first: a socket nearly always takes them at once, and a read polled before
-        // that finds nothing yet costs a readiness check and a waker registration each time.
-        if !c.io.wbuf.is_empty() || c.io.stream.needs_flush() {
-            let mut f = std::pin::pin!(write_some(&mut c.io.stream, &mut c.io.wbuf));
-            if let Poll::Ready(r) = f.as_mut().poll(cx) {
-                return Poll::Ready(Event::ClientWrote(r));
-            }
-        }
-        if !out.is_empty() || sc.stream.needs_flush() {
-            let wrote = std::pin::pin!(write_outbox(&mut sc.stream, out)).poll(cx);
-            match wrote {
-                // All sent and nothing of the client's left to forward: the relay loop would
-                // only come back here, so the reads are polled in this same turn.
-                Poll::Ready(Ok(())) if all_sent(sc, out) && c.io.rbuf.is_empty() => {}
-                Poll::Ready(r) => return Poll::Ready(Event::ServerWrote(r)),
-                Poll::Pending => {}
-            }
-        }
-        // The side the client waits on first: when its reply has come, the other side's
-        // readiness check (and waker registration) is skipped for this turn.
-        if server_first && read_server {
-            if let Poll::Ready(r) = poll_read(&mut sc.stream, &mut sc.rbuf, cx) {
-                return Poll::Ready(Event::ServerRead(r));
-            }
-        }
-        if read_client {
-            if let Poll::Ready(r) = poll_read(&mut c.io.stream, &mut c.io.rbuf, cx) {
-                return Poll::Ready(Event::ClientRead(r));
-            }
-        }
-        if !server_first && read_server {
-            if let Poll::Ready(r) = poll_read(&mut sc.stream, &mut sc.rbuf, cx) {
-                return Poll::Ready(Event::ServerRead(r));
-            }
-        }
-        Poll::Pending
+        ev
     })
     .await
+}
+
+/// One poll of the wait, in the order `next_event` gives.
+fn poll_event(
+    c: &mut Client,
+    sc: &mut ServerConn,
+    out: &mut Outbox,
+    (read_client, read_server, server_first): (bool, bool, bool),
+    timer: &mut Option<Pin<&mut tokio::time::Sleep>>,
+    cx: &mut std::task::Context<'_>,
+) -> std::task::Poll<Event> {
+    use std::future::Future;
+    use std::task::Poll;
+    if let Some(t) = timer.as_mut() {
+        if t.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Event::Expired);
+        }
+    }
+    // Writes first: a socket nearly always takes them at once, and a read polled before
+    // that finds nothing yet costs a readiness check and a waker registration each time.
+    if !c.io.wbuf.is_empty() || c.io.stream.needs_flush() {
+        let mut f = std::pin::pin!(write_some(&mut c.io.stream, &mut c.io.wbuf));
+        if let Poll::Ready(r) = f.as_mut().poll(cx) {
+            return Poll::Ready(Event::ClientWrote(r));
+        }
+    }
+    if !out.is_empty() || sc.stream.needs_flush() {
+        let wrote = std::pin::pin!(write_outbox(&mut sc.stream, out)).poll(cx);
+        match wrote {
+            // All sent and nothing of the client's left to forward: the relay loop would
+            // only come back here, so the reads are polled in this same turn.
+            Poll::Ready(Ok(())) if all_sent(sc, out) && c.io.rbuf.is_empty() => {}
+            Poll::Ready(r) => return Poll::Ready(Event::ServerWrote(r)),
+            Poll::Pending => {}
+        }
+    }
+    // The side the client waits on first: when its reply has come, the other side's
+    // readiness check (and waker registration) is skipped for this turn.
+    if server_first && read_server {
+        if let Poll::Ready(r) = poll_read(&mut sc.stream, &mut sc.rbuf, cx) {
+            return Poll::Ready(Event::ServerRead(r));
+        }
+    }
+    if read_client {
+        if let Poll::Ready(r) = poll_read(&mut c.io.stream, &mut c.io.rbuf, cx) {
+            return Poll::Ready(Event::ClientRead(r));
+        }
+    }
+    if !server_first && read_server {
+        if let Poll::Ready(r) = poll_read(&mut sc.stream, &mut sc.rbuf, cx) {
+            return Poll::Ready(Event::ServerRead(r));
+        }
+    }
+    Poll::Pending
 }
 
 /// Nothing left for the server: the outbox is empty and no TLS record waits.
