@@ -6,7 +6,7 @@ use bytes::BytesMut;
 
 use super::local::{deallocate, too_many, Deallocate};
 use super::refuse::own_error;
-use super::{execute, Attachment, Ctx, Session};
+use super::{execute, execute_planned, Attachment, Ctx, Session};
 use crate::protocol::frame::Frame;
 use crate::protocol::frontend::{
     bind_statement, may_start_with, parse_view, target_of, write_bind_head, write_parse,
@@ -14,9 +14,8 @@ use crate::protocol::frontend::{
 };
 use crate::protocol::Front;
 use crate::server::ServerStatements;
-
-use super::super::prepared::{ClientStatement, Statement};
-use super::super::scan::SegmentOwner;
+use crate::session::prepared::{ClientStatement, Statement};
+use crate::session::scan::SegmentOwner;
 
 /// The portal name the proxy closes in place of a client's Close of a named statement: closing
 /// a portal that does not exist is not an error, and yields the CloseComplete the client expects
@@ -96,18 +95,21 @@ impl Session {
             route,
             snap,
             wrote,
+            planned,
             ..
         } = self
         else {
             return;
         };
         a.prepares = false;
+        let mut planned = planned.take().and_then(|p| p.decision_for(sql));
         // Each statement of the string is routed, checked and counted on its own; one refused
         // statement refuses the string (it is one implicit transaction).
         let each = ctx.cache.each(sql, &whole);
         let statements = each.as_deref().map_or(std::slice::from_ref(&whole), |e| e);
         for class in statements {
-            let d = execute(route, snap, wrote, class, sql, Some(a.pin), ctx.observer);
+            let at = (Some(a.pin), planned.take());
+            let d = execute_planned(route, snap, wrote, (class, sql), at, ctx.observer);
             if let Some(v) = d.rejected() {
                 a.refuse_query(&v.pg_error(sql), out);
                 return;

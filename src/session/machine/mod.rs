@@ -27,7 +27,7 @@ use bytes::BytesMut;
 
 use super::prepared::{ClientStatements, StatementRegistry};
 use super::scan::{ScanEvents, SegmentOwner, Tracker};
-use crate::classify::{Classification, ClassifyCache, CrossJoin, StatementKind};
+use crate::classify::{Classification, ClassifyCache, StatementKind};
 use crate::config::{PoolMode, Snapshot};
 use crate::protocol::backend::{self, PgError};
 use crate::protocol::frame::FrameError;
@@ -109,31 +109,12 @@ pub struct Session {
     seeded: u8,
     /// The last attachment's reply tracker, reused so attaching allocates nothing.
     spare: Option<Tracker>,
+    /// The decision `plan` made for a lone Query, which its forwarding takes over.
+    planned: Option<plan::Planned>,
 }
 
 /// Texts remembered per batch; a longer pipeline looks the rest up again.
 const MEMO: usize = 16;
-
-/// The classification of an empty query, one for the process rather than one per client.
-fn empty_class() -> Arc<Classification> {
-    static EMPTY: std::sync::LazyLock<Arc<Classification>> =
-        std::sync::LazyLock::new(|| Arc::new(empty()));
-    EMPTY.clone()
-}
-
-fn empty() -> Classification {
-    Classification {
-        kind: StatementKind::Utility,
-        statements: vec![],
-        tables: vec![],
-        schemas: vec![],
-        cross_join: CrossJoin {
-            allowed: true,
-            schemas: vec![],
-        },
-        error: None,
-    }
-}
 
 impl Session {
     pub fn new(connection: ConnectionKind, snap: Arc<Snapshot>, client_roll: f64) -> Self {
@@ -151,6 +132,7 @@ impl Session {
             memo: Vec::new(),
             seeded: 0,
             spare: None,
+            planned: None,
         }
     }
 
@@ -170,6 +152,7 @@ impl Session {
     /// placed by the phase that runs now rather than the one it was planned in.
     pub fn adopt(&mut self, snap: Arc<Snapshot>) {
         if self.link.is_none() {
+            self.planned = None;
             self.snap = snap;
         }
     }
@@ -376,8 +359,21 @@ fn execute(
     on: Option<Pinned>,
     observer: &mut dyn Observer,
 ) -> Decision {
+    let step = (class, sql);
+    execute_planned(route_state, snap, wrote, step, (on, None), observer)
+}
+
+/// `execute`, given the decision `plan` made for this execution in this same state, if any.
+fn execute_planned(
+    route_state: &mut RouteState,
+    snap: &Snapshot,
+    wrote: &mut bool,
+    (class, sql): (&Classification, &str),
+    (on, planned): (Option<Pinned>, Option<Decision>),
+    observer: &mut dyn Observer,
+) -> Decision {
     let phase = &snap.phase;
-    let mut d = route(class, phase, route_state);
+    let mut d = planned.unwrap_or_else(|| route(class, phase, route_state));
     if let Some(on) = on {
         if d.reason != Reason::BeginDeferred && d.target != on.target {
             d = route_on(class, phase, route_state, on);

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 
-use super::{empty_class, Ctx, Held, Session};
-use crate::classify::{Classification, ClassifyCache};
+use super::{Ctx, Held, Session};
+use crate::classify::{Classification, ClassifyCache, CrossJoin, StatementKind};
 use crate::protocol::frame::Frame;
 use crate::protocol::frontend::{bind_statement, parse_view, query_sql, target_of};
 use crate::protocol::Front;
@@ -32,6 +32,22 @@ pub enum Plan {
 /// A batch of one Query message: its text and classification.
 pub(super) type LoneQuery<'u> = (&'u str, Arc<Classification>);
 
+/// The decision planned for a lone Query of one statement, kept for its forwarding: nothing
+/// changes the routing state between the two (a cutover that changes the config drops it).
+#[derive(Debug)]
+pub(super) struct Planned {
+    /// Where the statement's text sits (the message is the same one when forwarded).
+    sql: (usize, usize),
+    decision: Decision,
+}
+
+impl Planned {
+    /// The decision, if it was planned for `sql`.
+    pub(super) fn decision_for(self, sql: &str) -> Option<Decision> {
+        (self.sql == (sql.as_ptr() as usize, sql.len())).then_some(self.decision)
+    }
+}
+
 /// The execution that decides where a batch runs.
 enum Lead {
     /// The first statement of a transaction the batch opens, else its strictest execution.
@@ -47,6 +63,7 @@ impl Session {
         // Only what `remember` gave for this batch: older addresses may have been reused.
         self.memo
             .truncate(usize::from(std::mem::take(&mut self.seeded)));
+        self.planned = None;
         // A lone Query (most requests) is read and classified once for both questions.
         let lone = match unit {
             [f] if f.front() == Front::Query => Some(self.query_class(ctx.cache, f)),
@@ -151,7 +168,14 @@ impl Session {
             return None;
         }
         let d = route(&whole, &self.snap.phase, &self.route);
-        (d.reason != Reason::BeginDeferred).then_some(d)
+        if d.reason == Reason::BeginDeferred {
+            return None;
+        }
+        self.planned = Some(Planned {
+            sql: (sql.as_ptr() as usize, sql.len()),
+            decision: d.clone(),
+        });
+        Some(d)
     }
 }
 
@@ -222,5 +246,26 @@ impl Session {
             return Some(self.class_of(ctx.cache, p.sql));
         }
         self.stmts.get_mut(name).map(|s| s.class(ctx.cache).clone())
+    }
+}
+
+/// The classification of an empty query, one for the process rather than one per client.
+fn empty_class() -> Arc<Classification> {
+    static EMPTY: std::sync::LazyLock<Arc<Classification>> =
+        std::sync::LazyLock::new(|| Arc::new(empty()));
+    EMPTY.clone()
+}
+
+fn empty() -> Classification {
+    Classification {
+        kind: StatementKind::Utility,
+        statements: vec![],
+        tables: vec![],
+        schemas: vec![],
+        cross_join: CrossJoin {
+            allowed: true,
+            schemas: vec![],
+        },
+        error: None,
     }
 }

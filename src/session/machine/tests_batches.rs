@@ -151,3 +151,40 @@ fn a_statement_whose_text_is_not_utf8_fails_closed() {
         "{replies:?}"
     );
 }
+
+/// A lone Query keeps the decision its planning made, unless a cutover released it into
+/// another phase before it ran: then it is routed, checked and counted by the phase it runs in.
+#[test]
+fn a_query_released_into_the_next_phase_is_decided_by_it() {
+    use super::harness::{plan_detached, send_unit, snapshot};
+    use super::Ctx;
+    use crate::route::Reason;
+    use crate::server::ServerStatements;
+
+    let w = World::new(1, "enforce");
+    let mut ran = Vec::new();
+    for adopted in [None, Some(snapshot(7, "enforce"))] {
+        let mut c = w.client(None);
+        let unit = vec![q(INS_CI)];
+        let mut ctx = Ctx {
+            cache: &w.cache,
+            registry: &w.registry,
+            observer: &mut c.tally,
+        };
+        let plan = plan_detached(&mut c.s, &unit, &mut ctx, &mut c.replies);
+        if let Some(snap) = adopted {
+            c.s.adopt(snap);
+        }
+        send_unit(
+            &mut c.s,
+            plan,
+            &unit,
+            &mut ctx,
+            &mut ServerStatements::default(),
+        );
+        ran.push((c.tally.decisions.clone(), c.tally.rejected));
+    }
+    // Phase 1 writes ci tables on main; phase 7 refuses that write on main's connection.
+    assert_eq!(ran[0], (vec![(Target::Main, Reason::Write)], 0));
+    assert_eq!(ran[1].1, 1, "refused by phase 7: {:?}", ran[1]);
+}
