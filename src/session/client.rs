@@ -67,8 +67,10 @@ impl Client {
         self.queue_slot = None;
     }
 
-    /// Takes back a planned request's frame list, emptied (a huge pipeline's is let go).
+    /// Takes back a planned request's frame list, emptied (a huge pipeline's is let go). Its
+    /// messages are gone: the session forgets what it knew by their addresses.
     pub fn keep_unit(&mut self, mut unit: Vec<crate::protocol::frame::Frame>) {
+        self.session.batch_done();
         unit.clear();
         if unit.capacity() <= 64 {
             self.unit = unit;

@@ -11,6 +11,7 @@ mod forward;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod harness;
 mod local;
+mod memo;
 mod outgoing;
 mod plan;
 mod refuse;
@@ -107,14 +108,13 @@ pub struct Session {
     memo: Vec<(usize, usize, Arc<Classification>)>,
     /// Entries at the front of `memo` given by `remember` for the batch planned next.
     seeded: u8,
+    /// From `plan` to `batch_done`: only then are the memo's addresses those of live messages.
+    memo_open: bool,
     /// The last attachment's reply tracker, reused so attaching allocates nothing.
     spare: Option<Tracker>,
     /// The decision `plan` made for a lone Query, which its forwarding takes over.
     planned: Option<plan::Planned>,
 }
-
-/// Texts remembered per batch; a longer pipeline looks the rest up again.
-const MEMO: usize = 16;
 
 impl Session {
     pub fn new(connection: ConnectionKind, snap: Arc<Snapshot>, client_roll: f64) -> Self {
@@ -131,6 +131,7 @@ impl Session {
             // Grown on first use: a client that never runs a statement holds no memo.
             memo: Vec::new(),
             seeded: 0,
+            memo_open: false,
             spare: None,
             planned: None,
         }
@@ -181,31 +182,6 @@ impl Session {
         self.link.as_ref().map(|a| a.pin.target)
     }
 
-    /// The classification of `sql`, a text borrowed from a message of the current batch.
-    fn class_of(&mut self, cache: &ClassifyCache, sql: &str) -> Arc<Classification> {
-        let key = (sql.as_ptr() as usize, sql.len());
-        if let Some((_, _, c)) = self.memo.iter().find(|(p, l, _)| (*p, *l) == key) {
-            return c.clone();
-        }
-        let c = cache.get(sql);
-        if self.memo.len() < MEMO {
-            self.memo.push((key.0, key.1, c.clone()));
-        }
-        c
-    }
-
-    /// Takes the classification of `sql`, a text of the batch `plan` gets next, made
-    /// elsewhere (off the serving thread), so planning does not parse it again.
-    pub fn remember(&mut self, sql: &str, c: Arc<Classification>) {
-        let seeded = usize::from(self.seeded);
-        if seeded < MEMO {
-            // Entries past the seeds are an earlier batch's.
-            self.memo.truncate(seeded);
-            self.memo.push((sql.as_ptr() as usize, sql.len(), c));
-            self.seeded += 1;
-        }
-    }
-
     /// The client went quiet between batches: what only a running batch uses (the memo, the
     /// spare reply tracker) is let go, to be grown again by the next busy period.
     pub fn rest(&mut self) {
@@ -214,11 +190,6 @@ impl Session {
             self.seeded = 0;
             self.spare = None;
         }
-    }
-
-    /// The batch's messages are gone (sent or answered): their addresses mean nothing now.
-    pub fn batch_done(&mut self) {
-        self.memo.clear();
     }
 
     /// Whether a possibly-writing statement was sent since the last call.

@@ -63,6 +63,7 @@ impl Session {
         // Only what `remember` gave for this batch: older addresses may have been reused.
         self.memo
             .truncate(usize::from(std::mem::take(&mut self.seeded)));
+        self.memo_open = true;
         self.planned = None;
         // A lone Query (most requests) is read and classified once for both questions.
         let lone = match unit {
@@ -70,7 +71,7 @@ impl Session {
             _ => None,
         };
         if self.answer_locally(unit, lone.as_ref(), ctx, reply) {
-            self.memo.clear();
+            self.batch_done();
             return Plan::Answered;
         }
         let (d, executes) = match self.lead(unit, lone, ctx) {

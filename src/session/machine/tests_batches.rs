@@ -188,3 +188,48 @@ fn a_query_released_into_the_next_phase_is_decided_by_it() {
     assert_eq!(ran[0], (vec![(Target::Main, Reason::Write)], 0));
     assert_eq!(ran[1].1, 1, "refused by phase 7: {:?}", ran[1]);
 }
+
+/// The client's read buffer reuses the space of messages already sent: a text that lands
+/// where an earlier one sat, with the same length, is still classified as itself (the batch's
+/// memo of classifications, keyed by address, must not outlive the batch).
+#[test]
+fn a_text_where_an_earlier_one_sat_is_classified_as_itself() {
+    use bytes::{BufMut, BytesMut};
+
+    use super::Ctx;
+    use crate::protocol::frame::decode_frame;
+    use crate::server::ServerStatements;
+
+    fn put_query(buf: &mut BytesMut, sql: &str) {
+        buf.put_u8(b'Q');
+        buf.put_u32(u32::try_from(4 + sql.len() + 1).unwrap());
+        buf.put_slice(sql.as_bytes());
+        buf.put_u8(0);
+    }
+    let mut w = World::new(7, "enforce");
+    let mut c = w.client(None);
+    w.send(&mut c, vec![q("BEGIN"), q("UPDATE projects SET id = 1")]);
+    assert_eq!(c.s.attached(), Some(Target::Main), "a transaction on main");
+    let (mut stmts, mut out) = (ServerStatements::default(), BytesMut::new());
+    let mut ctx = Ctx {
+        cache: &w.cache,
+        registry: &w.registry,
+        observer: &mut c.tally,
+    };
+    let mut buf = BytesMut::with_capacity(64);
+    put_query(&mut buf, "UPDATE projects SET id = 11");
+    let first = decode_frame(&mut buf, 1 << 20).unwrap().unwrap();
+    let at = first.body().as_ptr();
+    c.s.client_frame(&first, &mut ctx, &mut stmts, &mut out);
+    drop(first);
+    buf.reserve(64);
+    put_query(&mut buf, "UPDATE ci_builds SET id = 1");
+    let second = decode_frame(&mut buf, 1 << 20).unwrap().unwrap();
+    assert_eq!(
+        second.body().as_ptr(),
+        at,
+        "the second text sits where the first did"
+    );
+    c.s.client_frame(&second, &mut ctx, &mut stmts, &mut out);
+    assert_eq!(c.tally.rejected, 1, "phase 7 refuses the ci write on main");
+}
