@@ -11,7 +11,8 @@
 #
 # Usage: benches/compare.sh [options]
 #   --duration S        seconds per pgbench run (15)
-#   --rounds N          rounds; each runs every workload on every target (2)
+#   --rounds N          rounds; each runs every workload on every target, one target later
+#                       each round (2; as many rounds as targets runs each once in each place)
 #   --workloads LIST    comma list of simple,extended,prepared,tpcb,connect,mix, "all" or "none"
 #                       (all): -S -M simple|extended|prepared, TPC-B, -S -C (a SCRAM login per
 #                       transaction), and a GitLab-like mix of main/ci reads and writes
@@ -249,11 +250,14 @@ fi
 total=$(( ROUNDS * ${#CLIENT_COUNTS[@]} * ${#WORKLOAD_NAMES[@]} * ${#TARGETS[@]} ))
 n=0
 for ((round = 1; round <= ROUNDS; round++)); do
-    # Odd rounds go direct → pgdecomp, even rounds back, so no target always runs first.
-    order=("${TARGETS[@]}")
-    if [ $((round % 2)) -eq 0 ]; then
-        order=(); for ((k = ${#TARGETS[@]} - 1; k >= 0; k--)); do order+=("${TARGETS[k]}"); done
-    fi
+    # Each round starts one target later (a rotation), so over as many rounds as targets each
+    # target runs once in each place: where a target runs in the order moves its context
+    # switches and CPU per transaction (benches/syscalls.sh), and reversing the order every
+    # other round would keep the middle target in the middle.
+    order=()
+    for ((k = 0; k < ${#TARGETS[@]}; k++)); do
+        order+=("${TARGETS[(k + round - 1) % ${#TARGETS[@]}]}")
+    done
     for clients in "${CLIENT_COUNTS[@]}"; do
         for workload in "${WORKLOAD_NAMES[@]}"; do
             for target in "${order[@]}"; do
