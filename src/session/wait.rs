@@ -19,8 +19,9 @@ pub enum Event {
     Expired,
 }
 
-/// Waits for the first of: client writable, server writable, client bytes, server bytes
-/// (`server_first`: server bytes are looked for before client bytes). Each
+/// Waits for the first of: client writable, server writable, client bytes, server bytes.
+/// `reads`: whether to read the client, whether to read the server, and whether server bytes
+/// are looked for before client bytes. Each
 /// operation is polled through a short-lived future on the one stream, so a TLS stream (which
 /// cannot be split into halves) serves reads and writes alike. A TLS session with records still
 /// buffered is flushed as part of its write.
@@ -28,21 +29,14 @@ pub async fn next_event(
     c: &mut Client,
     sc: &mut ServerConn,
     out: &mut Outbox,
-    (read_client, read_server, server_first): (bool, bool, bool),
+    reads: (bool, bool, bool),
     mut timer: Option<Pin<&mut tokio::time::Sleep>>,
 ) -> Event {
     std::future::poll_fn(|cx| {
         // The plaintext reads and writes below skip the runtime's per-operation budget: it is
         // taken here, once per wait, so a client that always has bytes still yields in turn.
         let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
-        let ev = poll_event(
-            c,
-            sc,
-            out,
-            (read_client, read_server, server_first),
-            &mut timer,
-            cx,
-        );
+        let ev = poll_event(c, sc, out, reads, &mut timer, cx);
         if ev.is_ready() {
             coop.made_progress();
         }

@@ -54,6 +54,9 @@ enum Lead {
     Executes(Decision),
     /// The batch executes nothing: where its first statement would run.
     Prepares(Decision),
+    /// A lone Query of one statement (text at the address given): it executes, and its
+    /// forwarding takes the decision over rather than route it again.
+    Lone(Decision, (usize, usize)),
 }
 
 impl Session {
@@ -74,21 +77,26 @@ impl Session {
             self.batch_done();
             return Plan::Answered;
         }
-        let (d, executes) = match self.lead(unit, lone, ctx) {
-            Lead::Executes(d) => (d, true),
-            Lead::Prepares(d) => (d, false),
+        let (d, executes, lone_at) = match self.lead(unit, lone, ctx) {
+            Lead::Executes(d) => (d, true, None),
+            Lead::Prepares(d) => (d, false, None),
+            Lead::Lone(d, sql) => (d, true, Some(sql)),
         };
-        Plan::Attach {
+        let plan = Plan::Attach {
             target: self.pool_target(&d),
             group: d.group,
             hold_status: !executes && self.held != Held::None,
             prepares: !executes,
+        };
+        if let Some(sql) = lone_at {
+            self.planned = Some(Planned { sql, decision: d });
         }
+        plan
     }
 
     fn lead(&mut self, unit: &[Frame], lone: Option<LoneQuery>, ctx: &mut Ctx) -> Lead {
-        if let Some(d) = lone.and_then(|q| self.single_statement_lead(q, ctx)) {
-            return Lead::Executes(d);
+        if let Some(l) = lone.and_then(|q| self.single_statement_lead(q, ctx)) {
+            return l;
         }
         let snap = self.snap.clone();
         let mut search = LeadSearch {
@@ -160,23 +168,13 @@ impl Session {
 
     /// A lone Query of one statement (most requests): its own decision leads, with no copy of
     /// the routing state to replay it on. A BEGIN held back leaves it to the search.
-    fn single_statement_lead(
-        &mut self,
-        (sql, whole): LoneQuery,
-        ctx: &mut Ctx,
-    ) -> Option<Decision> {
+    fn single_statement_lead(&mut self, (sql, whole): LoneQuery, ctx: &mut Ctx) -> Option<Lead> {
         if ctx.cache.each(sql, &whole).is_some() {
             return None;
         }
         let d = route(&whole, &self.snap.phase, &self.route);
-        if d.reason == Reason::BeginDeferred {
-            return None;
-        }
-        self.planned = Some(Planned {
-            sql: (sql.as_ptr() as usize, sql.len()),
-            decision: d.clone(),
-        });
-        Some(d)
+        let at = (sql.as_ptr() as usize, sql.len());
+        (d.reason != Reason::BeginDeferred).then_some(Lead::Lone(d, at))
     }
 }
 
