@@ -31,8 +31,8 @@
 #   --pgbouncer-newest PATH  a PgBouncer binary of the newest release (default: the highest
 #                       version found as $BENCH_CACHE/pgbouncer-*/bin/pgbouncer, BENCH_CACHE
 #                       defaulting to /work/cache); without one, that target is skipped
-#   --pgdecomp PATH     a pgdecomp binary to use instead of building one (cargo build --release,
-#                       honouring CARGO_TARGET_DIR)
+#   --pgdecomp PATH     a pgdecomp binary to use instead of building one (scripts/build-release:
+#                       profile-guided, honouring CARGO_TARGET_DIR)
 #   --baseline PATH     another pgdecomp binary (e.g. an earlier commit's) as target "baseline"
 #   --out FILE          JSON result (target/bench-compare/compare-<time>.json)
 #   --keep              keep the temporary directory with every log

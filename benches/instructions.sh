@@ -11,7 +11,7 @@
 #                       (simple,extended,prepared,tpcb; connect logs in once per transaction)
 #   --transactions N    transactions per client, counted after a warm-up (2000)
 #   --clients N         pgbench clients (4; the pool has 8 connections, so none waits)
-#   --pgdecomp PATH     the pgdecomp binary (default: cargo build --release)
+#   --pgdecomp PATH     the pgdecomp binary (default: scripts/build-release, with PGO)
 #   --baseline PATH     another pgdecomp binary (e.g. an earlier commit's), counted beside it
 #   --pgbouncer PATH    a PgBouncer binary (default: the newest in $BENCH_CACHE, else Debian's)
 #   --cache             also simulate this CPU's caches (L1i 64 KiB, L1d 48 KiB, L2 2 MiB per

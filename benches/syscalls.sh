@@ -9,7 +9,7 @@
 #   --workloads LIST    comma list of simple,extended,prepared,tpcb,connect,mix (simple,tpcb)
 #   --clients N         pgbench clients (32; the pool has 8 connections)
 #   --transactions N    transactions per client (2000; TPC-B runs a fifth of them)
-#   --pgdecomp PATH     the pgdecomp binary (default: cargo build --release)
+#   --pgdecomp PATH     the pgdecomp binary (default: scripts/build-release, with PGO)
 #   --baseline PATH     another pgdecomp binary, counted beside it
 #   --pgbouncer PATH    a PgBouncer binary (default: the newest in $BENCH_CACHE, else Debian's)
 # Both proxies read from the primary (pgdecomp lists no replica), as compare.sh --reads primary.

@@ -62,10 +62,8 @@ newest_cached_pgbouncer() {
 # build_pgdecomp -> builds pgdecomp (release, honouring CARGO_TARGET_DIR) and prints its path.
 build_pgdecomp() {
     command -v cargo >/dev/null || die "cargo is required (or pass --pgdecomp PATH)"
-    log "building pgdecomp (release)"
-    # A command substitution does not inherit errexit: the failure is handled here.
-    (cd "$REPO_ROOT" && cargo build --release --quiet) >&2 || die "cargo build --release failed"
-    printf '%s\n' "${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release/pgdecomp"
+    # The profile-guided build users are told to run (scripts/build-release); it prints the path.
+    "$REPO_ROOT/scripts/build-release" || die "scripts/build-release failed"
 }
 
 # workload_args NAME -> the pgbench arguments of a workload, one per line.
@@ -126,7 +124,7 @@ EOF
 
 # bench_start_pgdecomp NAME BIN PORT PRIMARY_PORT REPLICA_PORT POOL MAX_CLIENTS -> sets PGDECOMP_PID
 # (REPLICA_PORT empty: no replica)
-# Phase 1 (reads outside a transaction go to the replica), health checks on (the example's
+# Phase 1, or $BENCH_PHASE (phase 1: reads outside a transaction go to the replica), health checks on (the example's
 # interval), the pool size per target, pgbench's tables mapped to gitlab_main unless
 # UNKNOWN_TABLES=1 (then every pgbench statement is an observed wrong_schema violation).
 bench_start_pgdecomp() {
@@ -135,7 +133,7 @@ bench_start_pgdecomp() {
     # No replica port: pgdecomp knows only the primary, and reads fall back to it.
     [ -z "$r" ] || replicas="\"127.0.0.1:$r\""
     metrics=$(free_port)
-    write_pgdecomp_config "$conf" "$(phase_file_for 1 "$ROOT")" "127.0.0.1:$port" "127.0.0.1:$metrics" \
+    write_pgdecomp_config "$conf" "$(phase_file_for "${BENCH_PHASE:-1}" "$ROOT")" "127.0.0.1:$port" "127.0.0.1:$metrics" \
         "127.0.0.1:$p" "$replicas" "127.0.0.1:$p" "$replicas" "$pool"
     if [ ! -f "$ROOT/schemas.tsv" ]; then
         cat "$REPO_ROOT/config/gitlab_schemas.tsv" >"$ROOT/schemas.tsv"
