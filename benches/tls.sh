@@ -3,7 +3,8 @@
 # plaintext on both sides, one with TLS on both sides (client_tls_mode = allow with the client
 # using sslmode=require, server_tls_mode = require). Reports the median TPS of -S -M extended and
 # of -S -C (a TLS login per transaction), the ratios, and each proxy's CPU per transaction.
-# Usage: benches/tls.sh   Env: DURATION (s per run, 10), CLIENTS (32), SCALE (10), ROUNDS (3), KEEP=1.
+# Usage: benches/tls.sh   Env: DURATION (s per run, 10), CLIENTS (32), SCALE (10), ROUNDS (3), KEEP=1,
+#                        PGDECOMP_BIN (a binary to measure instead of `cargo build --release`).
 set -euo pipefail
 
 # shellcheck source=scripts/lib.sh
@@ -15,8 +16,11 @@ SCALE=${SCALE:-10}
 ROUNDS=${ROUNDS:-3}
 
 ensure_packages postgresql-15 postgresql-client-15 openssl
-log "building pgdecomp (release)"
-(cd "$REPO_ROOT" && cargo build --release)
+if [ -z "${PGDECOMP_BIN:-}" ]; then
+    log "building pgdecomp (release)"
+    (cd "$REPO_ROOT" && cargo build --release)
+    PGDECOMP_BIN=${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release/pgdecomp
+fi
 
 ROOT=$(mktemp -d "${TMPDIR:-/tmp}/pgdecomp-tls-bench.XXXXXX")
 P=$(free_port)
@@ -78,7 +82,7 @@ start_proxy() {
         -e "s|^# client_tls_key_file = .*|client_tls_key_file = \"tls/server.key\"|" \
         -e "s|^server_tls_mode = .*|server_tls_mode = \"$3\"|" "$ROOT/$name.toml"
     grep -q '^\[server\]' "$ROOT/$name.toml" || printf '\n[server]\nuser = "gitlab"\npassword = "gitlab"\n' >>"$ROOT/$name.toml"
-    "$REPO_ROOT/target/release/pgdecomp" run --config "$ROOT/$name.toml" >"$ROOT/$name.log" 2>&1 &
+    "$PGDECOMP_BIN" run --config "$ROOT/$name.toml" >"$ROOT/$name.log" 2>&1 &
     PIDS+=($!)
     PID[$name]=$!
     wait_for "pgdecomp $name on port $port" bash -c "exec 3<>/dev/tcp/127.0.0.1/$port"
