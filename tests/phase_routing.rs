@@ -790,3 +790,75 @@ async fn pipelined_read_then_main_write(
     }
     assert!(wrong.is_empty(), "(read, main write) pipelined: {wrong:?}");
 }
+
+/// `sql` padded with spaces to `len` bytes, so that every message of a test is as long.
+fn padded(sql: &str, len: usize) -> String {
+    assert!(sql.len() <= len, "{sql} is longer than {len}");
+    format!("{sql:len$}")
+}
+
+/// Exactly `n` statements of violation `kind` refused by `proxy`.
+fn assert_refused(proxy: &Proxy, kind: &str, n: u32) {
+    let m = metrics(proxy);
+    let refused = metric(&m, "pgdecomp_rejected_statements_total", &[("kind", kind)]);
+    assert_eq!(refused, f64::from(n), "{kind}:\n{m}");
+}
+
+/// The same as below in transaction pooling, in one long transaction: every message is as
+/// long, so after the 8 KiB read buffer wraps (about every hundred messages) each lands where
+/// an earlier one of the transaction sat. Each refused ci write is rolled back to a savepoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn phase_7_a_long_main_transaction_refuses_every_ci_write() {
+    const WRITES: u32 = 300;
+    let topo = promoted();
+    let len = CI_WRITE.len();
+    let main_write = padded(
+        "update projects set name = name where id = 1 returning inet_server_port()",
+        len,
+    );
+    let (begin, savepoint) = (padded("begin", len), padded("savepoint s", len));
+    let (back, commit) = (
+        padded("rollback to savepoint s", len),
+        padded("commit", len),
+    );
+    let proxy = Proxy::with(topo, |c| c.phase(7));
+    let client = proxy.connect().await;
+    simple(&client, &begin).await.expect("begin");
+    let port = port_of(&client, &main_write).await;
+    assert_eq!(port, topo.main_primary(), "the transaction is on main");
+    simple(&client, &savepoint).await.expect("savepoint");
+    for n in 0..WRITES {
+        let (code, message) = expect_error(&client, CI_WRITE).await;
+        assert_eq!(code, "2F002", "ci write {n}: {message}");
+        simple(&client, &back).await.expect("rollback to savepoint");
+    }
+    simple(&client, &commit).await.expect("commit");
+    assert_refused(&proxy, "locked_table_write", WRITES);
+}
+
+/// In session pooling the client keeps its server for the whole session. The session once
+/// remembered classifications by where each text sat in the client's read buffer, past the end
+/// of their batch: once the buffer wrapped, a ci write read where a main write of the same
+/// length had sat took its classification, and ran on the main primary instead of being
+/// refused. Every message here is as long, so one lands where the main write sat each time
+/// the 8 KiB buffer wraps (about every hundred).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn phase_7_session_pooling_refuses_a_ci_write_read_where_a_main_write_sat() {
+    const WRITES: u32 = 300;
+    let topo = promoted();
+    let main_write = "update projects  set name = name where id = 1 returning inet_server_port()";
+    assert_eq!(
+        main_write.len(),
+        CI_WRITE.len(),
+        "the two texts must be as long"
+    );
+    let proxy = Proxy::with(topo, |c| c.phase(7).pool_mode("session"));
+    let client = proxy.connect().await;
+    let port = port_of(&client, main_write).await;
+    assert_eq!(port, topo.main_primary(), "the session is on main");
+    for n in 0..WRITES {
+        let (code, message) = expect_error(&client, CI_WRITE).await;
+        assert_eq!(code, "2F002", "ci write {n}: {message}");
+    }
+    assert_refused(&proxy, "locked_table_write", WRITES);
+}
