@@ -59,10 +59,10 @@ newest_cached_pgbouncer() {
     printf '%s\n' "$newest"
 }
 
-# build_pgdecomp -> builds pgdecomp (release, honouring CARGO_TARGET_DIR) and prints its path.
+# build_pgdecomp -> builds pgdecomp as a deployment should (scripts/build-release: profile-guided,
+# honouring CARGO_TARGET_DIR) and prints its path.
 build_pgdecomp() {
     command -v cargo >/dev/null || die "cargo is required (or pass --pgdecomp PATH)"
-    # The profile-guided build users are told to run (scripts/build-release); it prints the path.
     "$REPO_ROOT/scripts/build-release" || die "scripts/build-release failed"
 }
 
@@ -124,8 +124,8 @@ EOF
 
 # bench_start_pgdecomp NAME BIN PORT PRIMARY_PORT REPLICA_PORT POOL MAX_CLIENTS -> sets PGDECOMP_PID
 # (REPLICA_PORT empty: no replica)
-# Phase 1, or $BENCH_PHASE (phase 1: reads outside a transaction go to the replica), health checks on (the example's
-# interval), the pool size per target, pgbench's tables mapped to gitlab_main unless
+# Phase 1 (reads outside a transaction go to the replica) or $BENCH_PHASE, health checks on (the
+# example's interval), the pool size per target, pgbench's tables mapped to gitlab_main unless
 # UNKNOWN_TABLES=1 (then every pgbench statement is an observed wrong_schema violation).
 bench_start_pgdecomp() {
     local name=$1 bin=$2 port=$3 p=$4 r=$5 pool=$6 max_clients=$7 conf=$ROOT/$1.toml metrics

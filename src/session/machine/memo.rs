@@ -10,6 +10,12 @@ use crate::classify::{Classification, ClassifyCache};
 /// Texts remembered per batch; a longer pipeline looks the rest up again.
 const MEMO: usize = 16;
 
+/// Where `sql` sits and how long it is: what the memo and a planned decision know a text by,
+/// valid only while its message lives.
+pub(super) fn text_key(sql: &str) -> (usize, usize) {
+    (sql.as_ptr() as usize, sql.len())
+}
+
 impl Session {
     /// The classification of `sql`, a text borrowed from a message of the current batch.
     pub(super) fn class_of(&mut self, cache: &ClassifyCache, sql: &str) -> Arc<Classification> {
@@ -17,7 +23,7 @@ impl Session {
             // A message read after its batch: an old address may hold another text now.
             return cache.get(sql);
         }
-        let key = (sql.as_ptr() as usize, sql.len());
+        let key = text_key(sql);
         if let Some((_, _, c)) = self.memo.iter().find(|(p, l, _)| (*p, *l) == key) {
             return c.clone();
         }
@@ -35,7 +41,8 @@ impl Session {
         if seeded < MEMO {
             // Entries past the seeds are an earlier batch's.
             self.memo.truncate(seeded);
-            self.memo.push((sql.as_ptr() as usize, sql.len(), c));
+            let (at, len) = text_key(sql);
+            self.memo.push((at, len, c));
             self.seeded += 1;
         }
     }

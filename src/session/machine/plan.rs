@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 
+use super::memo::text_key;
 use super::{Ctx, Held, Session};
 use crate::classify::{Classification, ClassifyCache, CrossJoin, StatementKind};
 use crate::protocol::frame::Frame;
@@ -44,7 +45,7 @@ pub(super) struct Planned {
 impl Planned {
     /// The decision, if it was planned for `sql`.
     pub(super) fn decision_for(self, sql: &str) -> Option<Decision> {
-        (self.sql == (sql.as_ptr() as usize, sql.len())).then_some(self.decision)
+        (self.sql == text_key(sql)).then_some(self.decision)
     }
 }
 
@@ -173,8 +174,7 @@ impl Session {
             return None;
         }
         let d = route(&whole, &self.snap.phase, &self.route);
-        let at = (sql.as_ptr() as usize, sql.len());
-        (d.reason != Reason::BeginDeferred).then_some(Lead::Lone(d, at))
+        (d.reason != Reason::BeginDeferred).then_some(Lead::Lone(d, text_key(sql)))
     }
 }
 
