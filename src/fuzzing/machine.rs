@@ -206,7 +206,7 @@ pub fn session(data: &[u8]) {
             14 => {
                 let roll = f64::from(r.byte() % 101);
                 let fresh = snap.clone();
-                d.s.refresh(&fresh, roll);
+                d.s.refresh(&fresh, || roll);
             }
             _ => d.check_replies(),
         }

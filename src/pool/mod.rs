@@ -189,15 +189,17 @@ impl Pools {
 
 /// Takes a connection from `pool`, mapping deadpool's errors to what the client is told.
 /// `slot` is the client's place for a wait in the pool's hand-off queue, made on its first wait;
-/// `since` is when the client began to wait (the wait limit counts from it).
+/// `since` is when the client began to wait (the wait limit counts from it); `fresh` says it
+/// was read a moment ago, so the checkout's checks may take it for the clock.
 pub async fn checkout(
     pool: &ServerPool,
     target: Target,
     slot: &mut Option<Arc<Slot>>,
     since: Instant,
+    fresh: bool,
 ) -> Result<PooledConn, CheckoutError> {
     // The usual case, before any wait's state is set up.
-    if let Some(c) = stash::take(pool) {
+    if let Some(c) = stash::take(pool, fresh.then_some(since)) {
         return Ok(PooledConn::new(c));
     }
     let got = match pool.manager().stash.enabled() {
@@ -258,7 +260,7 @@ async fn queued(
         // Whatever comes next, this client was first in line. A release may have stashed a
         // connection while it was out of the queue.
         front = true;
-        if let Some(c) = stash::take(pool) {
+        if let Some(c) = stash::take(pool, None) {
             return Ok(c);
         }
     }

@@ -59,13 +59,12 @@ impl Stash {
 
 /// The most recently released connection that passes the checks deadpool's recycle makes, if
 /// one is stashed. One needing a ping goes back to deadpool, whose recycle pings it; a broken
-/// or expired one is closed.
-pub fn take(pool: &ServerPool) -> Option<Conn> {
+/// or expired one is closed. `now`: a clock reading the caller took a moment ago, if any.
+pub fn take(pool: &ServerPool, mut now: Option<Instant>) -> Option<Conn> {
     let m = pool.manager();
     if !m.stash.enabled {
         return None;
     }
-    let mut now = None;
     loop {
         let mut conn = m.stash.idle().pop()?;
         let at = *now.get_or_insert_with(Instant::now);

@@ -273,7 +273,7 @@ async fn welcome(
         spec: spec.clone(),
     });
     let since = std::time::Instant::now();
-    let conn = Box::pin(checkout(&pool, target, &mut None, since)).await?;
+    let conn = Box::pin(checkout(&pool, target, &mut None, since, true)).await?;
     let w = conn.welcome.clone();
     shared.pools.load().set_welcome(spec, w.clone());
     Ok(w)

@@ -259,11 +259,12 @@ mod tests {
             " \n show pgdecomp.actor",
             "Reset x",
             "\u{b}SET x",
+            "sEt;",
             "",
         ] {
             assert!(may_be_local(sql.as_bytes()), "{sql:?}");
         }
-        for sql in ["SELECT 1", "settle", "SHOWx", " begin"] {
+        for sql in ["SELECT 1", "settle", "SHOWx", " begin", "resetting", "sho"] {
             assert!(!may_be_local(sql.as_bytes()), "{sql:?}");
             assert!(parse(sql).is_none(), "{sql:?}");
         }

@@ -66,7 +66,9 @@ pub async fn place(
             Pick::Server { addr, via } => {
                 let map = live.pools.load();
                 let pool = c.pools.get(map, target, addr, &c.spec, &snap.server_tls);
-                match checkout(pool, target, &mut c.queue_slot, started).await {
+                // Only the first pass reads the clock at `started`; a retry comes later.
+                let fresh = !waited && skip.is_none();
+                match checkout(pool, target, &mut c.queue_slot, started, fresh).await {
                     Ok(conn) => {
                         if waited {
                             tm.primary_wait.observe(started.elapsed().as_secs_f64());

@@ -106,7 +106,7 @@ async fn serve(
         Next::Serve => {}
     }
     c.session
-        .refresh(live.config.load(), rand::random::<f64>() * 100.0);
+        .refresh(live.config.load(), || rand::random::<f64>() * 100.0);
     let Some(unit) = collect_unit(c, first).await? else {
         // Terminate before the batch's Sync: nothing of it ran, the client is gone.
         return Ok(false);

@@ -98,6 +98,14 @@ impl Phase {
         &self.ci_write_rollout
     }
 
+    /// Whether a partial rollout picks its side per transaction: only then does a session
+    /// draw a transaction roll, which otherwise nothing reads.
+    pub fn draws_txn_roll(&self) -> bool {
+        [&self.ci_read_rollout, &self.ci_write_rollout]
+            .iter()
+            .any(|r| r.percent < 100.0 && r.mode == RolloutMode::Random)
+    }
+
     /// The partial rollouts' sides for one client, for SHOW CLIENTS (`ci_read=new ci_write=…`).
     pub fn describe_rollouts(&self, actor: &Actor, client_roll: f64) -> String {
         [&self.ci_read_rollout, &self.ci_write_rollout]

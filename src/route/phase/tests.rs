@@ -287,6 +287,17 @@ fn client_mode_uses_the_client_roll_only() {
 }
 
 #[test]
+fn only_a_partial_random_rollout_draws_a_transaction_roll() {
+    let with = |rollout: &str| Phase::from_toml(&phase4_with(rollout)).unwrap();
+    assert!(with("percent = 30.0\nfallback = \"main\"").draws_txn_roll());
+    assert!(!with("percent = 30.0\nmode = \"client\"\nfallback = \"main\"").draws_txn_roll());
+    assert!(!with("percent = 100.0\nfallback = \"main\"").draws_txn_roll());
+    for file in FILES {
+        assert!(!Phase::from_toml(file).unwrap().draws_txn_roll());
+    }
+}
+
+#[test]
 fn sampling_percent() {
     let p = Phase::from_toml(&FILES[0].replace("= 100.0\n\n[violations]", "= 1.0\n\n[violations]"))
         .unwrap();

@@ -138,14 +138,16 @@ impl Session {
     }
 
     /// Between transactions: the newest config and a fresh roll for `random` rollouts.
-    pub fn refresh(&mut self, current: &Arc<Snapshot>, txn_roll: f64) {
+    pub fn refresh(&mut self, current: &Arc<Snapshot>, txn_roll: impl FnOnce() -> f64) {
         if self.route.txn == TxnState::Idle && self.link.is_none() {
             // Compared first: the count of the snapshot every client shares is written only
             // when the config changed, not twice per transaction from every core.
             if !Arc::ptr_eq(&self.snap, current) {
                 self.snap = current.clone();
             }
-            self.route.txn_roll = txn_roll;
+            if self.snap.phase.draws_txn_roll() {
+                self.route.txn_roll = txn_roll();
+            }
         }
     }
 
