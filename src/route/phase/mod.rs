@@ -98,12 +98,14 @@ impl Phase {
         &self.ci_write_rollout
     }
 
-    /// Whether a partial rollout picks its side per transaction: only then does a session
-    /// draw a transaction roll, which otherwise nothing reads.
+    /// Whether a partial rollout (this phase's or its shadow's) picks its side per
+    /// transaction: only then does a session draw a transaction roll, which otherwise nothing
+    /// reads.
     pub fn draws_txn_roll(&self) -> bool {
         [&self.ci_read_rollout, &self.ci_write_rollout]
             .iter()
             .any(|r| r.percent < 100.0 && r.mode == RolloutMode::Random)
+            || self.shadow().is_some_and(Phase::draws_txn_roll)
     }
 
     /// The partial rollouts' sides for one client, for SHOW CLIENTS (`ci_read=new ci_write=…`).

@@ -295,6 +295,16 @@ fn only_a_partial_random_rollout_draws_a_transaction_roll() {
     for file in FILES {
         assert!(!Phase::from_toml(file).unwrap().draws_txn_roll());
     }
+    let unshadowed =
+        phase4_with("percent = 30.0\nfallback = \"main\"").replace("shadow = \"phase-7.toml\"", "");
+    let shadowed = Phase::from_toml(FILES[0])
+        .unwrap()
+        .with_shadow(Phase::from_toml(&unshadowed).unwrap())
+        .unwrap();
+    assert!(
+        shadowed.draws_txn_roll(),
+        "the shadow's rollout reads the roll too"
+    );
 }
 
 #[test]
